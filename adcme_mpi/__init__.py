@@ -1,0 +1,23 @@
+"""adcme_mpi: differentiable MPI for TensorFlow.
+
+Importing the package initialises MPI (as importing mpi4py.MPI does), loads the
+op library and checks that it and mpi4py share one libmpi.
+"""
+from . import runtime
+from ._loader import MPILibraryMismatch
+from .runtime import (
+    Session, mpi_barrier, mpi_finalize, mpi_finalized, mpi_init, mpi_initialized,
+    mpi_rank, mpi_size, mpi_sync, register_comm, require_mpi, MPINotReady,
+)
+from .ops import mpi_allreduce, mpi_bcast, mpi_gather, mpi_scatter, mpi_sum
+
+__version__ = "0.1.0"
+
+mpi_init()
+
+__all__ = [
+    "Session", "mpi_init", "mpi_finalize", "mpi_initialized", "mpi_finalized", "mpi_rank",
+    "mpi_size", "require_mpi", "mpi_barrier", "mpi_sync", "register_comm",
+    "mpi_sum", "mpi_allreduce", "mpi_bcast", "mpi_gather", "mpi_scatter",
+    "MPINotReady", "MPILibraryMismatch",
+]

@@ -1,0 +1,293 @@
+// MPIHaloExchange and its adjoint MPIHaloExchangeGrad.
+//
+// Ranks form an m x n grid, row-major: rank r is block (r / n, r % n). The
+// padded output has `width` ghost rows/columns on each side. For each of the
+// 8 directions with a neighbour, a rank posts a non-blocking receive into the
+// ghost region and a non-blocking send of its matching edge region (MPI
+// subarray types, no packing), then waits: no grid shape can deadlock. The
+// adjoint sends ghost-cell gradients back to their owners, which add them to
+// the edge cells. The backward op runs on its own communicator, so its
+// messages never match the forward pass's whatever the tags.
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "mpi_common.h"
+
+namespace adcme_mpi {
+namespace {
+
+using tensorflow::DEVICE_CPU;
+
+struct Range {
+  int begin, length;
+};
+
+// Along one axis of length `len`, direction d in {-1, 0, 1}:
+// the ghost band in padded coordinates.
+Range GhostRange(int d, int len, int w) {
+  if (d < 0) return {0, w};
+  if (d > 0) return {w + len, w};
+  return {w, len};
+}
+// The edge band of the block that direction d's neighbour needs, in the
+// block's own (unpadded) coordinates.
+Range EdgeRange(int d, int len, int w) {
+  if (d < 0) return {0, w};
+  if (d > 0) return {len - w, w};
+  return {0, len};
+}
+
+struct Region {
+  Range rows, cols;
+  int64_t size() const { return static_cast<int64_t>(rows.length) * cols.length; }
+  Region Shifted(int by) const { return {{rows.begin + by, rows.length}, {cols.begin + by, cols.length}}; }
+};
+
+// Committed MPI datatypes, freed when the kernel call ends.
+class TypeArena {
+ public:
+  ~TypeArena() {
+    for (MPI_Datatype& t : types_) MPI_Type_free(&t);
+  }
+  // `region` of a row-major (total_rows x total_cols) array of `base`.
+  absl::Status Subarray(const CallSite& site, int total_rows, int total_cols,
+                        const Region& region, MPI_Datatype base, MPI_Datatype* out) {
+    int sizes[2] = {total_rows, total_cols};
+    int subsizes[2] = {region.rows.length, region.cols.length};
+    int starts[2] = {region.rows.begin, region.cols.begin};
+    ADCME_MPI_RETURN_IF_ERROR(site.Check(
+        MPI_Type_create_subarray(2, sizes, subsizes, starts, MPI_ORDER_C, base, out),
+        "MPI_Type_create_subarray"));
+    types_.push_back(*out);
+    return site.Check(MPI_Type_commit(out), "MPI_Type_commit");
+  }
+
+ private:
+  std::vector<MPI_Datatype> types_;
+};
+
+struct Neighbour {
+  int di, dj, rank;
+};
+
+class HaloKernelBase : public MpiKernel {
+ public:
+  explicit HaloKernelBase(OpKernelConstruction* c) : MpiKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("m", &m_));
+    OP_REQUIRES_OK(c, c->GetAttr("n", &n_));
+    OP_REQUIRES_OK(c, c->GetAttr("width", &width_));
+  }
+
+ protected:
+  // Checks the grid against the communicator and, unless ADCME_MPI_CHECK=0,
+  // that every rank agrees on m, n, width, dtype and shared edge lengths
+  // (one small allgather; every rank reaches the same verdict).
+  absl::Status CheckGrid(const CallSite& site, DataType dtype, int rows, int cols) const {
+    if (m_ * n_ != site.size)
+      return site.InvalidArgument(absl::StrCat("m * n = ", m_, " * ", n_, " = ", m_ * n_,
+                                               " must equal the communicator size ", site.size));
+    if (rows < width_ || cols < width_)
+      return site.InvalidArgument(absl::StrCat("block of shape [", rows, ",", cols,
+                                               "] is smaller than the halo width ", width_));
+    if (!MetadataChecksEnabled() || site.size == 1) return absl::OkStatus();
+    std::vector<std::vector<int64_t>> all;
+    ADCME_MPI_RETURN_IF_ERROR(
+        AllgatherMetadata(site, {rows, cols, m_, n_, width_, dtype}, &all));
+    for (int r = 0; r < site.size; ++r) {
+      const auto& row = all[r];
+      if (row[2] != m_ || row[3] != n_ || row[4] != width_ || row[5] != dtype)
+        return site.InvalidArgument(absl::StrCat(
+            "rank ", r, " called with m=", row[2], ", n=", row[3], ", width=", row[4], ", dtype ",
+            tensorflow::DataTypeString(static_cast<DataType>(row[5])), " but rank ", site.rank,
+            " with m=", m_, ", n=", n_, ", width=", width_, ", dtype ",
+            tensorflow::DataTypeString(dtype)));
+      if (r % n_ + 1 < n_ && all[r + 1][0] != row[0])
+        return site.InvalidArgument(absl::StrCat(
+            "blocks of left/right neighbours must have the same number of rows: rank ", r,
+            " has [", row[0], ",", row[1], "], rank ", r + 1, " has [", all[r + 1][0], ",",
+            all[r + 1][1], "]"));
+      if (r + n_ < site.size && all[r + n_][1] != row[1])
+        return site.InvalidArgument(absl::StrCat(
+            "blocks of up/down neighbours must have the same number of columns: rank ", r,
+            " has [", row[0], ",", row[1], "], rank ", r + n_, " has [", all[r + n_][0], ",",
+            all[r + n_][1], "]"));
+    }
+    return absl::OkStatus();
+  }
+
+  std::vector<Neighbour> Neighbours(int rank) const {
+    std::vector<Neighbour> out;
+    const int bi = rank / n_, bj = rank % n_;
+    for (int di = -1; di <= 1; ++di)
+      for (int dj = -1; dj <= 1; ++dj) {
+        if (di == 0 && dj == 0) continue;
+        const int i = bi + di, j = bj + dj;
+        const bool inside = i >= 0 && i < m_ && j >= 0 && j < n_;
+        out.push_back({di, dj, inside ? static_cast<int>(i * n_ + j) : MPI_PROC_NULL});
+      }
+    return out;
+  }
+
+  Region Ghost(const Neighbour& nb, int rows, int cols) const {
+    return {GhostRange(nb.di, rows, width_), GhostRange(nb.dj, cols, width_)};
+  }
+  Region Edge(const Neighbour& nb, int rows, int cols) const {
+    return {EdgeRange(nb.di, rows, width_), EdgeRange(nb.dj, cols, width_)};
+  }
+  std::string Peers(const std::vector<Neighbour>& nbs) const {
+    std::string s = "halo neighbours";
+    for (const Neighbour& nb : nbs)
+      if (nb.rank != MPI_PROC_NULL) absl::StrAppend(&s, " ", nb.rank);
+    return s;
+  }
+
+  int64_t m_ = 1, n_ = 1, width_ = 1;
+};
+
+class HaloExchangeKernel : public HaloKernelBase {
+ public:
+  using HaloKernelBase::HaloKernelBase;
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    const Tensor& u = ctx->input(0);
+    const Tensor& fill = ctx->input(1);
+    int tag = 0;
+    ADCME_MPI_RETURN_IF_ERROR(ScalarIntArg(ctx, 2, "tag", 0, TagUpperBound(site.comm), site, &tag));
+    if (u.dims() != 2)
+      return site.InvalidArgument(absl::StrCat("argument 'u' must be 2-D, got shape ",
+                                               u.shape().DebugString()));
+    if (fill.dims() != 0)
+      return site.InvalidArgument("argument 'fill_value' must be a scalar");
+    MPI_Datatype type;
+    absl::Status st = MpiDatatypeFor(u.dtype(), &type);
+    if (!st.ok()) return site.InvalidArgument(absl::StrCat("argument 'u': ", st.message()));
+    const int rows = u.dim_size(0), cols = u.dim_size(1), w = width_;
+    int unused = 0;
+    ADCME_MPI_RETURN_IF_ERROR(CountOf(site, "u", (rows + 2 * w) * int64_t{cols + 2 * w}, &unused));
+    ADCME_MPI_RETURN_IF_ERROR(CheckGrid(site, u.dtype(), rows, cols));
+
+    Tensor* out = nullptr;
+    ADCME_MPI_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
+    const int P = rows + 2 * w, Q = cols + 2 * w;
+    const size_t elem = tensorflow::DataTypeSize(u.dtype());
+    char* dst = DataOf(*out);
+    const char* src = DataOf(u);
+    for (int i = 0; i < rows; ++i)
+      std::memcpy(dst + ((i + w) * size_t(Q) + w) * elem, src + i * size_t(cols) * elem, cols * elem);
+
+    TypeArena types;
+    std::vector<MPI_Request> requests;
+    const std::vector<Neighbour> nbs = Neighbours(site.rank);
+    for (const Neighbour& nb : nbs) {
+      const Region ghost = Ghost(nb, rows, cols);
+      if (nb.rank == MPI_PROC_NULL) {  // physical boundary
+        const char* value = DataOf(fill);
+        for (int i = 0; i < ghost.rows.length; ++i)
+          for (int j = 0; j < ghost.cols.length; ++j)
+            std::memcpy(dst + ((ghost.rows.begin + i) * size_t(Q) + ghost.cols.begin + j) * elem,
+                        value, elem);
+        continue;
+      }
+      MPI_Datatype recv_type, send_type;
+      ADCME_MPI_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &recv_type));
+      ADCME_MPI_RETURN_IF_ERROR(
+          types.Subarray(site, P, Q, Edge(nb, rows, cols).Shifted(w), type, &send_type));
+      requests.emplace_back();
+      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+          MPI_Irecv(dst, 1, recv_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Irecv"));
+      requests.emplace_back();
+      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+          MPI_Isend(dst, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
+    }
+    std::vector<MPI_Status> statuses;
+    return WaitAll(site, &requests, &statuses, Peers(nbs));
+  }
+};
+
+template <typename T>
+void AddRegion(const std::vector<T>& from, const Region& region, T* grad, int cols) {
+  size_t k = 0;
+  for (int i = 0; i < region.rows.length; ++i)
+    for (int j = 0; j < region.cols.length; ++j)
+      grad[(region.rows.begin + i) * size_t(cols) + region.cols.begin + j] += from[k++];
+}
+
+class HaloExchangeGradKernel : public HaloKernelBase {
+ public:
+  using HaloKernelBase::HaloKernelBase;
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    switch (ctx->input(0).dtype()) {
+      case tensorflow::DT_FLOAT: return RunTyped<float>(ctx, site);
+      case tensorflow::DT_DOUBLE: return RunTyped<double>(ctx, site);
+      default: return site.InvalidArgument("gradients exist for float32 and float64 only");
+    }
+  }
+
+  template <typename T>
+  absl::Status RunTyped(OpKernelContext* ctx, const CallSite& site) {
+    const Tensor& dy = ctx->input(0);
+    int tag = 0;
+    ADCME_MPI_RETURN_IF_ERROR(ScalarIntArg(ctx, 1, "tag", 0, TagUpperBound(site.comm), site, &tag));
+    const int w = width_;
+    if (dy.dims() != 2 || dy.dim_size(0) < 3 * w || dy.dim_size(1) < 3 * w)
+      return site.InvalidArgument(absl::StrCat("argument 'grad_padded' must be 2-D and at least ",
+                                               3 * w, " in each dimension, got shape ",
+                                               dy.shape().DebugString()));
+    const int P = dy.dim_size(0), Q = dy.dim_size(1), rows = P - 2 * w, cols = Q - 2 * w;
+    ADCME_MPI_RETURN_IF_ERROR(CheckGrid(site, dy.dtype(), rows, cols));
+    MPI_Datatype type;
+    ADCME_MPI_RETURN_IF_ERROR(MpiDatatypeFor(dy.dtype(), &type));
+
+    Tensor* grad_u = nullptr;
+    Tensor* grad_fill = nullptr;
+    ADCME_MPI_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows, cols}), &grad_u));
+    ADCME_MPI_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({}), &grad_fill));
+    const T* g = reinterpret_cast<const T*>(DataOf(dy));
+    T* gu = grad_u->flat<T>().data();
+    for (int i = 0; i < rows; ++i)
+      std::memcpy(gu + i * size_t(cols), g + (i + w) * size_t(Q) + w, cols * sizeof(T));
+
+    T fill_sum = 0;
+    TypeArena types;
+    std::vector<MPI_Request> requests;
+    std::vector<std::vector<T>> incoming;
+    std::vector<Region> incoming_region;
+    incoming.reserve(8);
+    const std::vector<Neighbour> nbs = Neighbours(site.rank);
+    for (const Neighbour& nb : nbs) {
+      const Region ghost = Ghost(nb, rows, cols);
+      if (nb.rank == MPI_PROC_NULL) {
+        for (int i = 0; i < ghost.rows.length; ++i)
+          for (int j = 0; j < ghost.cols.length; ++j)
+            fill_sum += g[(ghost.rows.begin + i) * size_t(Q) + ghost.cols.begin + j];
+        continue;
+      }
+      const Region edge = Edge(nb, rows, cols);
+      incoming.emplace_back(edge.size());
+      incoming_region.push_back(edge);
+      requests.emplace_back();
+      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+          MPI_Irecv(incoming.back().data(), static_cast<int>(edge.size()), type, nb.rank, tag,
+                    site.comm, &requests.back()),
+          "MPI_Irecv"));
+      MPI_Datatype send_type;
+      ADCME_MPI_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &send_type));
+      requests.emplace_back();
+      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+          MPI_Isend(g, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
+    }
+    std::vector<MPI_Status> statuses;
+    ADCME_MPI_RETURN_IF_ERROR(WaitAll(site, &requests, &statuses, Peers(nbs)));
+    for (size_t k = 0; k < incoming.size(); ++k) AddRegion(incoming[k], incoming_region[k], gu, cols);
+    grad_fill->scalar<T>()() = fill_sum;
+    return absl::OkStatus();
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("MPIHaloExchange").Device(DEVICE_CPU).HostMemory("tag"),
+                        HaloExchangeKernel);
+REGISTER_KERNEL_BUILDER(Name("MPIHaloExchangeGrad").Device(DEVICE_CPU).HostMemory("tag"),
+                        HaloExchangeGradKernel);
+
+}  // namespace
+}  // namespace adcme_mpi

@@ -1,0 +1,51 @@
+"""Runs the same pytest session on every rank of `mpiexec -n N python -m pytest tests/mpi`.
+
+- Every test's outcome is agreed across ranks: a test that fails on any rank
+  fails on all, and the report names the failing ranks and their messages.
+- Launch through tests/mpi_pytest.py so only rank 0 writes the report.
+- A test that runs longer than ADCME_MPI_TEST_TIMEOUT seconds (default 300)
+  dumps every thread's stack and ends this rank, which ends the job: nothing hangs.
+"""
+import faulthandler
+import os
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("ADCME_MPI_TIMEOUT", "120")  # stuck MPI waits abort with a named op
+
+from mpi4py import MPI  # noqa: E402
+
+RANK = MPI.COMM_WORLD.Get_rank()
+SIZE = MPI.COMM_WORLD.Get_size()
+_VOTES = MPI.COMM_WORLD.Dup()  # the harness's own traffic stays off the ops' communicators
+TEST_TIMEOUT = float(os.environ.get("ADCME_MPI_TEST_TIMEOUT", "300"))
+
+
+def pytest_report_header(config):
+    return f"adcme_mpi: {SIZE} MPI rank(s); this terminal shows rank 0, outcomes agreed across ranks"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if SIZE == 1:
+        return
+    failed = report.failed
+    mine = (failed, report.longreprtext[-3000:] if failed else "")
+    votes = _VOTES.allgather(mine)
+    bad = [r for r, (f, _) in enumerate(votes) if f]
+    if not bad:
+        return
+    text = "\n".join(f"----- rank {r} -----\n{msg}" for r, (f, msg) in enumerate(votes) if f)
+    report.outcome = "failed"
+    report.longrepr = f"failed on rank(s) {bad} of {SIZE}\n{text}"

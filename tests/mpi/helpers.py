@@ -1,0 +1,76 @@
+"""Shared test helpers: per-rank random data, graph runs, NumPy references
+from every rank's inputs, and the dot-product (adjoint) test."""
+import numpy as np
+import tensorflow as tf
+from mpi4py import MPI
+
+import adcme_mpi as am
+
+COMM = MPI.COMM_WORLD
+RANK = COMM.Get_rank()
+SIZE = COMM.Get_size()
+
+FLOAT_DTYPES = [np.float32, np.float64]
+ALL_DTYPES = [np.float32, np.float64, np.int32, np.int64]
+SHAPES = [(), (5,), (3, 4), (2, 3, 2)]
+
+
+def rng(salt):
+    """A generator that differs on every rank and for every salt."""
+    return np.random.default_rng([salt, RANK])
+
+
+def random(shape, dtype, salt):
+    g = rng(salt)
+    if np.issubdtype(dtype, np.integer):
+        return g.integers(-50, 50, size=shape).astype(dtype)
+    return g.standard_normal(shape).astype(dtype)
+
+
+def every_rank(x):
+    """[rank 0's x, rank 1's x, ...] on every rank."""
+    return COMM.allgather(x)
+
+
+def run_graph(build, **session_kw):
+    """Build fetches in a fresh graph and run them once in an adcme_mpi Session."""
+    graph = tf.Graph()
+    with graph.as_default():
+        fetches = build()
+        with am.Session(graph=graph, **session_kw) as sess:
+            return sess.run(fetches)
+
+
+def tolerance(dtype):
+    if np.dtype(dtype) == np.float32:
+        return dict(rtol=2e-5, atol=2e-5)
+    if np.dtype(dtype) == np.float64:
+        return dict(rtol=1e-12, atol=1e-12)
+    return dict(rtol=0, atol=0)
+
+
+def assert_close(actual, expected, dtype, what=""):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected),
+                               err_msg=f"rank {RANK}: {what}", **tolerance(dtype))
+
+
+def global_dot(a, b):
+    return COMM.allreduce(float(np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))))
+
+
+def adjoint_check(op, x, w, v, salt_note=""):
+    """Dot-product test for a linear distributed op: with y = op(x) and
+    g = (d/dx) sum_ranks <w, y>, check sum_ranks <g, v> == sum_ranks <w, op(v)>.
+    Returns (y, g, op(v)) as NumPy arrays on this rank."""
+    def build():
+        xt, vt = tf.constant(x), tf.constant(v)
+        y = op(xt)
+        g = tf.gradients(y, xt, grad_ys=tf.constant(w))[0]
+        return y, g, op(vt)
+    y, g, opv = run_graph(build)
+    lhs, rhs = global_dot(g, v), global_dot(w, opv)
+    scale = max(abs(lhs), abs(rhs), 1.0)
+    tol = 1e-4 if np.dtype(x.dtype) == np.float32 else 1e-11
+    assert abs(lhs - rhs) <= tol * scale, (
+        f"rank {RANK}: adjoint test failed {salt_note}: <g,v> = {lhs!r} but <w,op(v)> = {rhs!r}")
+    return y, g, opv

@@ -1,0 +1,27 @@
+"""Entry point for `mpiexec -n N python tests/mpi_pytest.py [pytest args]`.
+
+Rank 0 writes pytest's report to the terminal; the other ranks' stdout goes to
+$ADCME_MPI_TEST_LOGDIR/rank<r>.log (their failures still reach rank 0's report
+through tests/mpi/conftest.py, and their stderr stays on the terminal).
+"""
+import os
+import sys
+import tempfile
+
+from mpi4py import MPI
+
+rank = MPI.COMM_WORLD.Get_rank()
+if rank != 0:
+    logdir = os.environ.get("ADCME_MPI_TEST_LOGDIR") or tempfile.gettempdir()
+    os.makedirs(logdir, exist_ok=True)
+    log = open(os.path.join(logdir, f"adcme_mpi_rank{rank}.log"), "w")
+    sys.stdout.flush()
+    os.dup2(log.fileno(), 1)
+
+import pytest  # noqa: E402
+
+here = os.path.dirname(os.path.abspath(__file__))
+args = sys.argv[1:] or [os.path.join(here, "mpi")]
+code = pytest.main(args)
+sys.stdout.flush()
+sys.exit(int(code))
