@@ -9,7 +9,10 @@ from .runtime import (
     Session, mpi_barrier, mpi_finalize, mpi_finalized, mpi_init, mpi_initialized,
     mpi_rank, mpi_size, mpi_sync, register_comm, require_mpi, MPINotReady,
 )
-from .ops import mpi_allreduce, mpi_bcast, mpi_gather, mpi_scatter, mpi_sum
+from .ops import (
+    mpi_allreduce, mpi_bcast, mpi_gather, mpi_halo_exchange, mpi_recv, mpi_scatter, mpi_send,
+    mpi_sendrecv, mpi_sum,
+)
 
 __version__ = "0.1.0"
 
@@ -18,6 +21,7 @@ mpi_init()
 __all__ = [
     "Session", "mpi_init", "mpi_finalize", "mpi_initialized", "mpi_finalized", "mpi_rank",
     "mpi_size", "require_mpi", "mpi_barrier", "mpi_sync", "register_comm",
-    "mpi_sum", "mpi_allreduce", "mpi_bcast", "mpi_gather", "mpi_scatter",
+    "mpi_sum", "mpi_allreduce", "mpi_bcast", "mpi_gather", "mpi_scatter", "mpi_send",
+    "mpi_recv", "mpi_sendrecv", "mpi_halo_exchange",
     "MPINotReady", "MPILibraryMismatch",
 ]

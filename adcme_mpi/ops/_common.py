@@ -70,33 +70,66 @@ def peer_arg(op, arg, value, pair):
     return t
 
 
-# graph -> {control-flow context id: last MPI op created there}
-_last_mpi_op = weakref.WeakKeyDictionary()
+class _Chain:
+    """The MPI ops of one graph and control-flow context, in execution order.
+
+    Forward ops run in creation order. Gradient ops run in the exact reverse
+    order of the forward ops they are adjoints of, whatever order TensorFlow's
+    gradient code creates them in: then matching sends and receives on
+    different ranks (whose graphs differ) meet in a consistent order, and the
+    backward pass cannot deadlock where the forward pass did not."""
+
+    def __init__(self):
+        self.ops = []        # tf.Operation, in execution order
+        self.adjoint = []    # for each: sequence number of the op it is the adjoint of, or None
+        self.seq = {}        # op name -> creation sequence number
+
+    def position_for(self, adjoint_of):
+        end = len(self.ops)
+        if adjoint_of is None or adjoint_of.name not in self.seq:
+            return end, None
+        target = self.seq[adjoint_of.name]
+        # step back over the adjoints of ops created before `adjoint_of`
+        while end > 0 and self.adjoint[end - 1] is not None and self.adjoint[end - 1] < target:
+            end -= 1
+        return end, target
+
+    def insert(self, position, op, adjoint_seq):
+        self.seq[op.name] = len(self.seq)
+        self.ops.insert(position, op)
+        self.adjoint.insert(position, adjoint_seq)
 
 
-def in_program_order(build, deps=None):
-    """Run `build()` (which creates one MPI op) so that the op executes after
-    every MPI op created before it in the same graph, and after `deps`.
+# graph -> {control-flow context id: _Chain}
+_chains = weakref.WeakKeyDictionary()
 
-    tf.function already orders stateful ops; eager runs them as created.
-    Plain graphs get a control edge from the previous MPI op in the same
-    control-flow context. Consequence (documented): fetching an MPI op also
-    runs the MPI ops created before it in that graph."""
+
+def in_program_order(build, deps=None, adjoint_of=None):
+    """Run `build()` (which creates one MPI op) in program order, after `deps`.
+
+    Plain graphs: a control edge from the MPI op that precedes it in the
+    chain of its graph and control-flow context (and, for a gradient op
+    `adjoint_of` an earlier op, one to the op that follows it). So fetching
+    an MPI op also runs the MPI ops created before it in that graph
+    (documented). tf.function orders stateful ops by itself; eager mode runs
+    them as they are created."""
     deps = [] if deps is None else list(deps) if isinstance(deps, (list, tuple)) else [deps]
     if tf.executing_eagerly():
         return build()
     graph = tf.compat.v1.get_default_graph()
-    chained = not isinstance(graph, func_graph.FuncGraph)
-    context = id(graph._get_control_flow_context()) if chained else None
-    if chained:
-        previous = _last_mpi_op.setdefault(graph, {}).get(context)
-        if previous is not None:
-            deps.append(previous)
+    if isinstance(graph, func_graph.FuncGraph):
+        with graph.control_dependencies(deps):
+            return build()
+    chain = _chains.setdefault(graph, {}).setdefault(id(graph._get_control_flow_context()), _Chain())
+    position, adjoint_seq = chain.position_for(adjoint_of)
+    if position > 0:
+        deps.append(chain.ops[position - 1])
     with graph.control_dependencies(deps):
         out = build()
-    if chained:
-        first = out[0] if isinstance(out, (list, tuple)) else out
-        _last_mpi_op[graph][context] = first.op
+    op = (out[0] if isinstance(out, (list, tuple)) else out).op
+    if position < len(chain.ops):
+        chain.ops[position]._add_control_input(op)
+    chain.insert(position, op, adjoint_seq)
     return out
 
 

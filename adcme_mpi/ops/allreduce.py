@@ -19,4 +19,4 @@ def mpi_allreduce(a, *, comm=None, deps=None, name=None):
 @tf_ops.RegisterGradient("MPIAllreduce")
 def _mpi_allreduce_grad(op, grad):
     comm = backward_comm(op)
-    return in_program_order(lambda: lib.mpi_allreduce(grad, comm=comm))
+    return in_program_order(lambda: lib.mpi_allreduce(grad, comm=comm), adjoint_of=op)

@@ -21,4 +21,4 @@ def mpi_bcast(a, root=0, *, comm=None, deps=None, name=None):
 def _mpi_bcast_grad(op, grad):
     comm = backward_comm(op)
     root = op.inputs[1]
-    return in_program_order(lambda: lib.mpi_sum(grad, root, comm=comm)), None
+    return in_program_order(lambda: lib.mpi_sum(grad, root, comm=comm), adjoint_of=op), None

@@ -34,7 +34,7 @@ def mpi_scatter(a, root=0, *, comm=None, deps=None, name=None):
 def _mpi_gather_grad(op, grad):
     comm = backward_comm(op)
     root = op.inputs[1]
-    part = in_program_order(lambda: lib.mpi_scatter(grad, root, comm=comm))
+    part = in_program_order(lambda: lib.mpi_scatter(grad, root, comm=comm), adjoint_of=op)
     return tf.reshape(part, tf.shape(op.inputs[0])), None
 
 
@@ -42,4 +42,4 @@ def _mpi_gather_grad(op, grad):
 def _mpi_scatter_grad(op, grad):
     comm = backward_comm(op)
     root = op.inputs[1]
-    return in_program_order(lambda: lib.mpi_gather(grad, root, comm=comm)), None
+    return in_program_order(lambda: lib.mpi_gather(grad, root, comm=comm), adjoint_of=op), None

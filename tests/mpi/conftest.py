@@ -34,6 +34,17 @@ def pytest_runtest_protocol(item, nextitem):
         faulthandler.cancel_dump_traceback_later()
 
 
+def _summary(call, report):
+    """The exception line(s) first (TF puts the cause at the top), then where."""
+    text = report.longreprtext
+    if call.excinfo is not None:
+        value = call.excinfo.value
+        # a TF OpError's own message (the kernel's) is more useful than its traceback
+        text = f"{type(value).__name__}: {getattr(value, 'message', None) or call.excinfo.exconly()}"
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("    File "))
+    return f"{text[:2500]}\n  at {report.location[0]}:{report.location[1]}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -41,7 +52,7 @@ def pytest_runtest_makereport(item, call):
     if SIZE == 1:
         return
     failed = report.failed
-    mine = (failed, report.longreprtext[-3000:] if failed else "")
+    mine = (failed, _summary(call, report) if failed else "")
     votes = _VOTES.allgather(mine)
     bad = [r for r, (f, _) in enumerate(votes) if f]
     if not bad:
