@@ -9,6 +9,7 @@ from .runtime import (
     Session, mpi_barrier, mpi_finalize, mpi_finalized, mpi_init, mpi_initialized,
     mpi_rank, mpi_size, mpi_sync, register_comm, require_mpi, MPINotReady,
 )
+from .optimize import MPIOptimizeError, mpi_optimize
 from .ops import (
     mpi_allreduce, mpi_bcast, mpi_gather, mpi_halo_exchange, mpi_recv, mpi_scatter, mpi_send,
     mpi_sendrecv, mpi_sum,
@@ -23,5 +24,5 @@ __all__ = [
     "mpi_size", "require_mpi", "mpi_barrier", "mpi_sync", "register_comm",
     "mpi_sum", "mpi_allreduce", "mpi_bcast", "mpi_gather", "mpi_scatter", "mpi_send",
     "mpi_recv", "mpi_sendrecv", "mpi_halo_exchange",
-    "MPINotReady", "MPILibraryMismatch",
+    "mpi_optimize", "MPIOptimizeError", "MPINotReady", "MPILibraryMismatch",
 ]

@@ -1,0 +1,174 @@
+"""mpi_optimize: ADCME's master/worker distributed optimizer, on scipy.
+
+Rank 0 runs scipy.optimize.minimize. Every time scipy needs the objective or
+the gradient at x, rank 0 broadcasts a command with x; every rank (rank 0
+included) evaluates the same callables (which run the same TF graph, whose MPI
+ops need every rank), and scipy uses rank 0's values. At the end rank 0
+broadcasts the result, so every rank returns the same OptimizeResult.
+"""
+import time
+import traceback
+
+import numpy as np
+import scipy.optimize
+from mpi4py import MPI
+
+from .runtime import require_mpi
+
+__all__ = ["mpi_optimize", "MPIOptimizeError"]
+
+_EVAL, _STOP = "eval", "stop"
+
+
+class MPIOptimizeError(RuntimeError):
+    """An objective or gradient evaluation raised on some rank(s)."""
+
+
+class _Control:
+    """Commands and error votes on a private duplicate of the communicator."""
+
+    def __init__(self, comm, error_wait):
+        self.comm = comm.Dup()
+        self.rank = self.comm.Get_rank()
+        self.error_wait = error_wait
+
+    def agree_on_errors(self, error):
+        """Every rank says whether its evaluation failed. If the others do not
+        answer within `error_wait` seconds (they are stuck inside an MPI op
+        that this rank never reached), abort the job instead of hanging."""
+        flag = np.array([1 if error else 0], dtype=np.int32)
+        total = np.zeros(1, dtype=np.int32)
+        request = self.comm.Iallreduce(flag, total, op=MPI.SUM)
+        deadline = time.monotonic() + self.error_wait
+        while not request.Test():
+            if error and time.monotonic() > deadline:
+                print(f"[rank {self.rank}] mpi_optimize: evaluation failed and the other ranks "
+                      f"did not answer within {self.error_wait:g} s (they wait inside an MPI "
+                      f"op); aborting the job.\n{error}", flush=True)
+                time.sleep(0.5)
+                MPI.COMM_WORLD.Abort(1)
+            time.sleep(0.0005)
+        if total[0] == 0:
+            return
+        messages = self.comm.allgather(error)
+        text = "\n".join(f"--- rank {r} ---\n{m}" for r, m in enumerate(messages) if m)
+        bad = [r for r, m in enumerate(messages) if m]
+        raise MPIOptimizeError(f"mpi_optimize: evaluation raised on rank(s) {bad}:\n{text}")
+
+    def free(self):
+        self.comm.Free()
+
+
+def _evaluate(kind, x, f, g, fg):
+    if fg is not None:
+        value, grad = fg(x)
+        return (float(value), np.asarray(grad, dtype=np.float64).reshape(x.shape))
+    if kind == "f":
+        return float(f(x))
+    if kind == "g":
+        return np.asarray(g(x), dtype=np.float64).reshape(x.shape)
+    raise ValueError(kind)
+
+
+def _run_one(control, kind, x, f, g, fg):
+    error, result = None, None
+    try:
+        result = _evaluate(kind, x, f, g, fg)
+    except Exception:  # reported to every rank below
+        error = traceback.format_exc()
+    control.agree_on_errors(error)
+    return result
+
+
+def mpi_optimize(f=None, g=None, x0=None, method="L-BFGS-B", options=None, callback=None, *,
+                 fg=None, comm=None, verbose=False, error_wait=30.0, **minimize_kw):
+    """Minimise f with scipy.optimize.minimize on rank 0, evaluating on every rank.
+
+    f(x) -> float and g(x) -> ndarray (scipy's style), or fg(x) -> (f, g) in
+    their place (one graph run per step). Their values on rank 0 are what
+    scipy sees, so they should be the global objective and gradient there
+    (e.g. reduce with mpi_sum and differentiate through mpi_bcast'd
+    parameters). x0 is taken from rank 0. `method`, `options` and any other
+    keyword (bounds, tol, ...) go to scipy. `callback` runs on rank 0.
+    verbose=True prints iteration, loss and gradient norm on rank 0.
+
+    Every rank returns the same OptimizeResult. If f or g raises on any rank,
+    every rank raises MPIOptimizeError (or, when the failing rank left the
+    others waiting inside an MPI op, the job is aborted after `error_wait` s).
+    """
+    require_mpi("mpi_optimize")
+    if fg is None and (f is None or g is None):
+        raise TypeError("mpi_optimize: pass f and g, or fg")
+    if x0 is None:
+        raise TypeError("mpi_optimize: x0 is required")
+    control = _Control(comm or MPI.COMM_WORLD, error_wait)
+    try:
+        x0 = np.array(x0, dtype=np.float64)
+        x0 = control.comm.bcast(x0, root=0)
+        if control.rank == 0:
+            result = _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_kw)
+        else:
+            result = _worker(control, f, g, fg)
+        return result
+    finally:
+        control.free()
+
+
+def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_kw):
+    def remote(kind):
+        def evaluate(x):
+            x = np.asarray(x, dtype=np.float64).reshape(x0.shape)
+            control.comm.bcast((_EVAL, kind, x), root=0)
+            return _run_one(control, kind, x, f, g, fg)
+        return evaluate
+
+    history = {"iteration": 0, "last": None}
+
+    def fun_and_record(kind):
+        evaluate = remote(kind)
+
+        def wrapped(x):
+            out = evaluate(x)
+            history["last"] = out
+            return out
+        return wrapped
+
+    if fg is not None:
+        fun, jac = fun_and_record("fg"), True
+    else:
+        fun, jac = fun_and_record("f"), remote("g")
+
+    def report(xk, *rest):
+        history["iteration"] += 1
+        if verbose:
+            last = history["last"]
+            loss = last[0] if isinstance(last, tuple) else last
+            grad = last[1] if isinstance(last, tuple) else None
+            norm = f"{np.linalg.norm(grad):.3e}" if grad is not None else "-"
+            print(f"mpi_optimize iter {history['iteration']:4d}  loss {loss:.6e}  |grad| {norm}",
+                  flush=True)
+        if callback is not None:
+            return callback(xk, *rest)
+        return None
+
+    try:
+        result = scipy.optimize.minimize(fun, x0, jac=jac, method=method, options=options,
+                                         callback=report, **minimize_kw)
+    except MPIOptimizeError:
+        raise  # every rank raises it already
+    except BaseException as err:
+        # scipy itself (or the callback) failed on rank 0: release the workers first
+        control.comm.bcast((_STOP, None, f"rank 0 failed: {err!r}"), root=0)
+        raise
+    control.comm.bcast((_STOP, result, None), root=0)
+    return result
+
+
+def _worker(control, f, g, fg):
+    while True:
+        command, payload, extra = control.comm.bcast(None, root=0)
+        if command == _STOP:
+            if extra is not None:
+                raise MPIOptimizeError(f"mpi_optimize: {extra}")
+            return payload
+        _run_one(control, payload, extra, f, g, fg)
