@@ -16,9 +16,11 @@ tf.compat.v1.disable_eager_execution()
 theta = tf.compat.v1.placeholder(tf.float64, shape=[1])
 f_theta = am.mpi_bcast(theta)
 r = am.mpi_rank()
-# t^0 written as 1: TF's pow gradient at t = 0 is 0 * t^-1 = nan, and
-# L-BFGS-B's first step from t = 1 lands exactly on t = 0.
-l = f_theta ** r if r > 0 else tf.ones_like(f_theta)
+# t^0 written as 1 + 0*t: TF's pow gradient at t = 0 is 0 * t^-1 = nan (and
+# L-BFGS-B's first step from t = 1 lands exactly on 0). The 0*t keeps a
+# differentiable path from theta to L on rank 0, which tf.gradients needs to
+# build rank 0's part of the backward pass.
+l = f_theta ** r if r > 0 else 1.0 + 0.0 * f_theta
 L = (tf.reduce_sum(am.mpi_sum(l)) - 2.0) ** 2
 g = tf.gradients(L, theta)[0]
 sess = am.Session()
