@@ -111,14 +111,16 @@ def in_program_order(build, deps=None, adjoint_of=None):
     chain of its graph and control-flow context (and, for a gradient op
     `adjoint_of` an earlier op, one to the op that follows it). So fetching
     an MPI op also runs the MPI ops created before it in that graph
-    (documented). tf.function orders stateful ops by itself; eager mode runs
-    them as they are created."""
+    (documented). A tf.while_loop body built in graph mode gets its own chain.
+    tf.function orders stateful ops by itself; eager mode runs them as they
+    are created. Also used to put a whole tf.while_loop that contains MPI ops
+    into the chain."""
     deps = [] if deps is None else list(deps) if isinstance(deps, (list, tuple)) else [deps]
     if tf.executing_eagerly():
         return build()
     graph = tf.compat.v1.get_default_graph()
-    if isinstance(graph, func_graph.FuncGraph):
-        with graph.control_dependencies(deps):
+    if isinstance(graph, func_graph.FuncGraph) and graph._add_control_dependencies:
+        with graph.control_dependencies(deps):  # tf.function orders stateful ops itself
             return build()
     chain = _chains.setdefault(graph, {}).setdefault(id(graph._get_control_flow_context()), _Chain())
     position, adjoint_seq = chain.position_for(adjoint_of)

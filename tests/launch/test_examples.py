@@ -80,3 +80,24 @@ print("finished normally")
     assert result.code not in (0, "timeout"), result
     assert "worker exploded" in result.out and "finished normally" not in result.out, result
     assert result.seconds < 60, result
+
+
+def test_heat_application_script(tmp_path):
+    out = run_ok(4, "examples/heat.py", "--N", "16", "--steps", "40", "--out", str(tmp_path),
+                 timeout=600)
+    error = float(re.search(r"max error=([0-9.eE+-]+)", out).group(1))
+    assert error < 1e-6, out
+    for name in ("heat_fields.png", "heat_loss.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_poisson_application_script(tmp_path):
+    out = run_ok(4, "examples/poisson.py", "--N", "16", "--maxiter", "40", "--out", str(tmp_path),
+                 timeout=600)
+    match = re.search(r"max \|u - u_exact\| = ([0-9.eE+-]+); inverse: loss ([0-9.eE+-]+) -> "
+                      r"([0-9.eE+-]+)", out)
+    assert match, out
+    err, before, after = (float(g) for g in match.groups())
+    assert err < 1e-3 and after < before / 50, out
+    for name in ("poisson_fields.png", "poisson_loss.png"):
+        assert (tmp_path / name).stat().st_size > 1000

@@ -1,0 +1,222 @@
+"""Poisson problem div(kappa grad u) = f on [0,1]^2, u = 0 on the boundary,
+ADCME's 5-point scheme with averaged kappa, on an m x n patch grid.
+
+Manufactured solution u = x(1-x)y(1-y), kappa = 1 + x^2 + y^2. The linear
+system is solved by a matrix-free distributed conjugate gradient (halo
+exchange for the stencil, mpi_allreduce for dot products) inside one
+tf.while_loop. Its gradient is the adjoint method: one more CG solve with the
+same (symmetric) operator, not differentiation through CG iterations.
+
+kappa can be a small neural network whose weights are broadcast from rank 0;
+the inverse problem recovers kappa from u with mpi_optimize.
+
+    mpiexec -n 4 python examples/poisson.py --out poisson_out [--N 32]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import adcme_mpi as am  # noqa: E402
+from adcme_mpi.ops._common import in_program_order  # noqa: E402
+from grid import Patch, default_grid  # noqa: E402
+
+
+def exact_u(x, y):
+    return x * (1 - x) * y * (1 - y)
+
+
+def exact_kappa(x, y):
+    return 1 + x ** 2 + y ** 2
+
+
+def source(x, y):
+    """f = div(kappa grad u) for the manufactured pair."""
+    ux, uy = (1 - 2 * x) * y * (1 - y), x * (1 - x) * (1 - 2 * y)
+    lap = -2 * y * (1 - y) - 2 * x * (1 - x)
+    return exact_kappa(x, y) * lap + 2 * x * ux + 2 * y * uy
+
+
+class PoissonProblem:
+    def __init__(self, N=16, grid=None, comm=None, tol=1e-12, maxiter=None):
+        comm = comm or MPI.COMM_WORLD
+        m, n = grid or default_grid(comm.Get_size())
+        self.patch = p = Patch(N, m, n, comm)
+        self.comm, self.tol, self.maxiter = comm, tol, maxiter or 10 * N
+        self.x, self.y = p.coordinates()
+        self.xb, self.yb = p.coordinates(border=1)   # nodes plus one layer (kappa only)
+        self.f = source(self.x, self.y)
+
+    # ---- the operator K = -div(kappa grad .) (symmetric positive definite) ----
+    def faces(self, kappa_b):
+        """Face coefficients (averaged kappa) from kappa on nodes plus border."""
+        c = kappa_b[1:-1, 1:-1]
+        return ((c + kappa_b[1:-1, 2:]) / 2, (c + kappa_b[1:-1, :-2]) / 2,
+                (c + kappa_b[2:, 1:-1]) / 2, (c + kappa_b[:-2, 1:-1]) / 2)
+
+    def apply(self, u, faces):
+        p = self.patch
+        e, w, nn, s = faces
+        up = am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm)
+        c = up[1:-1, 1:-1]
+        return (e * (c - up[1:-1, 2:]) + w * (c - up[1:-1, :-2]) + nn * (c - up[2:, 1:-1])
+                + s * (c - up[:-2, 1:-1])) / p.h ** 2
+
+    def dot(self, a, b):
+        return am.mpi_allreduce(tf.reduce_sum(a * b), comm=self.comm)
+
+    def cg(self, faces, b):
+        """Distributed CG for K x = b from x = 0, to ||r|| <= tol ||b||."""
+        bnorm2 = self.dot(b, b)
+        stop2 = self.tol ** 2 * bnorm2
+
+        def cond(k, x, r, p, rs):
+            return tf.logical_and(k < self.maxiter, rs > stop2)
+
+        def body(k, x, r, p, rs):
+            Kp = self.apply(p, faces)
+            alpha = rs / self.dot(p, Kp)
+            x = x + alpha * p
+            r = r - alpha * Kp
+            rs_new = self.dot(r, r)
+            return k + 1, x, r, r + (rs_new / rs) * p, rs_new
+
+        zero = tf.zeros_like(b)
+        loop = in_program_order(lambda: tf.while_loop(
+            cond, body, [tf.constant(0), zero, b, b, bnorm2]))
+        self.iterations = loop[0]
+        return loop[1]
+
+    def solve(self, kappa_b):
+        """u with K(kappa) u = -f; gradient w.r.t. kappa by the adjoint method."""
+        b = tf.constant(-self.f)
+
+        @tf.custom_gradient
+        def solve_with_adjoint(kappa_b):
+            faces = self.faces(kappa_b)
+            u = self.cg(faces, b)
+
+            def grad(du):
+                lam = self.cg(faces, du)          # K is symmetric: K^T lam = du
+                lam, u_fixed = tf.stop_gradient(lam), tf.stop_gradient(u)
+                # d/dkappa <du, K^-1 b> = -<lam, (dK/dkappa) u>
+                inner = -tf.reduce_sum(lam * self.apply(u_fixed, self.faces(kappa_b)))
+                return tf.gradients(inner, kappa_b)[0]
+            return u, grad
+        return solve_with_adjoint(kappa_b)
+
+
+# ---- a small neural network for kappa; weights broadcast from rank 0 ----
+LAYERS = [2, 10, 1]
+
+
+def n_weights():
+    return sum(a * b + b for a, b in zip(LAYERS[:-1], LAYERS[1:]))
+
+
+def init_weights(seed=0):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for a, b in zip(LAYERS[:-1], LAYERS[1:]):
+        parts += [rng.standard_normal(a * b) * np.sqrt(1.0 / a), np.zeros(b)]
+    return np.concatenate(parts)
+
+
+def network_kappa(weights, x, y):
+    """kappa(x, y) = 1 + softplus(MLP(x, y)) > 1, evaluated at the arrays x, y."""
+    h = tf.stack([tf.reshape(tf.constant(x), [-1]), tf.reshape(tf.constant(y), [-1])], axis=1)
+    k = 0
+    for i, (a, b) in enumerate(zip(LAYERS[:-1], LAYERS[1:])):
+        W = tf.reshape(weights[k:k + a * b], [a, b])
+        c = weights[k + a * b:k + a * b + b]
+        k += a * b + b
+        h = tf.matmul(h, W) + c
+        if i < len(LAYERS) - 2:
+            h = tf.tanh(h)
+    return tf.reshape(1.0 + tf.nn.softplus(h), x.shape)
+
+
+def build_inverse(problem, observed):
+    weights0 = tf.compat.v1.placeholder(tf.float64, [n_weights()])
+    weights = am.mpi_bcast(weights0, comm=problem.comm)
+    u = problem.solve(network_kappa(weights, problem.xb, problem.yb))
+    loss = am.mpi_sum(tf.reduce_sum((u - observed) ** 2) / problem.patch.N ** 2 * 1e4,
+                      comm=problem.comm)
+    return weights0, loss, tf.gradients(loss, weights0)[0]
+
+
+def run(N=16, out=None, maxiter=200, verbose=False):
+    tf.compat.v1.disable_eager_execution()
+    problem = PoissonProblem(N=N)
+    p = problem.patch
+    with tf.Graph().as_default() as g:
+        u = problem.solve(tf.constant(exact_kappa(problem.xb, problem.yb)))
+        with am.Session(graph=g) as sess:
+            u_true, iters = sess.run([u, problem.iterations])
+    err = np.max(np.abs(p.assemble(u_true) - p.assemble(exact_u(problem.x, problem.y))))
+    with tf.Graph().as_default() as g:
+        weights0, loss, grad = build_inverse(problem, tf.constant(u_true))
+        kappa_net = network_kappa(weights0, problem.x, problem.y)
+        with am.Session(graph=g) as sess:
+            history = []
+
+            def fg(v):
+                L, G = sess.run([loss, grad], {weights0: v})
+                history.append(L)
+                return L, G
+            result = am.mpi_optimize(fg=fg, x0=init_weights(), method="L-BFGS-B",
+                                     verbose=verbose, options={"maxiter": maxiter})
+            kappa_found = sess.run(kappa_net, {weights0: result.x})
+    kappa_true = exact_kappa(problem.x, problem.y)
+    kappa_err = float(p.comm.allreduce(np.max(np.abs(kappa_found - kappa_true) / kappa_true),
+                                       op=MPI.MAX))
+    summary = {"solution_error": float(err), "cg_iterations": int(iters), "loss0": float(problem.comm.bcast(history[0])),
+               "loss": float(result.fun), "kappa_rel_error": kappa_err, "iterations": int(result.nit)}
+    if p.rank == 0:
+        print(f"poisson: N={N} grid={p.m}x{p.n} CG iterations {iters}, max |u - u_exact| = "
+              f"{err:.2e}; inverse: loss {history[0]:.3e} -> {result.fun:.3e} in {result.nit} "
+              f"iterations, max relative kappa error {kappa_err:.2e}")
+    if out:
+        fields = [p.assemble(u_true), p.assemble(kappa_true), p.assemble(kappa_found)]
+        if p.rank == 0:
+            summary["figures"] = save_figures(out, *fields, history)
+    return summary
+
+
+def save_figures(out, u, kappa_true, kappa_found, history):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, field, title in zip(axes, [u, kappa_true, kappa_found],
+                                ["u (CG solution)", "true kappa", "recovered kappa (network)"]):
+        im = ax.imshow(field, origin="lower", extent=[0, 1, 0, 1])
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax)
+    paths = [os.path.join(out, "poisson_fields.png"), os.path.join(out, "poisson_loss.png")]
+    fig.savefig(paths[0], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogy(history)
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("loss")
+    ax.set_title("Poisson inverse problem")
+    fig.savefig(paths[1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--N", type=int, default=32)
+    parser.add_argument("--out", default="poisson_out")
+    parser.add_argument("--maxiter", type=int, default=200)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    run(args.N, args.out, args.maxiter, args.verbose)
+    am.mpi_finalize()

@@ -1,0 +1,105 @@
+"""The heat and Poisson applications (examples/heat.py, examples/poisson.py),
+small enough for CI: forward on N ranks against one rank (COMM_SELF) and
+against scipy.sparse, the adjoint-method gradient against central finite
+differences, and loss reductions of the inverse problems."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg
+import tensorflow as tf
+from mpi4py import MPI
+
+import adcme_mpi as am
+from helpers import RANK, SIZE, run_graph
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+import heat  # noqa: E402
+import poisson  # noqa: E402
+
+N = 12  # divisible by every grid the default factorisation picks for 1, 2, 3, 4, 6 ranks
+
+
+def test_heat_forward_matches_one_rank():
+    dist = heat.HeatProblem(N=N, steps=30)
+    serial = heat.HeatProblem(N=N, steps=30, grid=(1, 1), comm=MPI.COMM_SELF)
+    theta = heat.TRUE_THETA
+    assert dist.stable(theta)
+    local = run_graph(lambda: dist.simulate(tf.constant(dist.kappa(theta))))
+    full = run_graph(lambda: serial.simulate(tf.constant(serial.kappa(theta))))
+    for snap_local, snap_full in zip(local, full):
+        np.testing.assert_allclose(dist.patch.assemble(snap_local), snap_full, rtol=0, atol=1e-12)
+
+
+def test_heat_inverse_recovers_kappa():
+    summary = heat.run(N=N, steps=30, maxiter=60)
+    assert summary["theta_error"] < 1e-6, summary
+    assert summary["loss"] < 1e-8 * summary["loss0"], summary
+
+
+def poisson_matrix(N, kappa_on_nodes_with_border):
+    """scipy.sparse K = -div(kappa grad) with averaged kappa, zero Dirichlet."""
+    h = 1.0 / (N + 1)
+    kb = kappa_on_nodes_with_border
+    idx = np.arange(N * N).reshape(N, N)
+    rows, cols, vals = [], [], []
+    for i in range(N):
+        for j in range(N):
+            c = kb[i + 1, j + 1]
+            diag = 0.0
+            for di, dj in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+                face = (c + kb[i + 1 + di, j + 1 + dj]) / 2
+                diag += face
+                if 0 <= i + di < N and 0 <= j + dj < N:
+                    rows.append(idx[i, j]); cols.append(idx[i + di, j + dj]); vals.append(-face / h ** 2)  # noqa: E702
+            rows.append(idx[i, j]); cols.append(idx[i, j]); vals.append(diag / h ** 2)  # noqa: E702
+    return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(N * N, N * N))
+
+
+def test_poisson_forward_matches_scipy_and_one_rank():
+    prob = poisson.PoissonProblem(N=N)
+    serial = poisson.PoissonProblem(N=N, grid=(1, 1), comm=MPI.COMM_SELF)
+    u_local = run_graph(lambda: prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb))))
+    u_serial = run_graph(lambda: serial.solve(tf.constant(poisson.exact_kappa(serial.xb, serial.yb))))
+    u = prob.patch.assemble(u_local)
+    K = poisson_matrix(N, poisson.exact_kappa(serial.xb, serial.yb))
+    reference = scipy.sparse.linalg.spsolve(K.tocsc(), -serial.f.ravel()).reshape(N, N)
+    np.testing.assert_allclose(u, reference, rtol=0, atol=1e-8 * np.max(np.abs(reference)))
+    np.testing.assert_allclose(u, u_serial, rtol=0, atol=1e-10 * np.max(np.abs(reference)))
+    # and the discretisation converges to the manufactured solution (O(h^2))
+    exact = prob.patch.assemble(poisson.exact_u(prob.x, prob.y))
+    assert np.max(np.abs(u - exact)) < 2e-3 * np.max(np.abs(exact))
+
+
+def test_poisson_gradient_matches_central_differences():
+    prob = poisson.PoissonProblem(N=N)
+    observed = poisson.exact_u(prob.x, prob.y)
+    graph = tf.Graph()
+    with graph.as_default():
+        weights0, loss, grad = poisson.build_inverse(prob, tf.constant(observed))
+        with am.Session(graph=graph) as sess:
+            w = poisson.init_weights(seed=1)
+            direction = np.random.default_rng(7).standard_normal(w.size)  # same on every rank
+            L, G = sess.run([loss, grad], {weights0: w})
+            eps = 1e-5
+            Lp = sess.run(loss, {weights0: w + eps * direction})
+            Lm = sess.run(loss, {weights0: w - eps * direction})
+    if RANK == 0:
+        fd = (Lp - Lm) / (2 * eps)
+        ad = float(G @ direction)
+        assert abs(fd - ad) <= 1e-6 * max(abs(ad), 1e-8), (fd, ad)
+    else:
+        assert L == 0.0  # mpi_sum: the loss lives on rank 0
+
+
+@pytest.mark.skipif(SIZE > 4, reason="one inverse run is enough per CI; 1-4 ranks cover it")
+def test_poisson_inverse_reduces_loss(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("poisson")) if RANK == 0 else None
+    out = MPI.COMM_WORLD.bcast(out)
+    summary = poisson.run(N=N, out=out, maxiter=30)
+    assert summary["loss"] < summary["loss0"] / 50, summary
+    if RANK == 0:
+        for path in summary["figures"]:
+            assert os.path.getsize(path) > 1000
