@@ -196,7 +196,7 @@ def _install_abort_on_uncaught_exception():
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        if MPI.COMM_WORLD.Get_size() == 1 or not mpi_initialized() or kind is KeyboardInterrupt:
+        if not mpi_initialized() or kind is KeyboardInterrupt or MPI.COMM_WORLD.Get_size() == 1:
             previous(kind, value, tb)
             return
         rank = MPI.COMM_WORLD.Get_rank()
