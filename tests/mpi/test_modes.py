@@ -1,0 +1,71 @@
+"""Every op and gradient in graph mode, eagerly (GradientTape) and inside
+tf.function: the three must agree exactly."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adcme_mpi as am
+from helpers import RANK, SIZE, random, run_graph
+
+MODES = ["graph", "eager", "function"]
+
+
+def grid():
+    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
+    return m, SIZE // m
+
+
+def p2p(t):
+    if SIZE == 1:
+        return tf.identity(t)
+    if RANK == 0:
+        return am.mpi_send(t, SIZE - 1, tag=2)
+    if RANK == SIZE - 1:
+        return am.mpi_recv(t, 0, tag=2)
+    return tf.identity(t)
+
+
+OPS = {
+    "sum": ((3, 2), (3, 2), lambda t: am.mpi_sum(t, SIZE - 1)),
+    "allreduce": ((4,), (4,), am.mpi_allreduce),
+    "bcast": ((2, 2), (2, 2), lambda t: am.mpi_bcast(t, SIZE - 1)),
+    "gather": ((2, 3), (2 * SIZE, 3), lambda t: am.mpi_gather(t, 0)),
+    "scatter": ((SIZE, 2), (1, 2), lambda t: am.mpi_scatter(t, 0)),
+    "halo": ((3, 4), (5, 6), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
+    "halo2": ((3, 4), (7, 8), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
+    "send_recv": ((5,), (5,), p2p),
+    "sendrecv": ((5,), (5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t),
+}
+
+
+def run_mode(mode, op, x, w):
+    if mode == "graph":
+        def build():
+            xt = tf.constant(x)
+            y = op(xt)
+            return y, tf.gradients(y, xt, grad_ys=tf.constant(w))[0]
+        return run_graph(build)
+
+    def forward_backward(xt):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = op(xt)
+        return y, tape.gradient(y, xt, output_gradients=tf.constant(w))
+    if mode == "function":
+        forward_backward = tf.function(forward_backward)
+    y, g = forward_backward(tf.constant(x))
+    return y.numpy(), g.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_modes_agree(name, dtype):
+    in_shape, out_shape, op = OPS[name]
+    x, w = random(in_shape, dtype, 200), random(out_shape, dtype, 201)
+    results = {mode: run_mode(mode, op, x, w) for mode in MODES}
+    y_graph, g_graph = results["graph"]
+    assert y_graph.shape == out_shape and g_graph.shape == in_shape
+    for mode in ("eager", "function"):
+        y, g = results[mode]
+        np.testing.assert_array_equal(y, y_graph, err_msg=f"{mode} forward")
+        np.testing.assert_array_equal(g, g_graph, err_msg=f"{mode} gradient")
