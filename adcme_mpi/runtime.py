@@ -56,6 +56,7 @@ def _register(comm):
     return pair
 
 
+@tf.autograph.experimental.do_not_convert
 def register_comm(comm):
     """Prepare `comm` for the ops. Collective over `comm`: call it on all of its
     ranks. Collective ops and halo exchanges do it themselves on first use;
@@ -66,6 +67,7 @@ def register_comm(comm):
         return pair if pair is not None else _register(comm)
 
 
+@tf.autograph.experimental.do_not_convert
 def comm_pair(comm, op, collective):
     """The _CommPair for `comm` (default COMM_WORLD) as an op wrapper needs it."""
     require_mpi(op)
@@ -85,19 +87,23 @@ def comm_pair(comm, op, collective):
     return pair
 
 
+@tf.autograph.experimental.do_not_convert
 def gradient_comm(handle):
     """The communicator handle gradient ops of an op that used `handle` use."""
     return _other_direction[handle]
 
 
+@tf.autograph.experimental.do_not_convert
 def mpi_initialized():
     return bool(MPI.Is_initialized()) and not MPI.Is_finalized()
 
 
+@tf.autograph.experimental.do_not_convert
 def mpi_finalized():
     return bool(MPI.Is_finalized())
 
 
+@tf.autograph.experimental.do_not_convert
 def require_mpi(op="adcme_mpi"):
     if MPI.Is_finalized():
         raise MPINotReady(f"{op}: MPI is already finalized (mpi_finalize() was called)")
@@ -134,11 +140,13 @@ def mpi_finalize():
     MPI.Finalize()
 
 
+@tf.autograph.experimental.do_not_convert
 def mpi_rank(comm=None):
     require_mpi("mpi_rank")
     return (comm or MPI.COMM_WORLD).Get_rank()
 
 
+@tf.autograph.experimental.do_not_convert
 def mpi_size(comm=None):
     require_mpi("mpi_size")
     return (comm or MPI.COMM_WORLD).Get_size()

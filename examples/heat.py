@@ -63,7 +63,6 @@ def build_inverse(problem, observed):
 
 
 def run(N=16, steps=50, out=None, maxiter=100, verbose=False):
-    tf.compat.v1.disable_eager_execution()
     problem = HeatProblem(N=N, steps=steps)
     rank = problem.patch.rank
     with tf.Graph().as_default() as g:
@@ -129,6 +128,7 @@ def save_figures(out, u, kappa_true, kappa_found, history):
 
 
 if __name__ == "__main__":
+    tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--N", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)

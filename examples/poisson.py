@@ -150,7 +150,6 @@ def build_inverse(problem, observed):
 
 
 def run(N=16, out=None, maxiter=200, verbose=False):
-    tf.compat.v1.disable_eager_execution()
     problem = PoissonProblem(N=N)
     p = problem.patch
     with tf.Graph().as_default() as g:
@@ -212,6 +211,7 @@ def save_figures(out, u, kappa_true, kappa_found, history):
 
 
 if __name__ == "__main__":
+    tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--N", type=int, default=32)
     parser.add_argument("--out", default="poisson_out")

@@ -9,6 +9,10 @@ from tensorflow.python.framework import func_graph
 from .. import runtime
 from .._loader import ops as lib
 
+# Our wrappers are plain Python around MPI handles: AutoGraph has nothing to
+# convert there (and warns about mpi4py's Cython methods if it tries).
+no_autograph = tf.autograph.experimental.do_not_convert
+
 DATA_DTYPES = (tf.float32, tf.float64, tf.int32, tf.int64)
 GRAD_DTYPES = (tf.float32, tf.float64)
 
@@ -86,9 +90,11 @@ class _Chain:
 
     def position_for(self, adjoint_of):
         end = len(self.ops)
-        if adjoint_of is None or adjoint_of.name not in self.seq:
+        # (a GradientTape in a v1 graph hands gradient functions a _MockOp without a name)
+        name = getattr(adjoint_of, "name", None)
+        if name not in self.seq:
             return end, None
-        target = self.seq[adjoint_of.name]
+        target = self.seq[name]
         # step back over the adjoints of ops created before `adjoint_of`
         while end > 0 and self.adjoint[end - 1] is not None and self.adjoint[end - 1] < target:
             end -= 1

@@ -2,11 +2,12 @@
 from tensorflow.python.framework import ops as tf_ops
 
 from .. import runtime
-from ._common import backward_comm, data_tensor, in_program_order, lib
+from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib
 
 OP = "mpi_allreduce"
 
 
+@no_autograph
 def mpi_allreduce(a, *, comm=None, deps=None, name=None):
     """Sum of `a` over the ranks of `comm`, on every rank.
 

@@ -2,11 +2,12 @@
 from tensorflow.python.framework import ops as tf_ops
 
 from .. import runtime
-from ._common import backward_comm, data_tensor, in_program_order, lib, rank_arg
+from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, rank_arg
 
 OP = "mpi_bcast"
 
 
+@no_autograph
 def mpi_bcast(a, root=0, *, comm=None, deps=None, name=None):
     """`root`'s `a` on every rank of `comm` (shape and dtype must agree everywhere).
 

@@ -4,9 +4,10 @@ import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
 from .. import runtime
-from ._common import backward_comm, data_tensor, in_program_order, lib, rank_arg
+from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, rank_arg
 
 
+@no_autograph
 def mpi_gather(a, root=0, *, comm=None, deps=None, name=None):
     """On `root`: the ranks' `a` concatenated along axis 0 in rank order (a
     scalar gathers into a vector of length size); elsewhere zeros of that shape.
@@ -18,6 +19,7 @@ def mpi_gather(a, root=0, *, comm=None, deps=None, name=None):
     return in_program_order(lambda: lib.mpi_gather(a, root, comm=pair.forward_handle, name=name), deps)
 
 
+@no_autograph
 def mpi_scatter(a, root=0, *, comm=None, deps=None, name=None):
     """Rank r gets the r-th of `size` equal slices along axis 0 of `root`'s `a`
     (a's first dimension must be divisible by the size; non-root ranks pass a

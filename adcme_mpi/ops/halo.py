@@ -13,11 +13,12 @@ import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
 from .. import runtime
-from ._common import backward_comm, data_tensor, in_program_order, lib, tag_arg, where
+from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, tag_arg, where
 
 OP = "mpi_halo_exchange"
 
 
+@no_autograph
 def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, comm=None,
                       name=None):
     """Pad the local block `u` (2-D, at least `width` in each dimension) with

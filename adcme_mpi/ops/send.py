@@ -10,9 +10,10 @@ import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
 from .. import runtime
-from ._common import backward_comm, data_tensor, in_program_order, lib, peer_arg, tag_arg, where
+from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, peer_arg, tag_arg, where
 
 
+@no_autograph
 def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
     """Send `a` to rank `dest` (matched by an mpi_recv there with the same tag);
     returns `a`.
@@ -27,6 +28,7 @@ def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
         lambda: lib.mpi_send(a, dest, tag, comm=pair.forward_handle, name=name), deps)
 
 
+@no_autograph
 def mpi_recv(a, src, tag=0, *, comm=None, deps=None, name=None):
     """Receive from rank `src` a tensor of `a`'s shape and dtype (`a` is a
     template and a real graph input: its gradient is zeros).
@@ -40,6 +42,7 @@ def mpi_recv(a, src, tag=0, *, comm=None, deps=None, name=None):
         lambda: lib.mpi_recv(a, src, tag, comm=pair.forward_handle, name=name), deps)
 
 
+@no_autograph
 def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
     """ADCME's mpi_sendrecv: on rank `src`, send `a` to `dest` and return `a`;
     on rank `dest`, return what `src` sent (shaped like `a`); elsewhere `a`."""

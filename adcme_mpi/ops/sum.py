@@ -2,11 +2,12 @@
 from tensorflow.python.framework import ops as tf_ops
 
 from .. import runtime
-from ._common import backward_comm, data_tensor, in_program_order, lib, rank_arg
+from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, rank_arg
 
 OP = "mpi_sum"
 
 
+@no_autograph
 def mpi_sum(a, root=0, *, comm=None, deps=None, name=None):
     """Sum of `a` over the ranks of `comm` on `root`; zeros of a's shape elsewhere.
 
