@@ -38,10 +38,11 @@ struct CallSite {
   absl::Status InvalidArgument(const std::string& what) const;
 };
 
-// Base of every MPI kernel. Subclasses implement Run(); it executes on one
-// dedicated MPI thread, so blocking MPI calls never occupy TF's inter-op pool
-// and kernels reach MPI in the order TF starts them (program order, which the
-// Python wrappers enforce with control edges).
+// Base of every MPI kernel. Subclasses implement Run(); it executes inline
+// (default) or, with ADCME_MPI_THREAD=1, on one dedicated MPI thread that
+// keeps blocking MPI calls off TF's inter-op pool. Either way kernels reach
+// MPI in the order TF starts them: program order, which the Python wrappers
+// enforce with control edges (one MPI op in flight per graph).
 class MpiKernel : public tensorflow::AsyncOpKernel {
  public:
   explicit MpiKernel(OpKernelConstruction* c);

@@ -10,6 +10,7 @@
 
 Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
+ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
@@ -72,11 +73,17 @@ def main():
     timeout = float(os.environ.get("ADCME_MPI_SUITE_TIMEOUT", "1200"))
     env_note = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # noqa: F841
     total = {"passed": 0, "failed": 0, "skipped": 0}
-    for n in sizes:
+    # the same suite once more with every kernel on the dedicated MPI thread
+    thread_sizes = [int(s) for s in os.environ.get("ADCME_MPI_THREAD_SIZES", "3").split()]
+    runs = [(n, False) for n in sizes] + [(n, True) for n in thread_sizes]
+    for n, on_thread in runs:
         cmd = mpiexec() + ["-n", str(n), sys.executable, os.path.join(HERE, "mpi_pytest.py"),
                            "-q", "-p", "no:cacheprovider", os.path.join(HERE, "mpi")]
-        for k, v in run(f"tests/mpi on {n} rank(s)", cmd, timeout).items():
+        os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
+        label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
+        for k, v in run(label, cmd, timeout).items():
             total[k] += v
+    os.environ.pop("ADCME_MPI_THREAD", None)
     launch = os.path.join(HERE, "launch")
     if os.path.isdir(launch) and os.environ.get("ADCME_MPI_SKIP_LAUNCH") != "1":
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", launch]
