@@ -1,0 +1,83 @@
+"""Application timings: heat-equation step rate (same global grid, and same
+grid per rank) and gradient time / forward time for the heat and Poisson
+applications.
+
+    mpiexec -n 1 python benchmarks/bench_apps.py --out benchmarks/out/apps1.json
+    mpiexec -n 2 python benchmarks/bench_apps.py --out benchmarks/out/apps2.json
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+import adcme_mpi as am  # noqa: E402
+import heat  # noqa: E402
+import poisson  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+
+
+def timed(sess, fetch, feed=None, trials=5):
+    sess.run(fetch, feed)
+    times = []
+    for _ in range(trials):
+        COMM.Barrier()
+        t0 = time.perf_counter()
+        sess.run(fetch, feed)
+        times.append(time.perf_counter() - t0)
+    return COMM.allreduce(float(np.median(times)), op=MPI.MAX)
+
+
+def heat_times(N, steps):
+    problem = heat.HeatProblem(N=N, steps=steps, T=0.02 * steps / 50, snapshot_every=steps)
+    with tf.Graph().as_default() as g:
+        theta0, loss, grad = heat.build_inverse(problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64))
+        with am.Session(graph=g, intra_op_parallelism_threads=1) as sess:
+            feed = {theta0: heat.TRUE_THETA}
+            forward = timed(sess, loss, feed)
+            both = timed(sess, [loss, grad], feed)
+    return {"N": N, "steps": steps, "ranks": COMM.Get_size(), "forward_s": forward,
+            "forward_and_gradient_s": both, "steps_per_s": steps / forward,
+            "gradient_over_forward": (both - forward) / forward}
+
+
+def poisson_times(N):
+    problem = poisson.PoissonProblem(N=N)
+    with tf.Graph().as_default() as g:
+        weights0, loss, grad = poisson.build_inverse(problem, tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64))
+        with am.Session(graph=g, intra_op_parallelism_threads=1) as sess:
+            feed = {weights0: poisson.init_weights()}
+            forward = timed(sess, loss, feed, trials=3)
+            both = timed(sess, [loss, grad], feed, trials=3)
+    return {"N": N, "ranks": COMM.Get_size(), "forward_s": forward, "forward_and_gradient_s": both,
+            "gradient_over_forward": (both - forward) / forward}
+
+
+def main():
+    tf.compat.v1.disable_eager_execution()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    size = COMM.Get_size()
+    # same global grid on every rank count; and (about) the same grid per rank:
+    # 128 x 128 on one rank, 180 x 90 on each of two (1 x 2 patches)
+    per_rank_N = {1: 128, 2: 180, 4: 256}.get(size, 128)
+    rows = {"heat_global_128": heat_times(128, 50),
+            "heat_per_rank": heat_times(per_rank_N, 50),
+            "poisson_64": poisson_times(64)}
+    if COMM.Get_rank() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+        for key, row in rows.items():
+            print(key, json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
