@@ -3,6 +3,7 @@
 Importing the package initialises MPI (as importing mpi4py.MPI does), loads the
 op library and checks that it and mpi4py share one libmpi.
 """
+from . import _loader  # first: picks the libmpi before anything imports mpi4py.MPI
 from . import runtime
 from ._loader import MPILibraryMismatch
 from .runtime import (

@@ -7,9 +7,26 @@ linker resolves the op library's dependencies to exactly those copies.
 """
 import ctypes
 import os
+import sys
 
-from mpi4py import MPI  # noqa: F401  (loads and initialises libmpi first)
-import tensorflow as tf
+try:
+    from . import _build_info
+except ImportError:  # a source tree without a build
+    _build_info = None
+
+
+def _preload_libmpi():
+    """Load the MPI the ops were built against (a system/site MPI named by
+    MPI_C_LIBRARIES) globally before mpi4py looks for one, so both use it.
+    ADCME_MPI_LIBMPI=<path> overrides."""
+    path = os.environ.get("ADCME_MPI_LIBMPI") or getattr(_build_info, "PRELOAD_LIBMPI", "")
+    if path and "mpi4py.MPI" not in sys.modules:
+        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+
+
+_preload_libmpi()
+from mpi4py import MPI  # noqa: E402  (loads and initialises libmpi before the ops)
+import tensorflow as tf  # noqa: E402
 
 LIBRARY_NAME = "libadcme_mpi_ops.so"
 
@@ -41,6 +58,12 @@ def _mapped_mpi_libraries():
 
 
 def _load():
+    built_for = getattr(_build_info, "TF_VERSION", None)
+    if built_for and built_for != tf.__version__:
+        raise ImportError(
+            f"adcme_mpi: the op library was built against TensorFlow {built_for} but "
+            f"TensorFlow {tf.__version__} is installed; reinstall adcme_mpi (pip install .) "
+            "in this environment")
     path = _library_path()
     if not os.path.exists(path):
         raise ImportError(
@@ -64,9 +87,11 @@ def check_same_libmpi(path):
     info(buf, len(buf))
     ops_version, _, ops_libmpi = buf.value.decode(errors="replace").partition("\x1f")
     ops_libmpi = os.path.realpath(ops_libmpi)
-    mpi4py_version = MPI.Get_library_version()
+    # (Open MPI counts the terminating NUL in the version string's length)
+    ops_version = ops_version.replace("\x00", "").strip()
+    mpi4py_version = MPI.Get_library_version().replace("\x00", "").strip()
     others = sorted(_mapped_mpi_libraries() - {ops_libmpi})
-    if ops_version.strip() != mpi4py_version.strip() or others:
+    if ops_version != mpi4py_version or others:
         raise MPILibraryMismatch(
             "adcme_mpi: the op library and mpi4py use different MPI libraries.\n"
             f"  ops:    {ops_libmpi} ({ops_version.splitlines()[0] if ops_version else '?'})\n"

@@ -32,7 +32,9 @@ class _CommPair:
             c.Set_errhandler(MPI.ERRORS_RETURN)  # the ops turn error codes into exceptions
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self.tag_ub = int(self.forward.Get_attr(MPI.TAG_UB))
+        # MPI_TAG_UB is only guaranteed on COMM_WORLD (Open MPI leaves it off dups)
+        ub = self.forward.Get_attr(MPI.TAG_UB)
+        self.tag_ub = int(ub if ub is not None else MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))
 
     @property
     def forward_handle(self):

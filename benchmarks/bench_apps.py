@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from mpi4py import MPI
+import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
+from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-import adcme_mpi as am  # noqa: E402
 import heat  # noqa: E402
 import poisson  # noqa: E402
 

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from mpi4py import MPI
+import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
+from mpi4py import MPI  # noqa: E402
 
-import adcme_mpi as am
 
 tf.compat.v1.disable_eager_execution()
 COMM = MPI.COMM_WORLD

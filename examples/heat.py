@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from mpi4py import MPI
+import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
+from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import adcme_mpi as am  # noqa: E402
 from grid import Patch, default_grid  # noqa: E402
 
 TRUE_THETA = np.array([1.0, 0.5, 0.3])

@@ -176,10 +176,14 @@ absl::Status CountOf(const CallSite& site, const char* arg, int64_t elements, in
 }
 
 int TagUpperBound(MPI_Comm comm) {
-  int* value = nullptr;
-  int flag = 0;
-  MPI_Comm_get_attr(comm, MPI_TAG_UB, &value, &flag);
-  return (flag && value) ? *value : 32767;
+  // MPI_TAG_UB is only guaranteed on MPI_COMM_WORLD (Open MPI leaves it off dups).
+  for (MPI_Comm c : {comm, MPI_COMM_WORLD}) {
+    int* value = nullptr;
+    int flag = 0;
+    if (MPI_Comm_get_attr(c, MPI_TAG_UB, &value, &flag) == MPI_SUCCESS && flag && value)
+      return *value;
+  }
+  return 32767;  // the smallest upper bound the standard allows
 }
 
 bool MetadataChecksEnabled() {

@@ -8,7 +8,8 @@ import os
 import sys
 import tempfile
 
-from mpi4py import MPI
+import adcme_mpi  # noqa: F401  (first: it makes mpi4py load the MPI the ops were built with)
+from mpi4py import MPI  # noqa: E402
 
 rank = MPI.COMM_WORLD.Get_rank()
 if rank != 0:

@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ADCME_MPI_TIMEOUT", "120")  # stuck MPI waits abort with a named op
 
+import adcme_mpi  # noqa: E402,F401  (first: it picks the libmpi mpi4py loads)
 from mpi4py import MPI  # noqa: E402
 
 RANK = MPI.COMM_WORLD.Get_rank()
