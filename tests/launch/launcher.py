@@ -2,6 +2,7 @@
 import os
 import shlex
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -24,12 +25,18 @@ class Result:
 def launch(n, script_or_args, timeout=180, env=None, code=None):
     """`script_or_args`: a path (relative to the repo) plus arguments, or None
     with `code` (Python source run with -c)."""
-    args = [sys.executable, "-c", code] if code is not None else \
-        [sys.executable] + (script_or_args if isinstance(script_or_args, list) else [script_or_args])
+    if code is not None:
+        args = [sys.executable, "-c", code]
+    else:
+        parts = script_or_args if isinstance(script_or_args, list) else [script_or_args]
+        args = [sys.executable, os.path.join(ROOT, parts[0])] + parts[1:]
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     start = time.time()
     try:
-        proc = subprocess.run(mpiexec() + ["-n", str(n)] + args, cwd=ROOT, env=full_env,
+        # run outside the checkout: `python -c` puts the working directory on
+        # sys.path, and the source tree's adcme_mpi/ must not shadow the installed one
+        proc = subprocess.run(mpiexec() + ["-n", str(n)] + args, cwd=tempfile.gettempdir(),
+                              env=full_env,
                               capture_output=True, text=True, timeout=timeout,
                               start_new_session=True)
         return Result(proc.returncode, proc.stdout + proc.stderr, time.time() - start)
