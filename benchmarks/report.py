@@ -2,7 +2,6 @@
 import json
 import os
 import platform
-import subprocess
 import sys
 
 results, md_path, png_path = sys.argv[1], sys.argv[2], sys.argv[3]

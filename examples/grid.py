@@ -1,6 +1,8 @@
 """Shared by the heat and Poisson applications: an N x N grid of interior
 nodes on [0,1]^2 (h = 1/(N+1), zero Dirichlet boundary) split into m x n
 patches, rank r owning patch (r // n, r % n)."""
+import os
+
 import numpy as np
 from mpi4py import MPI
 
@@ -45,3 +47,28 @@ def default_grid(size):
     while size % m:
         m -= 1
     return m, size // m
+
+
+def save_figures(out, name, fields, titles, history):
+    """<out>/<name>_fields.png (the fields side by side) and <out>/<name>_loss.png
+    (loss per evaluation). Returns both paths. Rank 0 calls it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f"{name}_fields.png"), os.path.join(out, f"{name}_loss.png")]
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.4 * len(fields), 4))
+    for ax, field, title in zip(axes, fields, titles):
+        im = ax.imshow(field, origin="lower", extent=[0, 1, 0, 1])
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax)
+    fig.savefig(paths[0], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogy(history)
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{name} inverse problem")
+    fig.savefig(paths[1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return paths

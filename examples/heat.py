@@ -16,7 +16,7 @@ import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py lo
 from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grid import Patch, default_grid  # noqa: E402
+from grid import Patch, default_grid, save_figures  # noqa: E402
 
 TRUE_THETA = np.array([1.0, 0.5, 0.3])
 
@@ -97,34 +97,10 @@ def run(N=16, steps=50, out=None, maxiter=100, verbose=False):
         kappa_true = problem.patch.assemble(problem.kappa(TRUE_THETA))
         kappa_found = problem.patch.assemble(problem.kappa(result.x))
         if rank == 0:
-            summary["figures"] = save_figures(out, u_final, kappa_true, kappa_found, history)
+            summary["figures"] = save_figures(out, "heat", [u_final, kappa_true, kappa_found],
+                                              ["u at final time", "true kappa", "recovered kappa"],
+                                              history)
     return summary
-
-
-def save_figures(out, u, kappa_true, kappa_found, history):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, field, title in zip(axes, [u, kappa_true, kappa_found],
-                                ["u at final time", "true kappa", "recovered kappa"]):
-        im = ax.imshow(field, origin="lower", extent=[0, 1, 0, 1])
-        ax.set_title(title)
-        fig.colorbar(im, ax=ax)
-    paths.append(os.path.join(out, "heat_fields.png"))
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.semilogy(history)
-    ax.set_xlabel("evaluation")
-    ax.set_ylabel("loss")
-    ax.set_title("heat inverse problem")
-    paths.append(os.path.join(out, "heat_loss.png"))
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adcme_mpi.ops._common import in_program_order  # noqa: E402
-from grid import Patch, default_grid  # noqa: E402
+from grid import Patch, default_grid, save_figures  # noqa: E402
 
 
 def exact_u(x, y):
@@ -182,32 +182,10 @@ def run(N=16, out=None, maxiter=200, verbose=False):
     if out:
         fields = [p.assemble(u_true), p.assemble(kappa_true), p.assemble(kappa_found)]
         if p.rank == 0:
-            summary["figures"] = save_figures(out, *fields, history)
+            summary["figures"] = save_figures(
+                out, "poisson", fields,
+                ["u (CG solution)", "true kappa", "recovered kappa (network)"], history)
     return summary
-
-
-def save_figures(out, u, kappa_true, kappa_found, history):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    os.makedirs(out, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, field, title in zip(axes, [u, kappa_true, kappa_found],
-                                ["u (CG solution)", "true kappa", "recovered kappa (network)"]):
-        im = ax.imshow(field, origin="lower", extent=[0, 1, 0, 1])
-        ax.set_title(title)
-        fig.colorbar(im, ax=ax)
-    paths = [os.path.join(out, "poisson_fields.png"), os.path.join(out, "poisson_loss.png")]
-    fig.savefig(paths[0], dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.semilogy(history)
-    ax.set_xlabel("evaluation")
-    ax.set_ylabel("loss")
-    ax.set_title("Poisson inverse problem")
-    fig.savefig(paths[1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def run(label, cmd, timeout):
 def main():
     sizes = [int(s) for s in os.environ.get("ADCME_MPI_TEST_SIZES", "1 2 3 4 6").split()]
     timeout = float(os.environ.get("ADCME_MPI_SUITE_TIMEOUT", "1200"))
-    env_note = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # noqa: F841
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     total = {"passed": 0, "failed": 0, "skipped": 0}
     # the same suite once more with every kernel on the dedicated MPI thread
     thread_sizes = [int(s) for s in os.environ.get("ADCME_MPI_THREAD_SIZES", "3").split()]
