@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
+from grid import print_in_rank_order
 
 tf.compat.v1.disable_eager_execution()
 
@@ -16,8 +17,5 @@ L = am.mpi_sum(tf.reduce_sum(b ** 2))
 g = tf.gradients(L, a)[0]
 with am.Session() as sess:
     v, G = sess.run([b, g])
-for rank in range(am.mpi_size()):
-    if rank == r:
-        print(f"rank {r}: b = {v.tolist()} grad = {G.tolist()}", flush=True)
-    am.mpi_barrier()
+print_in_rank_order(f"rank {r}: b = {v.tolist()} grad = {G.tolist()}")
 am.mpi_finalize()

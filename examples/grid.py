@@ -1,6 +1,7 @@
-"""Shared by the heat and Poisson applications: an N x N grid of interior
-nodes on [0,1]^2 (h = 1/(N+1), zero Dirichlet boundary) split into m x n
-patches, rank r owning patch (r // n, r % n)."""
+"""Helpers shared by the examples: an N x N grid of interior nodes on [0,1]^2
+(h = 1/(N+1), zero Dirichlet boundary) split into m x n patches, rank r owning
+patch (r // n, r % n); the inverse problems' objective recorder and figures;
+printing in rank order."""
 import os
 
 import numpy as np
@@ -72,3 +73,24 @@ def save_figures(out, name, fields, titles, history):
     fig.savefig(paths[1], dpi=90, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def recording_fg(sess, loss, grad, parameters):
+    """fg(x) -> (loss, grad) for mpi_optimize, one graph run per call, and the
+    list of losses it appends to (rank 0's values are the real ones)."""
+    history = []
+
+    def fg(x):
+        value, gradient = sess.run([loss, grad], {parameters: x})
+        history.append(value)
+        return value, gradient
+    return fg, history
+
+
+def print_in_rank_order(text, comm=None):
+    """Every rank prints `text`, rank 0 first (a barrier between ranks)."""
+    comm = comm or MPI.COMM_WORLD
+    for rank in range(comm.Get_size()):
+        if rank == comm.Get_rank():
+            print(text, flush=True)
+        comm.Barrier()

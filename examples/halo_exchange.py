@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
+from grid import print_in_rank_order
 
 tf.compat.v1.disable_eager_execution()
 
@@ -18,9 +19,6 @@ u = U[2 * i:2 * i + 2, 2 * j:2 * j + 2]
 padded = am.mpi_halo_exchange(tf.constant(u), m, n, fill_value=1.0)
 with am.Session() as sess:
     value = sess.run(padded)
-for rank in range(am.mpi_size()):
-    if rank == r:
-        print(f"=========================== rank = {r} ======================")
-        print("\n".join(" ".join(f"{x:4.0f}" for x in row) for row in value), flush=True)
-    am.mpi_barrier()
+print_in_rank_order(f"=========================== rank = {r} ======================\n"
+                    + "\n".join(" ".join(f"{x:4.0f}" for x in row) for row in value))
 am.mpi_finalize()

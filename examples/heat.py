@@ -16,7 +16,7 @@ import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py lo
 from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grid import Patch, default_grid, save_figures  # noqa: E402
+from grid import Patch, default_grid, recording_fg, save_figures  # noqa: E402
 
 TRUE_THETA = np.array([1.0, 0.5, 0.3])
 
@@ -67,18 +67,12 @@ def run(N=16, steps=50, out=None, maxiter=100, verbose=False):
     rank = problem.patch.rank
     with tf.Graph().as_default() as g:
         snaps_true = problem.simulate(tf.constant(problem.kappa(TRUE_THETA)))
-        theta0, loss, grad = build_inverse(problem, snaps_true)
         with am.Session(graph=g) as sess:
             observed = sess.run(snaps_true)
     with tf.Graph().as_default() as g:
         theta0, loss, grad = build_inverse(problem, tf.constant(observed))
         with am.Session(graph=g) as sess:
-            history = []
-
-            def fg(v):
-                L, G = sess.run([loss, grad], {theta0: v})
-                history.append(L)
-                return L, G
+            fg, history = recording_fg(sess, loss, grad, theta0)
             start = np.array([2.0, 0.0, 0.0])
             result = am.mpi_optimize(fg=fg, x0=start, method="L-BFGS-B", verbose=verbose,
                                      bounds=[(0.2, 3.0), (-1.0, 1.0), (-1.0, 1.0)],

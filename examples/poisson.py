@@ -23,7 +23,7 @@ from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adcme_mpi.ops._common import in_program_order  # noqa: E402
-from grid import Patch, default_grid, save_figures  # noqa: E402
+from grid import Patch, default_grid, recording_fg, save_figures  # noqa: E402
 
 
 def exact_u(x, y):
@@ -161,12 +161,7 @@ def run(N=16, out=None, maxiter=200, verbose=False):
         weights0, loss, grad = build_inverse(problem, tf.constant(u_true))
         kappa_net = network_kappa(weights0, problem.x, problem.y)
         with am.Session(graph=g) as sess:
-            history = []
-
-            def fg(v):
-                L, G = sess.run([loss, grad], {weights0: v})
-                history.append(L)
-                return L, G
+            fg, history = recording_fg(sess, loss, grad, weights0)
             result = am.mpi_optimize(fg=fg, x0=init_weights(), method="L-BFGS-B",
                                      verbose=verbose, options={"maxiter": maxiter})
             kappa_found = sess.run(kappa_net, {weights0: result.x})

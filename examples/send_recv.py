@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
+from grid import print_in_rank_order
 
 tf.compat.v1.disable_eager_execution()
 
@@ -19,8 +20,5 @@ L = tf.reduce_sum(a ** 2)
 g = tf.gradients(L, a0)[0]
 with am.Session() as sess:
     v, G = sess.run([a, g])
-for rank in range(am.mpi_size()):
-    if rank == r:
-        print(f"rank {r}: a = {v.tolist()} grad = {G.tolist()}", flush=True)
-    am.mpi_barrier()
+print_in_rank_order(f"rank {r}: a = {v.tolist()} grad = {G.tolist()}")
 am.mpi_finalize()

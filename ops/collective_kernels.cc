@@ -29,7 +29,7 @@ absl::Status PrepareOperand(const CallSite& site, const Tensor& a, int root, Ope
   return CheckSameAcrossRanks(site, "a", a, root);
 }
 
-absl::Status Finish(const CallSite& site, MPI_Request request, const char* waiting_for) {
+absl::Status Finish(const CallSite& site, MPI_Request request, const std::string& waiting_for) {
   std::vector<MPI_Request> requests{request};
   std::vector<MPI_Status> statuses;
   return WaitAll(site, &requests, &statuses, waiting_for);
@@ -88,7 +88,7 @@ class BcastKernel : public RootedKernel {
     MPI_Request request;
     ADCME_MPI_RETURN_IF_ERROR(site.Check(
         MPI_Ibcast(buffer, a.count, a.type, root, site.comm, &request), "MPI_Ibcast"));
-    return Finish(site, request, absl::StrCat("root rank ", root).c_str());
+    return Finish(site, request, absl::StrCat("root rank ", root));
   }
 };
 
@@ -136,7 +136,7 @@ class ScatterKernel : public RootedKernel {
         MPI_Iscatter(site.rank == root ? DataOf(*a.tensor) : nullptr, part, a.type,
                      DataOf(*out), part, a.type, root, site.comm, &request),
         "MPI_Iscatter"));
-    return Finish(site, request, absl::StrCat("root rank ", root).c_str());
+    return Finish(site, request, absl::StrCat("root rank ", root));
   }
 };
 

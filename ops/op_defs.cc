@@ -75,10 +75,6 @@ absl::Status ScatterShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
-absl::Status PaddedDim(InferenceContext* c, DimensionHandle d, int64_t pad, DimensionHandle* out) {
-  return c->Add(d, pad, out);
-}
-
 absl::Status HaloShape(InferenceContext* c) {
   ShapeHandle u;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
@@ -87,8 +83,8 @@ absl::Status HaloShape(InferenceContext* c) {
   int64_t width = 1;
   TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
   DimensionHandle rows, cols;
-  TF_RETURN_IF_ERROR(PaddedDim(c, c->Dim(u, 0), 2 * width, &rows));
-  TF_RETURN_IF_ERROR(PaddedDim(c, c->Dim(u, 1), 2 * width, &cols));
+  TF_RETURN_IF_ERROR(c->Add(c->Dim(u, 0), 2 * width, &rows));
+  TF_RETURN_IF_ERROR(c->Add(c->Dim(u, 1), 2 * width, &cols));
   c->set_output(0, c->Matrix(rows, cols));
   return absl::OkStatus();
 }

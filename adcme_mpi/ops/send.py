@@ -13,6 +13,14 @@ from .. import runtime
 from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, peer_arg, tag_arg, where
 
 
+def _point_to_point(op, create, a, peer_name, peer, tag, comm, deps, name):
+    pair = runtime.comm_pair(comm, op, collective=False)
+    a = data_tensor(op, "a", a, pair)
+    peer = peer_arg(op, peer_name, peer, pair)
+    tag = tag_arg(op, tag, pair)
+    return in_program_order(lambda: create(a, peer, tag, comm=pair.forward_handle, name=name), deps)
+
+
 @no_autograph
 def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
     """Send `a` to rank `dest` (matched by an mpi_recv there with the same tag);
@@ -20,12 +28,7 @@ def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
 
     Gradient: the upstream gradient of the returned tensor plus the gradient
     that `dest` sends back for what it received."""
-    pair = runtime.comm_pair(comm, "mpi_send", collective=False)
-    a = data_tensor("mpi_send", "a", a, pair)
-    dest = peer_arg("mpi_send", "dest", dest, pair)
-    tag = tag_arg("mpi_send", tag, pair)
-    return in_program_order(
-        lambda: lib.mpi_send(a, dest, tag, comm=pair.forward_handle, name=name), deps)
+    return _point_to_point("mpi_send", lib.mpi_send, a, "dest", dest, tag, comm, deps, name)
 
 
 @no_autograph
@@ -34,12 +37,7 @@ def mpi_recv(a, src, tag=0, *, comm=None, deps=None, name=None):
     template and a real graph input: its gradient is zeros).
 
     Gradient: the upstream gradient is sent back to `src`."""
-    pair = runtime.comm_pair(comm, "mpi_recv", collective=False)
-    a = data_tensor("mpi_recv", "a", a, pair)
-    src = peer_arg("mpi_recv", "src", src, pair)
-    tag = tag_arg("mpi_recv", tag, pair)
-    return in_program_order(
-        lambda: lib.mpi_recv(a, src, tag, comm=pair.forward_handle, name=name), deps)
+    return _point_to_point("mpi_recv", lib.mpi_recv, a, "src", src, tag, comm, deps, name)
 
 
 @no_autograph
