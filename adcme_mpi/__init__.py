@@ -4,11 +4,11 @@ Importing the package initialises MPI (as importing mpi4py.MPI does), loads the
 op library and checks that it and mpi4py share one libmpi.
 """
 from . import _loader  # first: picks the libmpi before anything imports mpi4py.MPI
-from . import runtime
-from ._loader import MPILibraryMismatch
+from . import _tf_private, ordering, runtime
+from ._loader import MPILibraryMismatch, MPILibraryMismatchError
 from .runtime import (
     Session, mpi_barrier, mpi_finalize, mpi_finalized, mpi_init, mpi_initialized,
-    mpi_rank, mpi_size, mpi_sync, register_comm, require_mpi, MPINotReady,
+    mpi_rank, mpi_size, mpi_sync, register_comm, require_mpi, MPINotReady, MPINotReadyError,
 )
 from .optimize import MPIOptimizeError, mpi_optimize
 from .ops import (
@@ -16,8 +16,9 @@ from .ops import (
     mpi_sendrecv, mpi_sum,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
+_tf_private.exclude_from_autograph("adcme_mpi")
 mpi_init()
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "mpi_size", "require_mpi", "mpi_barrier", "mpi_sync", "register_comm",
     "mpi_sum", "mpi_allreduce", "mpi_bcast", "mpi_gather", "mpi_scatter", "mpi_send",
     "mpi_recv", "mpi_sendrecv", "mpi_halo_exchange",
-    "mpi_optimize", "MPIOptimizeError", "MPINotReady", "MPILibraryMismatch",
+    "mpi_optimize", "MPIOptimizeError", "MPINotReadyError", "MPILibraryMismatchError",
+    "ordering",
 ]

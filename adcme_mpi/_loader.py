@@ -31,8 +31,11 @@ import tensorflow as tf  # noqa: E402
 LIBRARY_NAME = "libadcme_mpi_ops.so"
 
 
-class MPILibraryMismatch(ImportError):
+class MPILibraryMismatchError(ImportError):
     """The op library and mpi4py ended up on different MPI libraries."""
+
+
+MPILibraryMismatch = MPILibraryMismatchError  # the name before 0.2
 
 
 def _library_path():
@@ -80,6 +83,19 @@ def _load():
     return module
 
 
+def _c_api(path):
+    """The op library's plain C entry points (communicator registry, detached
+    sends, the end-of-program check, the libmpi it uses)."""
+    lib = ctypes.CDLL(path)
+    lib.adcme_mpi_register_comms.argtypes = [ctypes.c_int64] * 3
+    lib.adcme_mpi_register_comms.restype = None
+    lib.adcme_mpi_forget_comms.restype = None
+    lib.adcme_mpi_complete_detached_sends.restype = ctypes.c_int
+    lib.adcme_mpi_end_of_program.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int]
+    lib.adcme_mpi_end_of_program.restype = ctypes.c_int
+    return lib
+
+
 def check_same_libmpi(path):
     info = ctypes.CDLL(path).adcme_mpi_libmpi_info
     info.restype = ctypes.c_int
@@ -92,7 +108,7 @@ def check_same_libmpi(path):
     mpi4py_version = MPI.Get_library_version().replace("\x00", "").strip()
     others = sorted(_mapped_mpi_libraries() - {ops_libmpi})
     if ops_version != mpi4py_version or others:
-        raise MPILibraryMismatch(
+        raise MPILibraryMismatchError(
             "adcme_mpi: the op library and mpi4py use different MPI libraries.\n"
             f"  ops:    {ops_libmpi} ({ops_version.splitlines()[0] if ops_version else '?'})\n"
             f"  mpi4py: {', '.join(others) or '(same file)'} "
@@ -102,3 +118,4 @@ def check_same_libmpi(path):
 
 
 ops = _load()
+capi = _c_api(_library_path())

@@ -5,9 +5,14 @@ import threading
 import time
 import traceback
 
+import atexit
+import ctypes
+
 import numpy as np
 from mpi4py import MPI
 import tensorflow as tf
+
+from . import _loader
 
 __all__ = [
     "mpi_init", "mpi_finalize", "mpi_initialized", "mpi_finalized", "mpi_rank",
@@ -15,21 +20,29 @@ __all__ = [
 ]
 
 
-class MPINotReady(RuntimeError):
+class MPINotReadyError(RuntimeError):
     """MPI is not initialised, or already finalised."""
 
 
+MPINotReady = MPINotReadyError  # the name before 0.2
+
+
 class _CommPair:
-    """The two private duplicates of a user communicator that the ops use:
-    one for forward messages, one for gradient messages, so neither can match
-    the other nor the user's own mpi4py traffic, whatever the tags."""
+    """The private duplicates of a user communicator that the ops use: one
+    for forward messages, one for gradient messages (so neither can match the
+    other nor the user's own mpi4py traffic, whatever the tags), and one for
+    the cross-rank checks of both (so a rank in a forward op and a rank in a
+    gradient op see that they disagree)."""
 
     def __init__(self, comm):
         self.user = comm
         self.forward = comm.Dup()
         self.backward = comm.Dup()
-        for c in (self.forward, self.backward):
+        self.check = comm.Dup()
+        for c in (self.forward, self.backward, self.check):
             c.Set_errhandler(MPI.ERRORS_RETURN)  # the ops turn error codes into exceptions
+        _loader.capi.adcme_mpi_register_comms(
+            self.forward.py2f(), self.backward.py2f(), self.check.py2f())
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         # MPI_TAG_UB is only guaranteed on COMM_WORLD (Open MPI leaves it off dups)
@@ -45,20 +58,16 @@ class _CommPair:
         return self.backward.py2f()
 
 
-_pairs = {}            # user comm handle -> _CommPair
-_other_direction = {}  # op comm handle -> handle its gradient ops use
+_pairs = {}  # user comm handle -> _CommPair
 _lock = threading.Lock()
 
 
 def _register(comm):
     pair = _CommPair(comm)
     _pairs[comm.py2f()] = pair
-    _other_direction[pair.forward_handle] = pair.backward_handle
-    _other_direction[pair.backward_handle] = pair.forward_handle  # second derivatives
     return pair
 
 
-@tf.autograph.experimental.do_not_convert
 def register_comm(comm):
     """Prepare `comm` for the ops. Collective over `comm`: call it on all of its
     ranks. Collective ops and halo exchanges do it themselves on first use;
@@ -69,7 +78,6 @@ def register_comm(comm):
         return pair if pair is not None else _register(comm)
 
 
-@tf.autograph.experimental.do_not_convert
 def comm_pair(comm, op, collective):
     """The _CommPair for `comm` (default COMM_WORLD) as an op wrapper needs it."""
     require_mpi(op)
@@ -89,66 +97,98 @@ def comm_pair(comm, op, collective):
     return pair
 
 
-@tf.autograph.experimental.do_not_convert
-def gradient_comm(handle):
-    """The communicator handle gradient ops of an op that used `handle` use."""
-    return _other_direction[handle]
-
-
-@tf.autograph.experimental.do_not_convert
 def mpi_initialized():
     return bool(MPI.Is_initialized()) and not MPI.Is_finalized()
 
 
-@tf.autograph.experimental.do_not_convert
 def mpi_finalized():
     return bool(MPI.Is_finalized())
 
 
-@tf.autograph.experimental.do_not_convert
 def require_mpi(op="adcme_mpi"):
     if MPI.Is_finalized():
-        raise MPINotReady(f"{op}: MPI is already finalized (mpi_finalize() was called)")
+        raise MPINotReadyError(f"{op}: MPI is already finalized (mpi_finalize() was called)")
     if not MPI.Is_initialized():
-        raise MPINotReady(f"{op}: MPI is not initialized; call adcme_mpi.mpi_init() first")
+        raise MPINotReadyError(f"{op}: MPI is not initialized; call adcme_mpi.mpi_init() first")
 
 
 def mpi_init():
     """Initialise MPI (thread-safe level) once; later calls do nothing."""
     if MPI.Is_finalized():
-        raise MPINotReady("mpi_init: MPI was already finalized and cannot be restarted")
+        raise MPINotReadyError("mpi_init: MPI was already finalized and cannot be restarted")
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_MULTIPLE)
     provided = MPI.Query_thread()
     if provided < MPI.THREAD_SERIALIZED:
-        raise MPINotReady(
+        raise MPINotReadyError(
             f"mpi_init: MPI provides thread level {provided}; adcme_mpi needs at least "
             "MPI_THREAD_SERIALIZED (its kernels run on a TensorFlow worker thread). "
             "Do not set mpi4py.rc.thread_level below 'serialized'.")
     register_comm(MPI.COMM_WORLD)
     _install_abort_on_uncaught_exception()
+    atexit.register(_at_exit)  # runs before mpi4py's own finalisation (registered earlier)
+
+
+def end_of_program_check():
+    """The end of the program as a checked collective on COMM_WORLD: if
+    another rank is still waiting in a checked collective (say, in a backward
+    pass this rank never built), both get an error naming what each rank is
+    doing, instead of a hang. Returns the message, or None when every rank
+    ended too (or checks are off: ADCME_MPI_CHECK=0)."""
+    if not mpi_initialized() or MPI.COMM_WORLD.Get_size() == 1:
+        return None
+    _loader.capi.adcme_mpi_complete_detached_sends()
+    pair = _pairs.get(MPI.COMM_WORLD.py2f())
+    if pair is None:
+        return None
+    buffer = ctypes.create_string_buffer(4096)
+    if _loader.capi.adcme_mpi_end_of_program(pair.forward_handle, buffer, len(buffer)) == 0:
+        return None
+    rank = MPI.COMM_WORLD.Get_rank()
+    return f"adcme_mpi (rank {rank}): {buffer.value.decode(errors='replace')}"
+
+
+def _abort_with(message):
+    sys.stderr.write(message + "; aborting all ranks (MPI_Abort)\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    time.sleep(1.0)  # let mpiexec forward the message before the job is torn down
+    MPI.COMM_WORLD.Abort(1)
 
 
 def mpi_finalize():
-    """Free the ops' communicators and finalise MPI. Idempotent."""
+    """Finish pending gradient sends, check that every rank reached its end
+    (see end_of_program_check), free the ops' communicators and finalise
+    MPI. Idempotent."""
     if not mpi_initialized():
         return
+    problem = end_of_program_check()
+    if problem:
+        _abort_with(problem)
     with _lock:
+        _loader.capi.adcme_mpi_forget_comms()
         for pair in _pairs.values():
             pair.forward.Free()
             pair.backward.Free()
+            pair.check.Free()
         _pairs.clear()
-        _other_direction.clear()
     MPI.Finalize()
 
 
-@tf.autograph.experimental.do_not_convert
+def _at_exit():
+    """A script that ends without mpi_finalize gets the same end-of-program
+    check (before mpi4py finalises MPI)."""
+    if _hook_installed and mpi_initialized() and os.environ.get("ADCME_MPI_NO_ABORT") != "1":
+        problem = end_of_program_check()
+        if problem:
+            _abort_with(problem)
+
+
 def mpi_rank(comm=None):
     require_mpi("mpi_rank")
     return (comm or MPI.COMM_WORLD).Get_rank()
 
 
-@tf.autograph.experimental.do_not_convert
 def mpi_size(comm=None):
     require_mpi("mpi_size")
     return (comm or MPI.COMM_WORLD).Get_size()
@@ -212,11 +252,6 @@ def _install_abort_on_uncaught_exception():
         rank = MPI.COMM_WORLD.Get_rank()
         text = "".join(traceback.format_exception(kind, value, tb))
         sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in text.rstrip().splitlines()))
-        sys.stderr.write(f"[rank {rank}] adcme_mpi: uncaught exception on rank {rank}; "
-                         "aborting all ranks (MPI_Abort)\n")
-        sys.stderr.flush()
-        sys.stdout.flush()
-        time.sleep(1.0)  # let mpiexec forward the traceback before the job is torn down
-        MPI.COMM_WORLD.Abort(1)
+        _abort_with(f"[rank {rank}] adcme_mpi: uncaught exception on rank {rank}")
 
     sys.excepthook = hook

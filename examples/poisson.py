@@ -22,7 +22,6 @@ import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py lo
 from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from adcme_mpi.ops._common import in_program_order  # noqa: E402
 from grid import Patch, default_grid, recording_fg, save_figures  # noqa: E402
 
 
@@ -60,11 +59,15 @@ class PoissonProblem:
 
     def apply(self, u, faces):
         p = self.patch
+        return self.stencil(am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm),
+                            faces)
+
+    def stencil(self, up, faces):
+        """K u from u padded with its neighbours' values (local arithmetic)."""
         e, w, nn, s = faces
-        up = am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm)
         c = up[1:-1, 1:-1]
         return (e * (c - up[1:-1, 2:]) + w * (c - up[1:-1, :-2]) + nn * (c - up[2:, 1:-1])
-                + s * (c - up[:-2, 1:-1])) / p.h ** 2
+                + s * (c - up[:-2, 1:-1])) / self.patch.h ** 2
 
     def dot(self, a, b):
         return am.mpi_allreduce(tf.reduce_sum(a * b), comm=self.comm)
@@ -86,8 +89,8 @@ class PoissonProblem:
             return k + 1, x, r, r + (rs_new / rs) * p, rs_new
 
         zero = tf.zeros_like(b)
-        loop = in_program_order(lambda: tf.while_loop(
-            cond, body, [tf.constant(0), zero, b, b, bnorm2]))
+        # the token-threading loop keeps its MPI ops in program order
+        loop = am.ordering.while_loop(cond, body, [tf.constant(0), zero, b, b, bnorm2])
         self.iterations = loop[0]
         return loop[1]
 
@@ -95,16 +98,19 @@ class PoissonProblem:
         """u with K(kappa) u = -f; gradient w.r.t. kappa by the adjoint method."""
         b = tf.constant(-self.f)
 
-        @tf.custom_gradient
+        @am.ordering.custom_gradient  # tf.custom_gradient that keeps MPI ops in order
         def solve_with_adjoint(kappa_b):
             faces = self.faces(kappa_b)
             u = self.cg(faces, b)
 
             def grad(du):
                 lam = self.cg(faces, du)          # K is symmetric: K^T lam = du
-                lam, u_fixed = tf.stop_gradient(lam), tf.stop_gradient(u)
-                # d/dkappa <du, K^-1 b> = -<lam, (dK/dkappa) u>
-                inner = -tf.reduce_sum(lam * self.apply(u_fixed, self.faces(kappa_b)))
+                # d/dkappa <du, K^-1 b> = -<lam, (dK/dkappa) u>: a local derivative,
+                # so the MPI results it uses are constants to it (stop_gradient;
+                # MPI ops are linked by their ordering token, see adcme_mpi.ordering)
+                p = self.patch
+                up = tf.stop_gradient(am.mpi_halo_exchange(u, p.m, p.n, comm=self.comm))
+                inner = -tf.reduce_sum(tf.stop_gradient(lam) * self.stencil(up, self.faces(kappa_b)))
                 return tf.gradients(inner, kappa_b)[0]
             return u, grad
         return solve_with_adjoint(kappa_b)

@@ -1,55 +1,70 @@
-"""mpi_halo_exchange: ghost cells from the neighbours on an m x n rank grid.
+"""Halo exchange and its exact adjoint, an adjoint pair:
 
-Rank r is block (r // n, r % n) (row-major). The output is u padded by
-`width` cells on each side: side bands hold the neighbours' nearest `width`
-rows/columns, corners come from the diagonal neighbours, and ghost cells with
-no neighbour (the physical boundary) hold `fill_value`.
+    mpi_halo_exchange  <->  MPIHaloExchangeGrad (ghost-cell gradients go home)
 
-Gradient: the exact adjoint. Ghost-cell gradients go back to the rank that
-owns those cells and are added to its edge (and corner) cells; the gradient
-of `fill_value` is the sum of the boundary ghost cells' gradients.
+Rank r is block (r // n, r % n) (row-major) of an m x n grid. The output is u
+padded by `width` cells on each side: side bands hold the neighbours' nearest
+`width` rows/columns, corners come from the diagonal neighbours, and ghost
+cells with no neighbour (the physical boundary) hold `fill_value`.
+
+Gradient: ghost-cell gradients go back to the rank that owns those cells and
+are added to its edge (and corner) cells; the gradient of `fill_value` is the
+sum of the boundary ghost cells' gradients. The gradient of that (second
+derivatives) is the halo exchange again, with the fill gradient as fill value.
 """
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
-from .. import runtime
-from ._common import no_autograph, backward_comm, data_tensor, in_program_order, lib, tag_arg, where
+from .. import ordering
+from .._loader import ops as lib
+from ._adjoint import adjoint, cotangent, differentiable
+from ._callsite import CallSite
 
-OP = "mpi_halo_exchange"
 
-
-@no_autograph
 def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, comm=None,
                       name=None):
     """Pad the local block `u` (2-D, at least `width` in each dimension) with
     `width` ghost rows/columns from its neighbours; see the module docstring."""
-    pair = runtime.comm_pair(comm, OP, collective=True)
-    u = data_tensor(OP, "u", u, pair)
+    site = CallSite("mpi_halo_exchange", comm, collective=True)
+    u = site.data("u", u)
     for arg, value in (("m", m), ("n", n), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{where(OP, pair)}: argument '{arg}' must be a positive int, got {value!r}")
-    if m * n != pair.size:
-        raise ValueError(f"{where(OP, pair)}: m * n = {m} * {n} = {m * n} must equal the "
-                         f"communicator size {pair.size}")
+            raise site.error(ValueError, f"argument '{arg}' must be a positive int, got {value!r}")
+    if m * n != site.size:
+        raise site.error(ValueError, f"m * n = {m} * {n} = {m * n} must equal the "
+                         f"communicator size {site.size}")
     if u.shape.rank is not None and u.shape.rank != 2:
-        raise ValueError(f"{where(OP, pair)}: argument 'u' must be 2-D, got shape {u.shape}")
-    for axis, dim in enumerate(u.shape.as_list() if u.shape.rank == 2 else []):
+        raise site.error(ValueError, f"argument 'u' must be 2-D, got shape {u.shape}")
+    for dim in u.shape.as_list() if u.shape.rank == 2 else []:
         if dim is not None and dim < width:
-            raise ValueError(f"{where(OP, pair)}: argument 'u' has shape {u.shape}; each "
-                             f"dimension must be at least width = {width}")
+            raise site.error(ValueError, f"argument 'u' has shape {u.shape}; each dimension "
+                             f"must be at least width = {width}")
     fill = tf.cast(fill_value, u.dtype) if isinstance(fill_value, tf.Tensor) else \
         tf.constant(fill_value, dtype=u.dtype)
-    tag = tag_arg(OP, tag, pair)
-    return in_program_order(
-        lambda: lib.mpi_halo_exchange(u, fill, tag, m=m, n=n, width=width,
-                                      comm=pair.forward_handle, name=name), deps)
+    tag = site.tag(tag)
+    return ordering.run_in_order(
+        lambda token: lib.mpi_halo_exchange(u, fill, tag, token, m=m, n=n, width=width,
+                                            name=name, **site.comm_attrs), deps)[0]
+
+
+def _grid(op):
+    return {"m": op.get_attr("m"), "n": op.get_attr("n"), "width": op.get_attr("width")}
 
 
 @tf_ops.RegisterGradient("MPIHaloExchange")
-def _mpi_halo_exchange_grad(op, grad):
-    comm = backward_comm(op)
-    grad_u, grad_fill = in_program_order(
-        lambda: lib.mpi_halo_exchange_grad(grad, op.inputs[2], m=op.get_attr("m"),
-                                           n=op.get_attr("n"), width=op.get_attr("width"),
-                                           comm=comm), adjoint_of=op)
-    return grad_u, grad_fill, None
+def _mpi_halo_exchange_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, None, None, token_grad
+    grad_u, grad_fill, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_halo_exchange_grad(
+        cotangent(op, grad), op.inputs[2], t, **_grid(op), **c))
+    return grad_u, grad_fill, None, token
+
+
+@tf_ops.RegisterGradient("MPIHaloExchangeGrad")
+def _mpi_halo_exchange_grad_grad(op, grad_u, grad_fill, token_grad):
+    # MPIHaloExchangeGrad is linear in its input, jointly in (u, fill) for its
+    # adjoint: d/d(grad_padded) <(a, b), HaloGrad(g)> = HaloExchange(a, fill=b).
+    a, b = cotangent(op, grad_u, 0), cotangent(op, grad_fill, 1)
+    padded, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_halo_exchange(
+        a, b, op.inputs[1], t, **_grid(op), **c))
+    return padded, None, token

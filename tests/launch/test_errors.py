@@ -26,9 +26,9 @@ CASES = [
     ("root out of range (int)", 2, "run(am.mpi_bcast(tf.ones(3), root=5))",
      r"mpi_bcast \(rank \d of 2\): argument 'root' = 5 is out of range \[0, 1\]"),
     ("root out of range (tensor)", 2, "run(am.mpi_bcast(tf.ones(3), root=tf.constant(-1)))",
-     r"MPIBcast \(rank \d of 2\): argument 'root' = -1 is out of range \[0, 1\]"),
+     r"mpi_bcast \(rank \d of 2\): argument 'root' = -1 is out of range \[0, 1\]"),
     ("root differs across ranks", 2, "run(am.mpi_sum(tf.ones(3), root=tf.constant(r)))",
-     r"MPISum \(rank \d of 2\): argument 'root' must be the same on every rank; got rank 0: 0, rank 1: 1"),
+     r"mpi_sum \(rank \d of 2\): argument 'root' must be the same on every rank; got rank 0: 0, rank 1: 1"),
     ("negative tag", 2, "run(am.mpi_send(tf.ones(3), dest=1 - r, tag=-4))",
      r"mpi_send \(rank \d of 2\): argument 'tag' = -4 is out of range \[0, \d+\]"),
     ("tag above MPI_TAG_UB", 2, "run(am.mpi_recv(tf.ones(3), src=1 - r, tag=2**40))",
@@ -38,19 +38,19 @@ CASES = [
     ("send to oneself", 2, "run(am.mpi_send(tf.ones(3), dest=r))",
      r"mpi_send \(rank \d of 2\): argument 'dest' = \d is this rank; sending to oneself is an error"),
     ("shape differs across ranks", 2, "run(am.mpi_allreduce(tf.ones([3 + r])))",
-     r"MPIAllreduce \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
+     r"mpi_allreduce \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
      r"got rank 0: float\[3\], rank 1: float\[4\]"),
     ("dtype differs across ranks", 2,
      "run(am.mpi_bcast(tf.ones([2], tf.float32 if r == 0 else tf.float64)))",
-     r"MPIBcast \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
+     r"mpi_bcast \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
      r"got rank 0: float\[2\], rank 1: double\[2\]"),
     ("recv size differs from send", 2,
      "run(am.mpi_send(tf.ones(5), 1) if r == 0 else am.mpi_recv(tf.ones(3), 0))",
-     r"MPIRecv \(rank 1 of 2\): rank 0 sent 20 bytes \(tag 0\) but argument 'a' is float\[3\]"),
+     r"mpi_recv \(rank 1 of 2\): rank 0 sent 20 bytes \(tag 0\) but argument 'a' is float\[3\]"),
     ("halo m * n != size", 4, "run(am.mpi_halo_exchange(tf.ones([3, 3]), 3, 2))",
      r"mpi_halo_exchange \(rank \d of 4\): m \* n = 3 \* 2 = 6 must equal the communicator size 4"),
     ("halo block edges disagree", 4, "run(am.mpi_halo_exchange(tf.ones([3, 3 + (r == 1)]), 2, 2))",
-     r"MPIHaloExchange \(rank \d of 4\): blocks of up/down neighbours must have the same number of "
+     r"mpi_halo_exchange \(rank \d of 4\): blocks of up/down neighbours must have the same number of "
      r"columns: rank 1 has \[3,4\], rank 3 has \[3,3\]"),
     ("halo block smaller than width", 2, "run(am.mpi_halo_exchange(tf.ones([1, 5]), 1, 2, width=2))",
      r"mpi_halo_exchange \(rank \d of 2\): argument 'u' has shape \(1, 5\); each dimension must be "
@@ -59,7 +59,7 @@ CASES = [
      r"mpi_sum: MPI is already finalized"),
     ("op run after mpi_finalize", 2,
      "t = am.mpi_allreduce(tf.ones(2)); s = am.Session(); am.mpi_finalize(); s.run(t)",
-     r"MPIAllreduce: MPI is already finalized"),
+     r"mpi_allreduce: MPI is already finalized"),
 ]
 
 _table = []
@@ -88,7 +88,7 @@ else:
 """
     result = launch(2, None, code=code, timeout=120, env={"ADCME_MPI_TIMEOUT": "3"})
     assert result.code not in (0, "timeout"), result
-    assert re.search(r"adcme_mpi watchdog: MPIBcast \(rank 0 of 2\) waited [0-9.]+ s "
+    assert re.search(r"adcme_mpi watchdog: mpi_bcast \(rank 0 of 2\) waited [0-9.]+ s "
                      r"\(ADCME_MPI_TIMEOUT=3\) for every rank \(metadata check\)", result.out), result
     assert result.seconds < 40, result
     _table.append({"case": "peer never arrives (watchdog, ADCME_MPI_TIMEOUT=3)", "ranks": 2,

@@ -1,23 +1,94 @@
-// MPIHaloExchange and its adjoint MPIHaloExchangeGrad.
+// Halo exchange: MPIHaloExchange and its adjoint MPIHaloExchangeGrad
+// (adcme_mpi/ops/halo.py). Each is the other's adjoint: the gradient of the
+// exchange sends ghost-cell gradients home; the gradient of that is the
+// exchange again (with the fill's gradient as fill value).
 //
 // Ranks form an m x n grid, row-major: rank r is block (r / n, r % n). The
 // padded output has `width` ghost rows/columns on each side. For each of the
 // 8 directions with a neighbour, a rank posts a non-blocking receive into the
 // ghost region and a non-blocking send of its matching edge region (MPI
 // subarray types, no packing), then waits: no grid shape can deadlock. The
-// adjoint sends ghost-cell gradients back to their owners, which add them to
-// the edge cells. The backward op runs on its own communicator, so its
-// messages never match the forward pass's whatever the tags.
+// backward op runs on the gradient communicator, so its messages never match
+// the forward pass's whatever the tags.
 #include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "mpi_common.h"
+#include "common.h"
+#include "tensorflow/core/framework/op.h"
 
 namespace adcme_mpi {
 namespace {
 
-using tensorflow::DEVICE_CPU;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::ShapeHandle;
+
+// ---- interfaces and shape functions ----
+
+absl::Status HaloShape(InferenceContext* c) {
+  ShapeHandle u;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 2));
+  int64_t width = 1;
+  TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
+  DimensionHandle rows, cols;
+  TF_RETURN_IF_ERROR(c->Add(c->Dim(u, 0), 2 * width, &rows));
+  TF_RETURN_IF_ERROR(c->Add(c->Dim(u, 1), 2 * width, &cols));
+  c->set_output(0, c->Matrix(rows, cols));
+  return absl::OkStatus();
+}
+
+absl::Status HaloGradShape(InferenceContext* c) {
+  ShapeHandle dy;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &dy));
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 1));
+  int64_t width = 1;
+  TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
+  DimensionHandle rows, cols;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(dy, 0), 2 * width, &rows));
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(dy, 1), 2 * width, &cols));
+  c->set_output(0, c->Matrix(rows, cols));
+  c->set_output(1, c->Scalar());
+  return absl::OkStatus();
+}
+
+REGISTER_OP("MPIHaloExchange")
+    .Input("u: T")
+    .Input("fill_value: T")
+    .Input("tag: int32")
+    .Input("token: float")
+    .Output("padded: T")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("m: int >= 1")
+    .Attr("n: int >= 1")
+    .Attr("width: int >= 1")
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<HaloShape>)
+    .Doc("`u` padded by `width` ghost cells from the neighbours on an m x n rank grid.");
+
+// The adjoint. It is linear in (grad_padded) and its own adjoint is
+// MPIHaloExchange(grad_grad_u, fill_value=grad_grad_fill_value).
+REGISTER_OP("MPIHaloExchangeGrad")
+    .Input("grad_padded: T")
+    .Input("tag: int32")
+    .Input("token: float")
+    .Output("grad_u: T")
+    .Output("grad_fill_value: T")
+    .Output("token_out: float")
+    .Attr("T: {float, double}")
+    .Attr("m: int >= 1")
+    .Attr("n: int >= 1")
+    .Attr("width: int >= 1")
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<HaloGradShape>)
+    .Doc("Adjoint of MPIHaloExchange: ghost-cell gradients return to their owners.");
+
+// ---- kernels ----
 
 struct Range {
   int begin, length;
@@ -56,7 +127,7 @@ class TypeArena {
     int sizes[2] = {total_rows, total_cols};
     int subsizes[2] = {region.rows.length, region.cols.length};
     int starts[2] = {region.rows.begin, region.cols.begin};
-    ADCME_MPI_RETURN_IF_ERROR(site.Check(
+    TF_RETURN_IF_ERROR(site.Check(
         MPI_Type_create_subarray(2, sizes, subsizes, starts, MPI_ORDER_C, base, out),
         "MPI_Type_create_subarray"));
     types_.push_back(*out);
@@ -83,18 +154,17 @@ class HaloKernelBase : public MpiKernel {
   // Checks the grid against the communicator and, unless ADCME_MPI_CHECK=0,
   // that every rank agrees on m, n, width, dtype and shared edge lengths
   // (one small allgather; every rank reaches the same verdict).
-  absl::Status CheckGrid(const CallSite& site, DataType dtype, int rows, int cols) const {
+  absl::Status CheckGrid(const CallSite& site, OpKind kind, DataType dtype, int rows,
+                         int cols) const {
     if (m_ * n_ != site.size)
       return site.InvalidArgument(absl::StrCat("m * n = ", m_, " * ", n_, " = ", m_ * n_,
                                                " must equal the communicator size ", site.size));
     if (rows < width_ || cols < width_)
       return site.InvalidArgument(absl::StrCat("block of shape [", rows, ",", cols,
                                                "] is smaller than the halo width ", width_));
-    if (!MetadataChecksEnabled() || site.size == 1) return absl::OkStatus();
     std::vector<std::vector<int64_t>> all;
-    ADCME_MPI_RETURN_IF_ERROR(
-        AllgatherMetadata(site, {rows, cols, m_, n_, width_, dtype}, &all));
-    for (int r = 0; r < site.size; ++r) {
+    TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, {rows, cols, m_, n_, width_, dtype}, &all));
+    for (int r = 0; r < static_cast<int>(all.size()); ++r) {
       const auto& row = all[r];
       if (row[2] != m_ || row[3] != n_ || row[4] != width_ || row[5] != dtype)
         return site.InvalidArgument(absl::StrCat(
@@ -152,22 +222,21 @@ class HaloExchangeKernel : public HaloKernelBase {
     const Tensor& u = ctx->input(0);
     const Tensor& fill = ctx->input(1);
     int tag = 0;
-    ADCME_MPI_RETURN_IF_ERROR(ScalarIntArg(ctx, 2, "tag", 0, TagUpperBound(site.comm), site, &tag));
+    TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 2, "tag", 0, TagUpperBound(site.comm), site, &tag));
     if (u.dims() != 2)
       return site.InvalidArgument(absl::StrCat("argument 'u' must be 2-D, got shape ",
                                                u.shape().DebugString()));
     if (fill.dims() != 0)
       return site.InvalidArgument("argument 'fill_value' must be a scalar");
     MPI_Datatype type;
-    absl::Status st = MpiDatatypeFor(u.dtype(), &type);
-    if (!st.ok()) return site.InvalidArgument(absl::StrCat("argument 'u': ", st.message()));
+    TF_RETURN_IF_ERROR(DatatypeArg(site, "u", u, &type));
     const int rows = u.dim_size(0), cols = u.dim_size(1), w = width_;
     int unused = 0;
-    ADCME_MPI_RETURN_IF_ERROR(CountOf(site, "u", (rows + 2 * w) * int64_t{cols + 2 * w}, &unused));
-    ADCME_MPI_RETURN_IF_ERROR(CheckGrid(site, u.dtype(), rows, cols));
+    TF_RETURN_IF_ERROR(CountOf(site, "u", (rows + 2 * w) * int64_t{cols + 2 * w}, &unused));
+    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHalo, u.dtype(), rows, cols));
 
     Tensor* out = nullptr;
-    ADCME_MPI_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
     const int P = rows + 2 * w, Q = cols + 2 * w;
     const size_t elem = tensorflow::DataTypeSize(u.dtype());
     char* dst = DataOf(*out);
@@ -189,18 +258,17 @@ class HaloExchangeKernel : public HaloKernelBase {
         continue;
       }
       MPI_Datatype recv_type, send_type;
-      ADCME_MPI_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &recv_type));
-      ADCME_MPI_RETURN_IF_ERROR(
+      TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &recv_type));
+      TF_RETURN_IF_ERROR(
           types.Subarray(site, P, Q, Edge(nb, rows, cols).Shifted(w), type, &send_type));
       requests.emplace_back();
-      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+      TF_RETURN_IF_ERROR(site.Check(
           MPI_Irecv(dst, 1, recv_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Irecv"));
       requests.emplace_back();
-      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+      TF_RETURN_IF_ERROR(site.Check(
           MPI_Isend(dst, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
-    std::vector<MPI_Status> statuses;
-    return WaitAll(site, &requests, &statuses, Peers(nbs));
+    return WaitAll(site, &requests, Peers(nbs));
   }
 };
 
@@ -227,21 +295,21 @@ class HaloExchangeGradKernel : public HaloKernelBase {
   absl::Status RunTyped(OpKernelContext* ctx, const CallSite& site) {
     const Tensor& dy = ctx->input(0);
     int tag = 0;
-    ADCME_MPI_RETURN_IF_ERROR(ScalarIntArg(ctx, 1, "tag", 0, TagUpperBound(site.comm), site, &tag));
+    TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 1, "tag", 0, TagUpperBound(site.comm), site, &tag));
     const int w = width_;
     if (dy.dims() != 2 || dy.dim_size(0) < 3 * w || dy.dim_size(1) < 3 * w)
       return site.InvalidArgument(absl::StrCat("argument 'grad_padded' must be 2-D and at least ",
                                                3 * w, " in each dimension, got shape ",
                                                dy.shape().DebugString()));
     const int P = dy.dim_size(0), Q = dy.dim_size(1), rows = P - 2 * w, cols = Q - 2 * w;
-    ADCME_MPI_RETURN_IF_ERROR(CheckGrid(site, dy.dtype(), rows, cols));
+    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHaloGrad, dy.dtype(), rows, cols));
     MPI_Datatype type;
-    ADCME_MPI_RETURN_IF_ERROR(MpiDatatypeFor(dy.dtype(), &type));
+    TF_RETURN_IF_ERROR(DatatypeArg(site, "grad_padded", dy, &type));
 
     Tensor* grad_u = nullptr;
     Tensor* grad_fill = nullptr;
-    ADCME_MPI_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows, cols}), &grad_u));
-    ADCME_MPI_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({}), &grad_fill));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows, cols}), &grad_u));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({}), &grad_fill));
     const T* g = reinterpret_cast<const T*>(DataOf(dy));
     T* gu = grad_u->flat<T>().data();
     for (int i = 0; i < rows; ++i)
@@ -266,27 +334,26 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       incoming.emplace_back(edge.size());
       incoming_region.push_back(edge);
       requests.emplace_back();
-      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+      TF_RETURN_IF_ERROR(site.Check(
           MPI_Irecv(incoming.back().data(), static_cast<int>(edge.size()), type, nb.rank, tag,
                     site.comm, &requests.back()),
           "MPI_Irecv"));
       MPI_Datatype send_type;
-      ADCME_MPI_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &send_type));
+      TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &send_type));
       requests.emplace_back();
-      ADCME_MPI_RETURN_IF_ERROR(site.Check(
+      TF_RETURN_IF_ERROR(site.Check(
           MPI_Isend(g, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
-    std::vector<MPI_Status> statuses;
-    ADCME_MPI_RETURN_IF_ERROR(WaitAll(site, &requests, &statuses, Peers(nbs)));
+    TF_RETURN_IF_ERROR(WaitAll(site, &requests, Peers(nbs)));
     for (size_t k = 0; k < incoming.size(); ++k) AddRegion(incoming[k], incoming_region[k], gu, cols);
     grad_fill->scalar<T>()() = fill_sum;
     return absl::OkStatus();
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("MPIHaloExchange").Device(DEVICE_CPU).HostMemory("tag"),
+REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIHaloExchange").HostMemory("tag"),
                         HaloExchangeKernel);
-REGISTER_KERNEL_BUILDER(Name("MPIHaloExchangeGrad").Device(DEVICE_CPU).HostMemory("tag"),
+REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIHaloExchangeGrad").HostMemory("tag"),
                         HaloExchangeGradKernel);
 
 }  // namespace

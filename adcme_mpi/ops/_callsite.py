@@ -1,0 +1,76 @@
+"""CallSite: one op call on one rank, as the wrappers see it. It names the
+op and the rank in every message ("mpi_bcast (rank 1 of 2): argument 'root'
+= 5 is out of range [0, 1]", the same words the C++ kernels use) and turns
+arguments into the tensors the ops take."""
+import numpy as np
+import tensorflow as tf
+
+from .. import runtime
+
+DATA_DTYPES = (tf.float32, tf.float64, tf.int32, tf.int64)
+
+
+def _static_int(value):
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return None
+
+
+class CallSite:
+    def __init__(self, op, comm, collective):
+        self.op = op
+        self.pair = runtime.comm_pair(comm, op, collective=collective)
+        self.rank, self.size = self.pair.rank, self.pair.size
+
+    def __str__(self):
+        return f"{self.op} (rank {self.rank} of {self.size})"
+
+    def error(self, kind, text):
+        return kind(f"{self}: {text}")
+
+    @property
+    def comm_attrs(self):
+        """The communicators of the forward op and of its gradient ops."""
+        return {"comm": self.pair.forward_handle, "grad_comm": self.pair.backward_handle}
+
+    def data(self, arg, value, dtype=None):
+        """`value` as a tensor of a supported dtype."""
+        try:
+            t = tf.convert_to_tensor(value, dtype=dtype)
+        except (TypeError, ValueError) as err:
+            raise self.error(TypeError, f"argument '{arg}' cannot be a tensor: {err}") from None
+        if t.dtype not in DATA_DTYPES:
+            raise self.error(TypeError, f"argument '{arg}' has dtype {t.dtype.name}; "
+                             "supported: float32, float64, int32, int64")
+        return t
+
+    def int_arg(self, arg, value, lo, hi):
+        """`root`, `dest`, `src` or `tag` as an int32 scalar tensor. A Python
+        int is checked here; a tensor is checked by the kernel (same message)."""
+        static = _static_int(value)
+        if static is not None:
+            if not lo <= static <= hi:
+                raise self.error(ValueError, f"argument '{arg}' = {static} is out of range "
+                                 f"[{lo}, {hi}]")
+            return tf.constant(static, dtype=tf.int32)
+        t = tf.convert_to_tensor(value)
+        if t.dtype not in (tf.int32, tf.int64) or t.shape.rank not in (None, 0):
+            raise self.error(TypeError, f"argument '{arg}' must be an int or a scalar int "
+                             f"tensor, got {t.dtype.name}{t.shape}")
+        return tf.cast(t, tf.int32) if t.dtype != tf.int32 else t
+
+    def rank_arg(self, arg, value):
+        return self.int_arg(arg, value, 0, self.size - 1)
+
+    def tag(self, value):
+        return self.int_arg("tag", value, 0, self.pair.tag_ub)
+
+    def peer(self, arg, value):
+        t = self.rank_arg(arg, value)
+        static = _static_int(value)
+        if static is not None and static == self.rank:
+            raise self.error(ValueError, f"argument '{arg}' = {static} is this rank; "
+                             "sending to oneself is an error")
+        return t

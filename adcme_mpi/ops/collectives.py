@@ -1,0 +1,93 @@
+"""Collectives and their exact adjoints, in adjoint pairs:
+
+    mpi_sum    (reduce to root)  <->  mpi_bcast (root to all)
+    mpi_gather (concat on root)  <->  mpi_scatter (split from root)
+    mpi_allreduce                <->  mpi_allreduce
+
+Each gradient is the paired forward op on the gradient communicator, so
+gradients of gradients (Hessian-vector products) compose.
+"""
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+
+from .. import ordering
+from .._loader import ops as lib
+from ._adjoint import adjoint, cotangent, differentiable
+from ._callsite import CallSite
+
+
+def _rooted(name, kernel, doc):
+    """The public wrapper of a rooted collective (sum, bcast, gather, scatter)."""
+
+    def wrapper(a, root=0, *, comm=None, deps=None, name=None):
+        site = CallSite(wrapper.__name__, comm, collective=True)
+        a = site.data("a", a)
+        root = site.rank_arg("root", root)
+        return ordering.run_in_order(
+            lambda token: kernel(a, root, token, name=name, **site.comm_attrs), deps)[0]
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__doc__ = doc
+    return wrapper
+
+
+mpi_sum = _rooted("mpi_sum", lib.mpi_sum, """Sum of `a` over the ranks of `comm` on `root`;
+    zeros of a's shape elsewhere.
+
+    Gradient: every rank gets root's upstream gradient (a broadcast).""")
+
+mpi_bcast = _rooted("mpi_bcast", lib.mpi_bcast, """`root`'s `a` on every rank of `comm`
+    (shape and dtype must agree everywhere).
+
+    Gradient: root gets the sum over ranks of the upstream gradients; others zeros.""")
+
+mpi_gather = _rooted("mpi_gather", lib.mpi_gather, """On `root`: the ranks' `a` concatenated
+    along axis 0 in rank order (a scalar gathers into a vector of length
+    size); elsewhere zeros of that shape.
+
+    Gradient: each rank gets its own slice of root's upstream gradient (a scatter).""")
+
+mpi_scatter = _rooted("mpi_scatter", lib.mpi_scatter, """Rank r gets the r-th of `size` equal
+    slices along axis 0 of `root`'s `a` (a's first dimension must be divisible
+    by the size; non-root ranks pass a tensor of the same shape, whose values
+    are ignored).
+
+    Gradient: root gets the ranks' upstream gradients concatenated; others zeros.""")
+
+
+def mpi_allreduce(a, *, comm=None, deps=None, name=None):
+    """Sum of `a` over the ranks of `comm`, on every rank.
+
+    Gradient: the sum over ranks of the upstream gradients (an allreduce)."""
+    site = CallSite("mpi_allreduce", comm, collective=True)
+    a = site.data("a", a)
+    return ordering.run_in_order(
+        lambda token: lib.mpi_allreduce(a, token, name=name, **site.comm_attrs), deps)[0]
+
+
+# ---- gradients: each forward op's adjoint is its pair on the gradient communicator ----
+
+def _rooted_gradient(adjoint_kernel, reshape_like_input=False):
+    def gradient(op, grad, token_grad):
+        if not differentiable(op):
+            return None, None, token_grad
+        root = op.inputs[1]
+        out, token = adjoint(op, token_grad,
+                             lambda t, **c: adjoint_kernel(cotangent(op, grad), root, t, **c))
+        if reshape_like_input:  # a scalar gathers into a vector; its slice is a length-1 vector
+            out = tf.reshape(out, tf.shape(op.inputs[0]))
+        return out, None, token
+    return gradient
+
+
+tf_ops.RegisterGradient("MPISum")(_rooted_gradient(lib.mpi_bcast))
+tf_ops.RegisterGradient("MPIBcast")(_rooted_gradient(lib.mpi_sum))
+tf_ops.RegisterGradient("MPIGather")(_rooted_gradient(lib.mpi_scatter, reshape_like_input=True))
+tf_ops.RegisterGradient("MPIScatter")(_rooted_gradient(lib.mpi_gather))
+
+
+@tf_ops.RegisterGradient("MPIAllreduce")
+def _mpi_allreduce_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, token_grad
+    return adjoint(op, token_grad, lambda t, **c: lib.mpi_allreduce(cotangent(op, grad), t, **c))

@@ -1,0 +1,93 @@
+"""Point-to-point ops and their exact adjoints:
+
+    mpi_send(a, dest)  <->  mpi_recv(template, src)
+
+mpi_send returns its input, so its gradient is the local upstream gradient
+PLUS the gradient that `dest` sends back. (ADCME.jl drops the local term; we
+keep it: that is the exact adjoint.) mpi_recv's template input gets zeros, and
+its upstream gradient is sent back to `src`. Gradient messages travel on a
+private communicator, so they never meet forward messages or user tags.
+
+No deadlock in the backward pass, in any mode: gradient ops run in the exact
+reverse order of their forward ops (adcme_mpi/ordering.py), and the send that
+is the adjoint of a receive is detached (it never waits for its receiver). If
+the forward pass completed on every rank, each blocking gradient receive waits
+for a send that its peer reaches without waiting on anything later.
+"""
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+
+from .. import ordering
+from .._loader import ops as lib
+from ._adjoint import adjoint, cotangent, differentiable
+from ._callsite import CallSite
+
+
+def _point_to_point(site, kernel, a, peer_arg, peer, tag, deps, name):
+    a = site.data("a", a)
+    peer = site.peer(peer_arg, peer)
+    tag = site.tag(tag)
+    return ordering.run_in_order(
+        lambda token: kernel(a, peer, tag, token, name=name, **site.comm_attrs), deps)[0]
+
+
+def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
+    """Send `a` to rank `dest` (matched by an mpi_recv there with the same tag);
+    returns `a`.
+
+    Gradient: the upstream gradient of the returned tensor plus the gradient
+    that `dest` sends back for what it received."""
+    site = CallSite("mpi_send", comm, collective=False)
+    return _point_to_point(site, lib.mpi_send, a, "dest", dest, tag, deps, name)
+
+
+def mpi_recv(a, src, tag=0, *, comm=None, deps=None, name=None):
+    """Receive from rank `src` a tensor of `a`'s shape and dtype (`a` is a
+    template and a real graph input: its gradient is zeros).
+
+    Gradient: the upstream gradient is sent back to `src`."""
+    site = CallSite("mpi_recv", comm, collective=False)
+    return _point_to_point(site, lib.mpi_recv, a, "src", src, tag, deps, name)
+
+
+def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
+    """ADCME's mpi_sendrecv: on rank `src`, send `a` to `dest` and return `a`;
+    on rank `dest`, return what `src` sent (shaped like `a`); elsewhere `a`."""
+    site = CallSite("mpi_sendrecv", comm, collective=False)
+    for arg, value in (("dest", dest), ("src", src)):
+        if isinstance(value, tf.Tensor):
+            raise site.error(TypeError, f"argument '{arg}' must be a Python int (it decides "
+                             "which ranks send and receive)")
+        if not 0 <= int(value) < site.size:
+            raise site.error(ValueError, f"argument '{arg}' = {value} is out of range "
+                             f"[0, {site.size - 1}]")
+    if int(dest) == int(src):
+        raise site.error(ValueError, f"dest == src == {dest}; sending to oneself is an error")
+    if site.rank == int(src):
+        return mpi_send(a, dest, tag, comm=site.pair.user, deps=deps, name=name)
+    if site.rank == int(dest):
+        return mpi_recv(a, src, tag, comm=site.pair.user, deps=deps, name=name)
+    return tf.identity(a, name=name) if not tf.executing_eagerly() else tf.convert_to_tensor(a)
+
+
+@tf_ops.RegisterGradient("MPISend")
+def _mpi_send_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, None, None, token_grad
+    dest, tag = op.inputs[1], op.inputs[2]
+    grad = cotangent(op, grad)
+    returned, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_recv(grad, dest, tag, t, **c))
+    return grad + returned, None, None, token
+
+
+@tf_ops.RegisterGradient("MPIRecv")
+def _mpi_recv_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, None, None, token_grad
+    src, tag = op.inputs[1], op.inputs[2]
+    sent, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_send(
+        cotangent(op, grad), src, tag, t, detached=True, **c))
+    # The template's gradient is zero; the control edge makes the send run.
+    with tf.control_dependencies([sent]):
+        zeros = tf.zeros_like(op.inputs[0])
+    return zeros, None, None, token

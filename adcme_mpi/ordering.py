@@ -1,0 +1,237 @@
+"""Program order for MPI ops, in every mode.
+
+Every MPI op takes an *ordering token* (a float scalar) as its last input and
+returns a new one as its last output. One token is threaded through all MPI
+ops of a program, in the order the script creates them:
+
+- Forward: each op depends on the previous one through the token, so MPI ops
+  run in program order on every rank, whatever TensorFlow's scheduler does.
+- Backward: the gradient of an op's token input is the token output of its
+  adjoint op, so gradient ops run in the exact reverse order of their forward
+  ops in graph mode, in eager mode (GradientTape) and in tf.function, however
+  the tape or tf.gradients orders its work. Reverse order is deadlock-free
+  whenever the forward pass was (gradient sends never block; see p2p.py).
+- No local path: because the token links all MPI ops, a rank whose own loss
+  does not depend on an op's output still runs that op's adjoint (with a zero
+  cotangent), so the collective backward ops meet on every rank.
+
+In v1 graphs (tf.compat.v1, the ADCME way) each MPI op also gets a control
+edge from the one before it in its graph and control-flow context, with
+gradient ops inserted at the position that mirrors their forward op: so MPI
+ops created after a tf.gradients call also run after the gradient ops.
+tf.function orders stateful ops itself, and eager mode runs ops as created.
+
+A tf.while_loop body is its own context with its own token: use
+`while_loop` below (it threads the token through the loop) or
+`in_program_order(lambda: tf.while_loop(...))` to put a whole loop into the
+program order.
+"""
+import weakref
+
+import tensorflow as tf
+
+from . import _tf_private
+
+__all__ = ["in_program_order", "while_loop", "custom_gradient", "current_token"]
+
+
+def _new_token():
+    return tf.zeros([], tf.float32)
+
+
+class _Sequence:
+    """The MPI ops of one graph and control-flow context, in execution order,
+    and the current token.
+
+    Forward ops run in creation order. A gradient op goes right before the
+    gradient ops of forward ops created earlier than its own forward op, so
+    gradient ops run in the exact reverse order of their forward ops."""
+
+    def __init__(self):
+        self.ops = []  # tf.Operation, in execution order
+        self.adjoint = []  # for each: sequence number of the op it is the adjoint of, or None
+        self.seq = {}  # op name -> creation sequence number
+        self.token = None
+
+    def current_token(self):
+        if self.token is None:
+            self.token = _new_token()
+        return self.token
+
+    def position_for(self, adjoint_of):
+        end = len(self.ops)
+        # (a GradientTape in a v1 graph hands gradient functions a _MockOp without a name)
+        name = getattr(adjoint_of, "name", None)
+        if name not in self.seq:
+            return end, None
+        target = self.seq[name]
+        # step back over the adjoints of ops created before `adjoint_of`
+        while end > 0 and self.adjoint[end - 1] is not None and self.adjoint[end - 1] < target:
+            end -= 1
+        return end, target
+
+    def insert(self, position, op, adjoint_seq):
+        self.seq[op.name] = len(self.seq)
+        self.ops.insert(position, op)
+        self.adjoint.insert(position, adjoint_seq)
+
+
+class _TopLevel:
+    """Key for a graph's top level (no control-flow context); weak-referenceable."""
+
+
+# graph -> {control-flow context (or the graph's _TopLevel key): _Sequence}.
+# Keyed by the objects themselves, weakly: a collected graph or context can
+# never hand its sequence to a new one that reuses its id().
+_sequences = weakref.WeakKeyDictionary()
+_top_level = weakref.WeakKeyDictionary()
+_eager = _Sequence()
+
+
+def _sequence_for(graph):
+    if tf.executing_eagerly():
+        return _eager
+    per_graph = _sequences.setdefault(graph, weakref.WeakKeyDictionary())
+    context = _tf_private.control_flow_context(graph)
+    if context is None:
+        context = _top_level.setdefault(graph, _TopLevel())
+    sequence = per_graph.get(context)
+    if sequence is None:
+        sequence = per_graph[context] = _Sequence()
+    return sequence
+
+
+def current_token():
+    """The token the next MPI op created here will take."""
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    return _sequence_for(graph).current_token()
+
+
+def _as_list(deps):
+    if deps is None:
+        return []
+    return list(deps) if isinstance(deps, (list, tuple)) else [deps]
+
+
+def run_in_order(create, deps=None, adjoint_of=None, token=None):
+    """Create one MPI op in program order: `create(token)` builds it and
+    returns its outputs, the last being its token output.
+
+    `adjoint_of`: the forward op whose gradient this op computes; `token`:
+    then the gradient of that op's token output (None: the current token).
+    A forward op advances the current token; gradient ops chain through the
+    token gradients instead."""
+    deps = _as_list(deps)
+    if tf.executing_eagerly():
+        outs = create(token if token is not None else _eager.current_token())
+        if adjoint_of is None:
+            _eager.token = outs[-1]
+        return outs
+    graph = tf.compat.v1.get_default_graph()
+    sequence = _sequence_for(graph)
+    if token is None:
+        token = sequence.current_token()
+    if _tf_private.is_function_graph_with_auto_deps(graph):
+        with graph.control_dependencies(deps):  # tf.function orders stateful ops itself
+            outs = create(token)
+    else:
+        position, adjoint_seq = sequence.position_for(adjoint_of)
+        if position > 0:
+            deps.append(sequence.ops[position - 1])
+        with graph.control_dependencies(deps):
+            outs = create(token)
+        op = outs[-1].op
+        if position < len(sequence.ops):
+            _tf_private.add_control_input(sequence.ops[position], op)
+        sequence.insert(position, op, adjoint_seq)
+    if adjoint_of is None:
+        sequence.token = outs[-1]
+    return outs
+
+
+def in_program_order(build, deps=None):
+    """Run `build()` (which may create any TF ops, e.g. a whole tf.while_loop
+    containing MPI ops) after the MPI ops created before it, and before the
+    ones created after it. Returns what `build` returns."""
+    if tf.executing_eagerly():
+        return build()
+
+    def create(token):
+        with tf.control_dependencies([token]):
+            out = build()
+        first = tf.nest.flatten(out)
+        with tf.control_dependencies([t for t in first if isinstance(t, (tf.Tensor, tf.Operation))]):
+            return [out, tf.identity(token)]
+
+    return run_in_order(create, deps)[0]
+
+
+def while_loop(cond, body, loop_vars, **kwargs):
+    """tf.while_loop whose MPI ops stay in program order: the ordering token
+    is threaded through the loop as an extra loop variable, so iteration i+1's
+    MPI ops follow iteration i's (in the forward and the backward pass), and
+    the loop sits in the program order of the ops around it."""
+    loop_vars = list(loop_vars) if isinstance(loop_vars, (list, tuple)) else [loop_vars]
+
+    def token_cond(token, *args):
+        return cond(*args)
+
+    def token_body(token, *args):
+        _sequence_for(None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()).token = token
+        out = body(*args)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        return [current_token()] + out
+
+    def create(token):
+        out = tf.while_loop(token_cond, token_body, [token] + loop_vars, **kwargs)
+        return list(out[1:]) + [out[0]]
+
+    outs = run_in_order(create)
+    return outs[:-1] if len(outs) > 2 else outs[0]
+
+
+def _current_sequence():
+    return _sequence_for(None if tf.executing_eagerly() else tf.compat.v1.get_default_graph())
+
+
+def custom_gradient(f):
+    """tf.custom_gradient for functions whose forward or gradient creates MPI
+    ops (e.g. an adjoint-method solve): both stay in program order.
+
+    `f(*tensors)` returns `(outputs, grad_fn)` as for tf.custom_gradient. The
+    ordering token goes in and out of the block as an extra tensor, so the
+    block's MPI ops follow the ones before it, the ones after it follow the
+    block, and `grad_fn`'s MPI ops run at the block's place in the reverse
+    order. (With a plain tf.custom_gradient the token would bypass the
+    block's gradient and TensorFlow would try to differentiate its inside.)"""
+
+    @tf.custom_gradient
+    def block(*args):
+        *inputs, token = args
+        _current_sequence().token = token
+        outputs, grad_fn = f(*inputs)
+        single = not isinstance(outputs, (list, tuple))
+        flat = [outputs] if single else list(outputs)
+
+        def grad(*upstream):
+            *dys, dtoken = upstream
+            sequence = _current_sequence()
+            saved = sequence.token
+            if dtoken is not None:
+                sequence.token = dtoken
+            grads = grad_fn(dys[0]) if single else grad_fn(*dys)
+            grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+            out_token = sequence.current_token()
+            sequence.token = saved  # gradient ops never advance the forward chain
+            return grads + [out_token]
+
+        return flat + [current_token()], grad
+
+    def wrapper(*inputs):
+        outs = block(*inputs, current_token())
+        _current_sequence().token = outs[-1]
+        return outs[0] if len(outs) == 2 else list(outs[:-1])
+
+    wrapper.__name__ = getattr(f, "__name__", "custom_gradient")
+    wrapper.__doc__ = f.__doc__
+    return wrapper

@@ -1,0 +1,159 @@
+// What every adcme_mpi kernel shares. Split by concern:
+//   execution.cc  settings, the kernel base (inline or on the MPI thread),
+//                 CallSite, argument helpers, the communicator registry;
+//   waiting.cc    waits and probes with the watchdog;
+//   checks.cc     the cross-rank agreement check (op, sequence number, shapes).
+// Op families keep their REGISTER_OPs next to their kernels: collective.cc,
+// p2p.cc, halo.cc.
+//
+// Ordering token: every op takes a float scalar `token` as its last input and
+// returns one as its last output. The Python wrappers thread one token through
+// all MPI ops of a program (adcme_mpi/ordering.py), so data dependencies keep
+// MPI ops in program order in every mode, and the token's gradient runs the
+// backward ops in exact reverse order.
+#ifndef ADCME_MPI_CSRC_COMMON_H_
+#define ADCME_MPI_CSRC_COMMON_H_
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/errors.h"
+
+namespace adcme_mpi {
+
+using tensorflow::DataType;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::shape_inference::InferenceContext;
+
+// Environment settings, read once.
+struct Settings {
+  bool check = true;          // ADCME_MPI_CHECK (default on; 0 turns it off)
+  bool mpi_thread = false;    // ADCME_MPI_THREAD=1: kernels run on one MPI thread
+  double timeout = 0;         // ADCME_MPI_TIMEOUT seconds (0: no watchdog)
+  bool oversubscribed = true; // more local ranks than cores (or unknown)
+};
+const Settings& GetSettings();
+
+// What messages call an op: its Python name ("mpi_bcast"), or for an op that
+// runs in a backward pass, "gradient of mpi_sum" (MPIBcast is mpi_sum's adjoint).
+std::string UserFacingName(const std::string& op_type, bool backward);
+
+// Where a kernel runs: "mpi_bcast (rank 2 of 4)". Every message names it.
+struct CallSite {
+  std::string op;  // UserFacingName of the op
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rank = -1;
+  int size = 0;
+  bool backward = false;            // comm is a gradient communicator
+  MPI_Comm check_comm = MPI_COMM_NULL;  // where cross-rank checks go
+  std::string Describe() const;
+  // Turns an MPI return code into a status: "mpi_bcast (rank 2 of 4) | MPI_Ibcast failed: ...".
+  absl::Status Check(int rc, const char* mpi_function) const;
+  absl::Status InvalidArgument(const std::string& what) const;
+};
+
+// Base of every MPI kernel. Subclasses implement Run(); it executes inline
+// (default) or, with ADCME_MPI_THREAD=1, on one dedicated MPI thread that
+// keeps blocking MPI calls off TF's inter-op pool. Either way kernels reach
+// MPI in the order TF starts them, which the ordering token makes program order.
+// The base writes the token output (always the last output).
+class MpiKernel : public tensorflow::AsyncOpKernel {
+ public:
+  explicit MpiKernel(OpKernelConstruction* c);
+  void ComputeAsync(OpKernelContext* ctx, DoneCallback done) final;
+
+ protected:
+  virtual absl::Status Run(OpKernelContext* ctx, const CallSite& site) = 0;
+
+ private:
+  int64_t comm_handle_;
+};
+
+// A scalar int32 input (root, dest, src, tag) checked to lie in [lo, hi].
+absl::Status ScalarIntArg(OpKernelContext* ctx, int index, const char* name, int64_t lo,
+                          int64_t hi, const CallSite& site, int* out);
+
+// The MPI datatype of data argument `arg`, or an error naming it:
+// "argument 'a' has dtype complex64; supported: float32, float64, int32, int64".
+absl::Status DatatypeArg(const CallSite& site, const char* arg, const Tensor& t,
+                         MPI_Datatype* out);
+
+// Largest tag a user may pass on this communicator (MPI_TAG_UB).
+int TagUpperBound(MPI_Comm comm);
+
+// Element count that fits MPI's int count arguments.
+absl::Status CountOf(const CallSite& site, const char* arg, int64_t elements, int* count);
+
+std::string ShapeString(DataType dtype, const TensorShape& shape);
+
+// Raw bytes of a tensor, as MPI's void* buffers want them.
+inline char* DataOf(const Tensor& t) { return const_cast<char*>(t.tensor_data().data()); }
+
+// ---- waiting.cc ----
+// Waits for all requests. With ADCME_MPI_TIMEOUT=<seconds> set, a wait longer
+// than that aborts the whole job with a message naming the op, the rank and
+// `waiting_for` (the peers). Polls politely so oversubscribed ranks progress.
+absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
+                     const std::string& waiting_for);
+absl::Status WaitOne(const CallSite& site, MPI_Request request, const std::string& waiting_for);
+// Blocking matched probe with the same watchdog; returns the message handle.
+absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message* message,
+                          MPI_Status* status, const std::string& waiting_for);
+// Sends that must never block (the backward of a receive) are started and
+// left here; they complete as later ops poll, and all at mpi_finalize.
+void DetachSend(MPI_Request request, const Tensor& keep_alive);
+void ProgressDetachedSends();
+
+// ---- checks.cc ----
+// Which collective a check is for; names in messages.
+enum class OpKind : int64_t {
+  kSum = 1, kAllreduce, kBcast, kGather, kScatter, kHalo, kHaloGrad,
+  kEndOfProgram = 99,
+};
+// Every checked collective on a communicator family (the user's communicator,
+// its forward and gradient duplicates) gets the next sequence number. All
+// ranks allgather (op, direction, sequence number, payload); if they disagree
+// on the op or its number, every rank gets an error naming what each rank is
+// doing, instead of a hang. `rows` receives everyone's payload.
+absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
+                              const std::vector<int64_t>& payload,
+                              std::vector<std::vector<int64_t>>* rows);
+// The usual check for a collective's data argument: same dtype and shape
+// everywhere, and the same root (root < 0: none).
+absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char* arg,
+                                  const Tensor& t, int root);
+
+// ---- shape functions ----
+// Adds the ordering token to a shape function: the last input must be a
+// scalar and the last output is one.
+template <absl::Status (*Fn)(InferenceContext*)>
+absl::Status WithToken(InferenceContext* c) {
+  tensorflow::shape_inference::ShapeHandle unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(c->num_inputs() - 1), 0, &unused));
+  TF_RETURN_IF_ERROR(Fn(c));
+  c->set_output(c->num_outputs() - 1, c->Scalar());
+  return absl::OkStatus();
+}
+// Inputs 1.. up to the token are scalars (root, peer, tag).
+absl::Status ScalarInputs(InferenceContext* c, int first, int last);
+
+}  // namespace adcme_mpi
+
+// Interface shared by every op: data types, communicators, the token.
+#define ADCME_MPI_DATA_TYPES "T: {float, double, int32, int64}"
+
+// Kernel registration: CPU, with the small scalar inputs in host memory.
+#define ADCME_MPI_CPU_KERNEL(op)                                         \
+  Name(op).Device(::tensorflow::DEVICE_CPU).HostMemory("token").HostMemory( \
+      "token_out")
+
+#endif  // ADCME_MPI_CSRC_COMMON_H_

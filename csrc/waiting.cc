@@ -1,0 +1,147 @@
+// Waiting for MPI requests and messages, with the watchdog; sends that must
+// never block (detached).
+#include <sched.h>
+
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common.h"
+
+namespace adcme_mpi {
+namespace {
+
+[[noreturn]] void WatchdogAbort(const CallSite& site, const std::string& waiting_for,
+                                double waited) {
+  std::fprintf(stderr,
+               "adcme_mpi watchdog: %s waited %.1f s (ADCME_MPI_TIMEOUT=%g) for %s; "
+               "aborting the job\n",
+               site.Describe().c_str(), waited, GetSettings().timeout, waiting_for.c_str());
+  std::fflush(stderr);
+  // Give mpiexec a moment to forward the message before the job is torn down.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  MPI_Abort(MPI_COMM_WORLD, 124);
+  std::abort();
+}
+
+// Spin briefly (lowest latency when every rank has a core), then yield the
+// core between polls (progress when ranks outnumber cores).
+class Poller {
+ public:
+  Poller(const CallSite& site, const std::string& waiting_for)
+      : site_(site), waiting_for_(waiting_for), start_(Clock::now()) {}
+  void Pause() {
+    if (++polls_ < 2000) return;
+    const Settings& settings = GetSettings();
+    if (polls_ % 64 == 0 && settings.timeout > 0) {
+      const double waited = std::chrono::duration<double>(Clock::now() - start_).count();
+      if (waited > settings.timeout) WatchdogAbort(site_, waiting_for_, waited);
+    }
+    if (!settings.oversubscribed) return;  // a core each: keep polling, lowest latency
+    if (polls_ < 20000) {
+      sched_yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  const CallSite& site_;
+  const std::string& waiting_for_;
+  Clock::time_point start_;
+  int64_t polls_ = 0;
+};
+
+struct DetachedSend {
+  MPI_Request request;
+  Tensor keep_alive;  // holds the buffer until the send completes
+};
+std::mutex detached_mu;
+std::vector<DetachedSend>& Detached() {
+  static auto* sends = new std::vector<DetachedSend>();
+  return *sends;
+}
+
+}  // namespace
+
+absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
+                     const std::string& waiting_for) {
+  if (requests->empty()) return absl::OkStatus();
+  std::vector<MPI_Status> statuses(requests->size());
+  Poller poller(site, waiting_for);
+  for (;;) {
+    int done = 0;
+    const int rc = MPI_Testall(static_cast<int>(requests->size()), requests->data(), &done,
+                               statuses.data());
+    if (rc == MPI_ERR_IN_STATUS) {
+      for (const MPI_Status& st : statuses)
+        if (st.MPI_ERROR != MPI_SUCCESS && st.MPI_ERROR != MPI_ERR_PENDING)
+          return site.Check(st.MPI_ERROR, "MPI_Testall");
+    }
+    TF_RETURN_IF_ERROR(site.Check(rc, "MPI_Testall"));
+    if (done) return absl::OkStatus();
+    poller.Pause();
+  }
+}
+
+absl::Status WaitOne(const CallSite& site, MPI_Request request, const std::string& waiting_for) {
+  std::vector<MPI_Request> requests{request};
+  return WaitAll(site, &requests, waiting_for);
+}
+
+absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message* message,
+                          MPI_Status* status, const std::string& waiting_for) {
+  Poller poller(site, waiting_for);
+  for (;;) {
+    int found = 0;
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Improbe(source, tag, site.comm, &found, message, status), "MPI_Improbe"));
+    if (found) return absl::OkStatus();
+    poller.Pause();
+  }
+}
+
+void DetachSend(MPI_Request request, const Tensor& keep_alive) {
+  std::lock_guard<std::mutex> lock(detached_mu);
+  Detached().push_back({request, keep_alive});
+}
+
+void ProgressDetachedSends() {
+  std::lock_guard<std::mutex> lock(detached_mu);
+  auto& sends = Detached();
+  for (size_t i = 0; i < sends.size();) {
+    int done = 0;
+    MPI_Test(&sends[i].request, &done, MPI_STATUS_IGNORE);
+    if (done) {
+      sends[i] = std::move(sends.back());
+      sends.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+}  // namespace adcme_mpi
+
+// Completes every detached send (mpi_finalize calls it before MPI_Finalize).
+// Returns how many were still in flight.
+extern "C" __attribute__((visibility("default"))) int adcme_mpi_complete_detached_sends() {
+  using namespace adcme_mpi;
+  std::vector<DetachedSend> sends;
+  {
+    std::lock_guard<std::mutex> lock(detached_mu);
+    sends.swap(Detached());
+  }
+  if (sends.empty()) return 0;
+  CallSite site;
+  site.op = "mpi_finalize (detached gradient sends)";
+  MPI_Comm_rank(MPI_COMM_WORLD, &site.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &site.size);
+  std::vector<MPI_Request> requests;
+  for (auto& s : sends) requests.push_back(s.request);
+  WaitAll(site, &requests, "their receivers").IgnoreError();
+  return static_cast<int>(sends.size());
+}
