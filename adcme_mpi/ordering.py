@@ -65,8 +65,11 @@ class _Sequence:
         if name not in self.seq:
             return end, None
         target = self.seq[name]
-        # step back over the adjoints of ops created before `adjoint_of`
-        while end > 0 and self.adjoint[end - 1] is not None and self.adjoint[end - 1] < target:
+        # step back over the adjoints of ops created before `adjoint_of`, but
+        # never to before `adjoint_of` itself (when it is a gradient op whose
+        # own gradient this is: second derivatives)
+        floor = next(i for i, op in enumerate(self.ops) if op.name == name) + 1
+        while end > floor and self.adjoint[end - 1] is not None and self.adjoint[end - 1] < target:
             end -= 1
         return end, target
 

@@ -10,6 +10,8 @@ def adjoint(op, token_grad, create):
     """Create the adjoint of `op`: `create(token, comm=..., grad_comm=...)`
     builds one MPI op and returns its outputs (token output last)."""
     comms = {"comm": op.get_attr("grad_comm"), "grad_comm": op.get_attr("comm")}
+    if _is_filler(token_grad):
+        token_grad = None  # no later op consumed op's token: take the current one
     return ordering.run_in_order(lambda token: create(token, **comms), adjoint_of=op,
                                  token=token_grad)
 
@@ -25,3 +27,12 @@ def cotangent(op, grad, index=0):
 
 def differentiable(op, index=0):
     return op.outputs[index].dtype in (tf.float32, tf.float64)
+
+
+def _is_filler(token_grad):
+    """tf.gradients fills a missing output gradient with ZerosLike(output). For
+    a token that would make the adjoint depend on `op` itself, which for a
+    gradient op placed before `op` in the program order (second derivatives)
+    is a cycle; such a zero carries no order, so it is dropped."""
+    return (token_grad is not None and not tf.executing_eagerly()
+            and getattr(token_grad, "op", None) is not None and token_grad.op.type == "ZerosLike")

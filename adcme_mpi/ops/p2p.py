@@ -87,7 +87,9 @@ def _mpi_recv_grad(op, grad, token_grad):
     src, tag = op.inputs[1], op.inputs[2]
     sent, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_send(
         cotangent(op, grad), src, tag, t, detached=True, **c))
-    # The template's gradient is zero; the control edge makes the send run.
-    with tf.control_dependencies([sent]):
-        zeros = tf.zeros_like(op.inputs[0])
+    # The template's gradient is zero. Adding the send's token (exactly 0.0)
+    # makes the send run, and links it to the template: then a second
+    # derivative on this rank also runs the send's adjoint, which the peer's
+    # second derivative needs.
+    zeros = tf.zeros_like(op.inputs[0]) + tf.cast(token, op.inputs[0].dtype)
     return zeros, None, None, token

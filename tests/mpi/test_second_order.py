@@ -1,0 +1,95 @@
+"""Second derivatives through every op and every gradient op: the
+Hessian-vector product H v (the gradient of <grad f, v>) against central
+differences of the gradient, (grad f(x + eps v) - grad f(x - eps v)) / 2 eps,
+in graph mode, eagerly and in tf.function. f is cubic in each op's output,
+so H depends on x and both the op and its adjoint are differentiated again."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adcme_mpi as am
+from helpers import COMM, RANK, SIZE, random, run_graph
+
+MODES = ["graph", "eager", "function"]
+
+
+def grid():
+    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
+    return m, SIZE // m
+
+
+def ring(t):
+    """Even ranks send right then receive from the left; odd ranks the other way."""
+    if SIZE == 1:
+        return t * 1.0
+    nxt, prv = (RANK + 1) % SIZE, (RANK - 1) % SIZE
+    if RANK % 2 == 0:
+        sent = am.mpi_send(t, nxt)
+        got = am.mpi_recv(t, prv)
+    else:
+        got = am.mpi_recv(t, prv)
+        sent = am.mpi_send(t, nxt)
+    return sent * got + got
+
+
+OPS = {
+    "sum": ((3, 2), lambda t: am.mpi_sum(t, SIZE - 1)),
+    "allreduce": ((4,), am.mpi_allreduce),
+    "bcast": ((2, 2), lambda t: am.mpi_bcast(t, SIZE - 1)),
+    "gather": ((2, 3), lambda t: am.mpi_gather(t, 0)),
+    "scatter": ((SIZE, 2), lambda t: am.mpi_scatter(t, 0)),
+    "halo": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
+    "halo_fill": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=tf.reduce_sum(t))),
+    "halo2": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
+    "send_recv_ring": ((5,), ring),
+    "sendrecv": ((5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t * 1.0),
+}
+
+
+def objective(op, x):
+    y = op(x)
+    c = tf.constant(random(y.shape, np.float64, 301))  # different weights on each rank
+    return tf.reduce_sum(c * y ** 3)
+
+
+def gradient_and_hvp(mode, op, x, v):
+    if mode == "graph":
+        def build():
+            xt, vt = tf.constant(x), tf.constant(v)
+            g = tf.gradients(objective(op, xt), xt)[0]
+            return g, tf.gradients(tf.reduce_sum(g * vt), xt)[0]
+        return run_graph(build)
+
+    def both(xt, vt):
+        with tf.GradientTape() as outer:
+            outer.watch(xt)
+            with tf.GradientTape() as inner:
+                inner.watch(xt)
+                f = objective(op, xt)
+            g = inner.gradient(f, xt)
+            gv = tf.reduce_sum(g * vt)
+        return g, outer.gradient(gv, xt)
+    if mode == "function":
+        both = tf.function(both)
+    g, hv = both(tf.constant(x), tf.constant(v))
+    return g.numpy(), hv.numpy()
+
+
+def global_norm(a):
+    return np.sqrt(COMM.allreduce(float(np.sum(np.asarray(a) ** 2))))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_hessian_vector_product_matches_differences(name, mode):
+    shape, op = OPS[name]
+    x, v = random(shape, np.float64, 302), random(shape, np.float64, 303)
+    _, hv = gradient_and_hvp(mode, op, x, v)
+    eps = 1e-5
+    g_plus, _ = gradient_and_hvp(mode, op, x + eps * v, v)
+    g_minus, _ = gradient_and_hvp(mode, op, x - eps * v, v)
+    fd = (g_plus - g_minus) / (2 * eps)
+    error = global_norm(hv - fd) / max(global_norm(fd), 1e-12)
+    if RANK == 0:
+        print(f"HVP {name} {mode}: relative error {error:.1e}")
+    assert error < 1e-7, f"{name} {mode}: H v differs from differences by {error:.2e} (relative)"
