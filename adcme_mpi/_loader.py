@@ -90,6 +90,8 @@ def _c_api(path):
     lib.adcme_mpi_register_comms.argtypes = [ctypes.c_int64] * 3
     lib.adcme_mpi_register_comms.restype = None
     lib.adcme_mpi_forget_comms.restype = None
+    lib.adcme_mpi_complete_detached_sends.argtypes = [ctypes.c_double, ctypes.c_char_p,
+                                                      ctypes.c_int]
     lib.adcme_mpi_complete_detached_sends.restype = ctypes.c_int
     lib.adcme_mpi_end_of_program.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int]
     lib.adcme_mpi_end_of_program.restype = ctypes.c_int

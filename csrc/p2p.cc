@@ -83,12 +83,22 @@ class SendKernel : public PointToPointKernel {
                         MPI_Datatype type, int count, int dest, int tag) override {
     ctx->set_output(0, a);  // returns its input: no copy
     MPI_Request request;
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Isend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Isend"));
     if (detached_) {
-      DetachSend(request, a);
+      // Synchronous mode: it completes only once the receive has matched, so
+      // a send nobody receives is seen (and reported) at the end of the program.
+      TF_RETURN_IF_ERROR(site.Check(
+          MPI_Issend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Issend"));
+      DetachSend(request, a,
+                 absl::StrCat(site.Describe(), " sent a gradient to rank ", dest, " (tag ", tag,
+                              ") that rank ", dest,
+                              " never received: its backward pass did not include the matching "
+                              "mpi_send. MPI ops after the last one a rank's loss depends on are "
+                              "not part of that rank's backward pass; make its loss depend on "
+                              "that mpi_send's result (e.g. tf.reduce_sum(sent * 0.0))"));
       return absl::OkStatus();
     }
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Isend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Isend"));
     return WaitOne(site, request, absl::StrCat("rank ", dest, " to receive (tag ", tag, ")"));
   }
 

@@ -58,6 +58,7 @@ class Poller {
 struct DetachedSend {
   MPI_Request request;
   Tensor keep_alive;  // holds the buffer until the send completes
+  std::string what;   // for the message if it is never received
 };
 std::mutex detached_mu;
 std::vector<DetachedSend>& Detached() {
@@ -104,9 +105,9 @@ absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message
   }
 }
 
-void DetachSend(MPI_Request request, const Tensor& keep_alive) {
+void DetachSend(MPI_Request request, const Tensor& keep_alive, const std::string& what) {
   std::lock_guard<std::mutex> lock(detached_mu);
-  Detached().push_back({request, keep_alive});
+  Detached().push_back({request, keep_alive, what});
 }
 
 void ProgressDetachedSends() {
@@ -126,22 +127,39 @@ void ProgressDetachedSends() {
 
 }  // namespace adcme_mpi
 
-// Completes every detached send (mpi_finalize calls it before MPI_Finalize).
-// Returns how many were still in flight.
-extern "C" __attribute__((visibility("default"))) int adcme_mpi_complete_detached_sends() {
+// Called once every rank has reached the end of its program, so no receive
+// will be posted any more: waits up to `grace_seconds` for the detached sends
+// still in flight, then reports the first one nobody received (the peer's
+// backward pass did not include the matching op). Returns how many.
+extern "C" __attribute__((visibility("default"))) int adcme_mpi_complete_detached_sends(
+    double grace_seconds, char* buffer, int length) {
   using namespace adcme_mpi;
-  std::vector<DetachedSend> sends;
-  {
-    std::lock_guard<std::mutex> lock(detached_mu);
-    sends.swap(Detached());
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::duration<double>(grace_seconds);
+  std::lock_guard<std::mutex> lock(detached_mu);
+  auto& sends = Detached();
+  for (;;) {
+    for (size_t i = 0; i < sends.size();) {
+      int done = 0;
+      MPI_Test(&sends[i].request, &done, MPI_STATUS_IGNORE);
+      if (done) {
+        sends[i] = std::move(sends.back());
+        sends.pop_back();
+      } else {
+        ++i;
+      }
+    }
+    if (sends.empty() || std::chrono::steady_clock::now() > until) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  if (sends.empty()) return 0;
-  CallSite site;
-  site.op = "mpi_finalize (detached gradient sends)";
-  MPI_Comm_rank(MPI_COMM_WORLD, &site.rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &site.size);
-  std::vector<MPI_Request> requests;
-  for (auto& s : sends) requests.push_back(s.request);
-  WaitAll(site, &requests, "their receivers").IgnoreError();
-  return static_cast<int>(sends.size());
+  const int orphans = static_cast<int>(sends.size());
+  if (orphans > 0) {
+    std::snprintf(buffer, length, "%s", sends.front().what.c_str());
+    for (auto& s : sends) {
+      MPI_Cancel(&s.request);
+      MPI_Request_free(&s.request);
+    }
+    sends.clear();
+  }
+  return orphans;
 }

@@ -55,6 +55,25 @@ CASES = [
     ("halo block smaller than width", 2, "run(am.mpi_halo_exchange(tf.ones([1, 5]), 1, 2, width=2))",
      r"mpi_halo_exchange \(rank \d of 2\): argument 'u' has shape \(1, 5\); each dimension must be "
      r"at least width = 2"),
+    ("ranks call different collectives", 2,
+     "run(am.mpi_sum(tf.ones(2)) if r == 0 else am.mpi_bcast(tf.ones(2)))",
+     r"mpi_(sum|bcast) \(rank \d of 2\): ranks disagree on which collective comes next \(their "
+     r"programs differ\): rank 0 is at mpi_sum \(checked collective #1\); rank 1 is at mpi_bcast"),
+    ("one rank builds no backward pass", 4,
+     "x = tf.constant(2.0); y = am.mpi_allreduce(x)\nrun(y if r == 0 else tf.gradients(y, x)[0])",
+     r"ranks disagree on which collective comes next \(their programs differ\): rank 0 is at the "
+     r"end of its program \(mpi_finalize or exit\); rank 1 is at gradient of mpi_allreduce "
+     r"\(checked collective #2\)"),
+    ("gradient send nobody receives", 2, """
+x = tf.ones(2) * (r + 1)
+if r == 0:
+    c = am.mpi_recv(x, 1)
+    run(tf.gradients(tf.reduce_sum(c * x), x)[0])
+else:
+    sent = am.mpi_send(x * x, 0)
+    run([sent, tf.gradients(tf.reduce_sum(x), x)[0]])   # its loss leaves the send out
+""", r"adcme_mpi \(rank 0\): gradient of mpi_recv \(rank 0 of 2\) sent a gradient to rank 1 "
+     r"\(tag 0\) that rank 1 never received"),
     ("op created after mpi_finalize", 2, "am.mpi_finalize(); am.mpi_sum(tf.ones(2))",
      r"mpi_sum: MPI is already finalized"),
     ("op run after mpi_finalize", 2,
