@@ -45,21 +45,38 @@ class _Sequence:
 
     Forward ops run in creation order. A gradient op goes right before the
     gradient ops of forward ops created earlier than its own forward op, so
-    gradient ops run in the exact reverse order of their forward ops."""
+    gradient ops run in the exact reverse order of their forward ops.
 
-    def __init__(self):
-        self.ops = []  # tf.Operation, in execution order
+    In a graph it holds names, not tensors or ops (looked up in `graph` when
+    needed): the registry of sequences must not keep graphs alive."""
+
+    def __init__(self, graph=None):
+        self._graph = graph  # a weak reference, or None in eager mode
+        self.names = []  # op names, in execution order
         self.adjoint = []  # for each: sequence number of the op it is the adjoint of, or None
         self.seq = {}  # op name -> creation sequence number
-        self.token = None
+        self._token = None  # eager: a tensor; graph: a tensor name
+
+    @property
+    def token(self):
+        if self._graph is None or self._token is None:
+            return self._token
+        return self._graph().get_tensor_by_name(self._token)
+
+    @token.setter
+    def token(self, value):
+        self._token = value if self._graph is None or value is None else value.name
 
     def current_token(self):
-        if self.token is None:
+        if self._token is None:
             self.token = _new_token()
         return self.token
 
+    def op_at(self, position):
+        return self._graph().get_operation_by_name(self.names[position])
+
     def position_for(self, adjoint_of):
-        end = len(self.ops)
+        end = len(self.names)
         # (a GradientTape in a v1 graph hands gradient functions a _MockOp without a name)
         name = getattr(adjoint_of, "name", None)
         if name not in self.seq:
@@ -68,39 +85,33 @@ class _Sequence:
         # step back over the adjoints of ops created before `adjoint_of`, but
         # never to before `adjoint_of` itself (when it is a gradient op whose
         # own gradient this is: second derivatives)
-        floor = next(i for i, op in enumerate(self.ops) if op.name == name) + 1
+        floor = self.names.index(name) + 1
         while end > floor and self.adjoint[end - 1] is not None and self.adjoint[end - 1] < target:
             end -= 1
         return end, target
 
     def insert(self, position, op, adjoint_seq):
         self.seq[op.name] = len(self.seq)
-        self.ops.insert(position, op)
+        self.names.insert(position, op.name)
         self.adjoint.insert(position, adjoint_seq)
 
 
-class _TopLevel:
-    """Key for a graph's top level (no control-flow context); weak-referenceable."""
-
-
-# graph -> {control-flow context (or the graph's _TopLevel key): _Sequence}.
-# Keyed by the objects themselves, weakly: a collected graph or context can
-# never hand its sequence to a new one that reuses its id().
+# graph -> {control-flow context name ("" at the top level): _Sequence}, weakly
+# keyed: the values hold only names, so a graph dies when its user drops it,
+# and a new graph (even one that reuses an id) starts with no sequences.
 _sequences = weakref.WeakKeyDictionary()
-_top_level = weakref.WeakKeyDictionary()
 _eager = _Sequence()
 
 
 def _sequence_for(graph):
     if tf.executing_eagerly():
         return _eager
-    per_graph = _sequences.setdefault(graph, weakref.WeakKeyDictionary())
+    per_graph = _sequences.setdefault(graph, {})
     context = _tf_private.control_flow_context(graph)
-    if context is None:
-        context = _top_level.setdefault(graph, _TopLevel())
-    sequence = per_graph.get(context)
+    key = "" if context is None else context.name
+    sequence = per_graph.get(key)
     if sequence is None:
-        sequence = per_graph[context] = _Sequence()
+        sequence = per_graph[key] = _Sequence(weakref.ref(graph))
     return sequence
 
 
@@ -140,12 +151,12 @@ def run_in_order(create, deps=None, adjoint_of=None, token=None):
     else:
         position, adjoint_seq = sequence.position_for(adjoint_of)
         if position > 0:
-            deps.append(sequence.ops[position - 1])
+            deps.append(sequence.op_at(position - 1))
         with graph.control_dependencies(deps):
             outs = create(token)
         op = outs[-1].op
-        if position < len(sequence.ops):
-            _tf_private.add_control_input(sequence.ops[position], op)
+        if position < len(sequence.names):
+            _tf_private.add_control_input(sequence.op_at(position), op)
         sequence.insert(position, op, adjoint_seq)
     if adjoint_of is None:
         sequence.token = outs[-1]

@@ -3,6 +3,7 @@
 patch (r // n, r % n); the inverse problems' objective recorder and figures;
 printing in rank order."""
 import os
+import sys
 
 import numpy as np
 from mpi4py import MPI
@@ -50,10 +51,31 @@ def default_grid(size):
     return m, size // m
 
 
+def require_ranks(script, exactly=None, at_least=None):
+    """Exit (status 2, one line from rank 0) before building anything when the
+    job does not have the rank count this example is written for."""
+    size = MPI.COMM_WORLD.Get_size()
+    if (exactly is None or size == exactly) and (at_least is None or size >= at_least):
+        return
+    need = f"exactly {exactly}" if exactly is not None else f"at least {at_least}"
+    n = exactly if exactly is not None else at_least
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        print(f"{script} needs {need} ranks, got {size}: "
+              f"mpiexec -n {n} python examples/{script}", file=sys.stderr, flush=True)
+    MPI.COMM_WORLD.Barrier()
+    sys.exit(2)
+
+
 def save_figures(out, name, fields, titles, history):
     """<out>/<name>_fields.png (the fields side by side) and <out>/<name>_loss.png
-    (loss per evaluation). Returns both paths. Rank 0 calls it."""
-    import matplotlib
+    (loss per evaluation). Returns both paths, or [] without matplotlib (one
+    line says how to get it). Rank 0 calls it."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"{name}: figures skipped (matplotlib is not installed; "
+              "pip install '.[examples]' to get them)", flush=True)
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     os.makedirs(out, exist_ok=True)

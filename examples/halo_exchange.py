@@ -7,9 +7,10 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from grid import print_in_rank_order
+from grid import print_in_rank_order, require_ranks
 
 tf.compat.v1.disable_eager_execution()
+require_ranks("halo_exchange.py", exactly=6)
 
 U = np.arange(1.0, 25.0).reshape(6, 4)
 m, n = 3, 2

@@ -1,12 +1,19 @@
 """Heat equation u_t = kappa(x, y) Laplace(u) on [0,1]^2 with zero Dirichlet
 boundary, explicit finite differences, the domain split into m x n patches
-joined by mpi_halo_exchange, time stepping in the TF graph. The inverse
-problem recovers kappa(x, y) = t0 + t1 x + t2 y from snapshots of u with
-mpi_optimize.
+joined by mpi_halo_exchange. Time stepping runs inside tf.while_loop (the graph
+does not grow with the number of steps), and the 5-point stencil has its own
+exact adjoint (a custom gradient made of pads, not TensorFlow's slice
+gradients). The inverse problem recovers kappa(x, y) = t0 + t1 x + t2 y from
+snapshots of u with mpi_optimize.
 
-    mpiexec -n 4 python examples/heat.py --out heat_out [--N 32 --steps 100]
+    mpiexec -n 4 python examples/heat.py [--N 16 --steps S --out heat_out]
+
+The explicit scheme is stable only for dt * max(kappa) * 4 / h^2 < 1; the
+default number of steps is the smallest stable one for every kappa the
+optimizer may try (its bounds), and an unstable --steps is refused.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -19,15 +26,47 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from grid import Patch, default_grid, recording_fg, save_figures  # noqa: E402
 
 TRUE_THETA = np.array([1.0, 0.5, 0.3])
+BOUNDS = [(0.2, 2.0), (-0.5, 0.5), (-0.5, 0.5)]  # the optimizer's box for theta
+KAPPA_MAX = BOUNDS[0][1] + BOUNDS[1][1] + BOUNDS[2][1]  # largest kappa on [0,1]^2 in the box
+
+
+@tf.custom_gradient
+def laplacian(up):
+    """5-point Laplacian (without 1/h^2) of the interior of the padded block
+    `up`. Its adjoint scatters each output back to its five inputs with pads:
+    exact, and far cheaper than the gradients of five strided slices."""
+    lap = up[:-2, 1:-1] + up[2:, 1:-1] + up[1:-1, :-2] + up[1:-1, 2:] - 4.0 * up[1:-1, 1:-1]
+
+    def grad(dl):
+        return (tf.pad(dl, [[0, 2], [1, 1]]) + tf.pad(dl, [[2, 0], [1, 1]])
+                + tf.pad(dl, [[1, 1], [0, 2]]) + tf.pad(dl, [[1, 1], [2, 0]])
+                - 4.0 * tf.pad(dl, [[1, 1], [1, 1]]))
+    return lap, grad
+
+
+def stable_steps(N, T, kappa_max):
+    """The smallest number of steps with dt * kappa_max * 4 / h^2 < 1 (10% margin)."""
+    h = 1.0 / (N + 1)
+    return max(1, math.ceil(1.1 * T * kappa_max * 4 / h ** 2))
 
 
 class HeatProblem:
-    def __init__(self, N=16, steps=50, T=0.02, grid=None, comm=None, snapshot_every=10):
+    def __init__(self, N=16, steps=None, T=0.02, grid=None, comm=None, snapshots=5,
+                 kappa_max=KAPPA_MAX):
         comm = comm or MPI.COMM_WORLD
         m, n = grid or default_grid(comm.Get_size())
         self.patch = Patch(N, m, n, comm)
-        self.comm, self.steps, self.dt = comm, steps, T / steps
-        self.snapshot_every = snapshot_every
+        self.steps = steps or stable_steps(N, T, kappa_max)
+        self.comm, self.T, self.dt = comm, T, T / self.steps
+        if self.dt * kappa_max * 4 / self.patch.h ** 2 >= 1.0:
+            raise ValueError(
+                f"heat: unstable explicit scheme: dt * max(kappa) * 4 / h^2 = "
+                f"{self.dt * kappa_max * 4 / self.patch.h ** 2:.2f} >= 1 (N={N}, steps={self.steps}, "
+                f"T={T}, kappa up to {kappa_max}); use --steps {stable_steps(N, T, kappa_max)} or more, "
+                f"or a smaller --N")
+        # snapshots at evenly spaced steps; the last one at the final step
+        self.segments = np.diff(np.linspace(0, self.steps, min(snapshots, self.steps) + 1).round()
+                                .astype(int)).tolist()
         x, y = self.patch.coordinates()
         self.x, self.y = x, y
         self.u0 = np.sin(np.pi * x) * np.sin(np.pi * y)
@@ -35,17 +74,24 @@ class HeatProblem:
     def kappa(self, theta):
         return theta[0] + theta[1] * self.x + theta[2] * self.y
 
+    def step(self, u, kappa):
+        p = self.patch
+        up = am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm)
+        return u + (self.dt / p.h ** 2) * kappa * laplacian(up)
+
+    def advance(self, u, kappa, steps):
+        """`steps` explicit steps inside one tf.while_loop."""
+        def body(k, u):
+            return k + 1, self.step(u, kappa)
+        return am.ordering.while_loop(lambda k, u: k < steps, body, [tf.constant(0), u])[1]
+
     def simulate(self, kappa):
-        """Snapshots of u (every `snapshot_every` steps and the last) as tensors."""
-        p, h2 = self.patch, self.patch.h ** 2
+        """Snapshots of u (at evenly spaced steps, the last at the end) as one tensor."""
         u = tf.constant(self.u0)
         snaps = []
-        for step in range(1, self.steps + 1):
-            up = am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm)
-            lap = (up[:-2, 1:-1] + up[2:, 1:-1] + up[1:-1, :-2] + up[1:-1, 2:] - 4.0 * u) / h2
-            u = u + self.dt * kappa * lap
-            if step % self.snapshot_every == 0 or step == self.steps:
-                snaps.append(u)
+        for steps in self.segments:
+            u = self.advance(u, kappa, steps)
+            snaps.append(u)
         return tf.stack(snaps)
 
     def stable(self, theta):
@@ -62,7 +108,7 @@ def build_inverse(problem, observed):
     return theta0, loss, tf.gradients(loss, theta0)[0]
 
 
-def run(N=16, steps=50, out=None, maxiter=100, verbose=False):
+def run(N=16, steps=None, out=None, maxiter=100, verbose=False):
     problem = HeatProblem(N=N, steps=steps)
     rank = problem.patch.rank
     with tf.Graph().as_default() as g:
@@ -75,14 +121,14 @@ def run(N=16, steps=50, out=None, maxiter=100, verbose=False):
             fg, history = recording_fg(sess, loss, grad, theta0)
             start = np.array([2.0, 0.0, 0.0])
             result = am.mpi_optimize(fg=fg, x0=start, method="L-BFGS-B", verbose=verbose,
-                                     bounds=[(0.2, 3.0), (-1.0, 1.0), (-1.0, 1.0)],
+                                     bounds=BOUNDS,
                                      options={"maxiter": maxiter, "gtol": 1e-12, "ftol": 1e-15})
     summary = {
         "theta": result.x, "theta_error": float(np.max(np.abs(result.x - TRUE_THETA))),
         "loss0": float(problem.comm.bcast(history[0])), "loss": float(result.fun), "iterations": int(result.nit),
     }
     if rank == 0:
-        print(f"heat inverse: N={N} steps={steps} grid={problem.patch.m}x{problem.patch.n} "
+        print(f"heat inverse: N={N} steps={problem.steps} grid={problem.patch.m}x{problem.patch.n} "
               f"theta={np.round(result.x, 6).tolist()} true={TRUE_THETA.tolist()} "
               f"max error={summary['theta_error']:.2e} loss {history[0]:.3e} -> {result.fun:.3e} "
               f"in {result.nit} iterations")
@@ -100,11 +146,17 @@ def run(N=16, steps=50, out=None, maxiter=100, verbose=False):
 if __name__ == "__main__":
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--N", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--N", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="time steps (default: the smallest stable number)")
     parser.add_argument("--out", default="heat_out")
     parser.add_argument("--maxiter", type=int, default=100)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    run(args.N, args.steps, args.out, args.maxiter, args.verbose)
+    try:
+        run(args.N, args.steps, args.out, args.maxiter, args.verbose)
+    except ValueError as err:  # an unstable setting: one line, on rank 0
+        if am.mpi_rank() == 0:
+            print(err, file=sys.stderr)
+        sys.exit(2)
     am.mpi_finalize()

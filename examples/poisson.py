@@ -10,7 +10,7 @@ same (symmetric) operator, not differentiation through CG iterations.
 kappa can be a small neural network whose weights are broadcast from rank 0;
 the inverse problem recovers kappa from u with mpi_optimize.
 
-    mpiexec -n 4 python examples/poisson.py --out poisson_out [--N 32]
+    mpiexec -n 4 python examples/poisson.py [--N 16 --maxiter 60 --out poisson_out]
 """
 import argparse
 import os
@@ -192,9 +192,9 @@ def run(N=16, out=None, maxiter=200, verbose=False):
 if __name__ == "__main__":
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--N", type=int, default=32)
+    parser.add_argument("--N", type=int, default=16)
     parser.add_argument("--out", default="poisson_out")
-    parser.add_argument("--maxiter", type=int, default=200)
+    parser.add_argument("--maxiter", type=int, default=60)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     run(args.N, args.out, args.maxiter, args.verbose)

@@ -9,9 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from grid import print_in_rank_order
+from grid import print_in_rank_order, require_ranks
 
 tf.compat.v1.disable_eager_execution()
+require_ranks("send_recv.py", at_least=3)
 
 r = am.mpi_rank()
 a0 = tf.constant(np.ones(10) * r)

@@ -12,36 +12,49 @@ Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
 ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200).
+3. tests/unit with plain pytest (no mpiexec).
+Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
 import os
-import re
-import shlex
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
+
+from mpiexec import mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|error|errors)\b")
 
 
-def mpiexec():
-    default = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return [os.environ.get("MPIEXEC", default)] + shlex.split(os.environ.get("MPIEXEC_FLAGS", ""))
+def junit_counts(path):
+    """passed/failed/skipped from a pytest junit XML file (None if missing)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for suite in root.iter("testsuite"):
+        tests, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+        failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        counts["failed"] += failed
+        counts["skipped"] += skipped
+        counts["passed"] += tests - failed - skipped
+    return counts
 
 
-def run(label, cmd, timeout):
+def run(label, cmd, timeout, junit):
     print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
     start = time.time()
-    tail = []
+    if os.path.exists(junit):
+        os.remove(junit)
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         deadline = start + timeout
         for line in proc.stdout:
             sys.stdout.write(line)
-            tail.append(line)
-            tail = tail[-50:]
             if time.time() > deadline:
                 break
         try:
@@ -52,14 +65,7 @@ def run(label, cmd, timeout):
     except OSError as err:
         print(f"cannot start {cmd[0]}: {err}")
         code = "not started"
-    counts = {"passed": 0, "failed": 0, "skipped": 0}
-    for line in reversed(tail):
-        found = SUMMARY.findall(line)
-        if found and ("passed" in line or "failed" in line or "error" in line) and " in " in line:
-            for n, kind in found:
-                key = "failed" if kind.startswith("error") else kind
-                counts[key] += int(n)
-            break
+    counts = junit_counts(junit) or {"passed": 0, "failed": 0, "skipped": 0}
     if code != 0 and counts["failed"] == 0:
         counts["failed"] = 1  # crashed, hung or killed: count the launch itself as a failure
         print(f"=== {label}: exit status {code} with no failing test reported; counted as 1 failure")
@@ -76,18 +82,23 @@ def main():
     # the same suite once more with every kernel on the dedicated MPI thread
     thread_sizes = [int(s) for s in os.environ.get("ADCME_MPI_THREAD_SIZES", "3").split()]
     runs = [(n, False) for n in sizes] + [(n, True) for n in thread_sizes]
+    junit = os.path.join(tempfile.mkdtemp(prefix="adcme_mpi_junit_"), "report.xml")
+    pytest_args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     for n, on_thread in runs:
-        cmd = mpiexec() + ["-n", str(n), sys.executable, os.path.join(HERE, "mpi_pytest.py"),
-                           "-q", "-p", "no:cacheprovider", os.path.join(HERE, "mpi")]
+        cmd = mpiexec(n) + [sys.executable, os.path.join(HERE, "mpi_pytest.py"), *pytest_args,
+                            os.path.join(HERE, "mpi")]
         os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
         label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
-        for k, v in run(label, cmd, timeout).items():
+        for k, v in run(label, cmd, timeout, junit).items():
             total[k] += v
     os.environ.pop("ADCME_MPI_THREAD", None)
-    launch = os.path.join(HERE, "launch")
-    if os.path.isdir(launch) and os.environ.get("ADCME_MPI_SKIP_LAUNCH") != "1":
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", launch]
-        for k, v in run("tests/launch (one mpiexec per case)", cmd, 3 * timeout).items():
+    plain = [("unit", "tests/unit (no mpiexec)", timeout),
+             ("launch", "tests/launch (one mpiexec per case)", 3 * timeout)]
+    for folder, label, limit in plain:
+        if os.environ.get(f"ADCME_MPI_SKIP_{folder.upper()}") == "1":
+            continue
+        cmd = [sys.executable, "-m", "pytest", *pytest_args, os.path.join(HERE, folder)]
+        for k, v in run(label, cmd, limit, junit).items():
             total[k] += v
     print(f"\ntotal: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
     return 1 if total["failed"] or total["passed"] == 0 else 0

@@ -1,17 +1,13 @@
 """Run a script under `mpiexec -n N` with a timeout and capture everything."""
 import os
-import shlex
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def mpiexec():
-    default = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return [os.environ.get("MPIEXEC", default)] + shlex.split(os.environ.get("MPIEXEC_FLAGS", ""))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from mpiexec import mpiexec  # noqa: E402
 
 
 class Result:
@@ -22,7 +18,7 @@ class Result:
         return f"exit {self.code} after {self.seconds:.1f} s:\n{self.out[-4000:]}"
 
 
-def launch(n, script_or_args, timeout=180, env=None, code=None):
+def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
     """`script_or_args`: a path (relative to the repo) plus arguments, or None
     with `code` (Python source run with -c)."""
     if code is not None:
@@ -35,7 +31,7 @@ def launch(n, script_or_args, timeout=180, env=None, code=None):
     try:
         # run outside the checkout: `python -c` puts the working directory on
         # sys.path, and the source tree's adcme_mpi/ must not shadow the installed one
-        proc = subprocess.run(mpiexec() + ["-n", str(n)] + args, cwd=tempfile.gettempdir(),
+        proc = subprocess.run(mpiexec(n) + args, cwd=cwd or tempfile.gettempdir(),
                               env=full_env,
                               capture_output=True, text=True, timeout=timeout,
                               start_new_session=True)

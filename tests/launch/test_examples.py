@@ -1,56 +1,22 @@
-"""Every example under mpiexec, with the numbers ADCME printed asserted."""
+"""Every example as README.md shows it (exact commands), the numbers ADCME printed
+asserted; examples refuse wrong rank counts and unstable settings with one line."""
+import os
 import re
 
 import pytest
 
-from launcher import launch
+from launcher import ROOT, launch
 
 
-def run_ok(n, script, *args, timeout=300):
-    result = launch(n, [script, *args], timeout=timeout)
-    assert result.code == 0, result
-    return result.out
-
-
-def test_test_simple():
-    assert "(15.0, 17.0)" in run_ok(4, "examples/test_simple.py")
-
-
-def test_lbfgs():
-    out = run_ok(4, "examples/lbfgs.py")
-    t = float(re.search(r"minimizer \[([0-9.eE+-]+)\]", out).group(1))
-    assert abs(t - 0.5437) < 1e-4 and abs(1 + t + t * t + t ** 3 - 2) < 1e-6
-
-
-def test_reduce_sum():
-    out = run_ok(4, "examples/reduce_sum.py")
-    assert "rank 0: b = [6.0, 12.0, 18.0, 24.0, 30.0, 36.0, 42.0, 48.0, 54.0, 60.0]" in out
-    assert out.count("grad = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]") == 4
-
-
-def test_broadcast():
-    out = run_ok(4, "examples/broadcast.py")
-    assert out.count("b = [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]") == 4
-    assert "rank 3: b = [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0] grad = [24.0" in out
-
-
-def test_send_recv():
-    out = run_ok(4, "examples/send_recv.py")
-    assert "rank 0: a = [2.0, 2.0" in out and "rank 0: a = [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0] grad = [0.0" in out
-    assert "rank 2: a = [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0] grad = [8.0" in out
-    assert "rank 3: a = [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0] grad = [6.0" in out
-
-
-def test_adcme_inverse():
-    out = run_ok(4, "examples/adcme_inverse.py")
-    assert "minimizer [1.0, 1.0]" in out
-
-
-def test_halo_exchange_example():
-    out = run_ok(6, "examples/halo_exchange.py")
+def halo_rank3_block(out):
     block = re.search(r"rank = 3 =+\n((?:.*\n){4})", out).group(1)
     rows = [[float(x) for x in line.split()] for line in block.strip().splitlines()]
-    assert rows == [[6, 7, 8, 1], [10, 11, 12, 1], [14, 15, 16, 1], [18, 19, 20, 1]]
+    return rows == [[6, 7, 8, 1], [10, 11, 12, 1], [14, 15, 16, 1], [18, 19, 20, 1]]
+
+
+def lbfgs_root(out):
+    t = float(re.search(r"minimizer \[([0-9.eE+-]+)\]", out).group(1))
+    return abs(t - 0.5437) < 1e-4 and abs(1 + t + t * t + t ** 3 - 2) < 1e-6
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
@@ -82,22 +48,74 @@ print("finished normally")
     assert result.seconds < 60, result
 
 
-def test_heat_application_script(tmp_path):
-    out = run_ok(4, "examples/heat.py", "--N", "16", "--steps", "40", "--out", str(tmp_path),
-                 timeout=600)
-    error = float(re.search(r"max error=([0-9.eE+-]+)", out).group(1))
-    assert error < 1e-6, out
-    for name in ("heat_fields.png", "heat_loss.png"):
-        assert (tmp_path / name).stat().st_size > 1000
+README = os.path.join(ROOT, "README.md")
+COMMAND = re.compile(r"(?:\.venv/bin/)?mpiexec -n (\d+) (?:\.venv/bin/)?python (examples/[\w/]+\.py)"
+                     r"([^`#\n|]*)")
 
 
-def test_poisson_application_script(tmp_path):
-    out = run_ok(4, "examples/poisson.py", "--N", "16", "--maxiter", "40", "--out", str(tmp_path),
-                 timeout=600)
-    match = re.search(r"max \|u - u_exact\| = ([0-9.eE+-]+); inverse: loss ([0-9.eE+-]+) -> "
-                      r"([0-9.eE+-]+)", out)
-    assert match, out
-    err, before, after = (float(g) for g in match.groups())
-    assert err < 1e-3 and after < before / 50, out
-    for name in ("poisson_fields.png", "poisson_loss.png"):
-        assert (tmp_path / name).stat().st_size > 1000
+def readme_commands():
+    """Every `mpiexec -n N python examples/...` command README.md shows, as written."""
+    with open(README) as f:
+        found = {(int(n), script, args.strip()) for n, script, args in COMMAND.findall(f.read())}
+    return sorted(found)
+
+
+# What each example must print (beyond exiting 0), checked on README's commands.
+TEN = lambda v: "[" + ", ".join([v] * 10)  # noqa: E731
+EXPECT = {
+    "examples/test_simple.py": lambda out: "(15.0, 17.0)" in out,
+    "examples/lbfgs.py": lbfgs_root,
+    "examples/adcme_inverse.py": lambda out: "minimizer [1.0, 1.0]" in out,
+    "examples/reduce_sum.py": lambda out: (
+        "rank 0: b = [6.0, 12.0, 18.0, 24.0, 30.0, 36.0, 42.0, 48.0, 54.0, 60.0]" in out
+        and out.count(f"grad = {TEN('1.0')}]") == 4),
+    "examples/broadcast.py": lambda out: (
+        out.count(f"b = {TEN('3.0')}]") == 4 and f"rank 3: b = {TEN('3.0')}] grad = [24.0" in out),
+    "examples/send_recv.py": lambda out: (
+        f"rank 0: a = {TEN('2.0')}] grad = [0.0" in out
+        and f"rank 2: a = {TEN('2.0')}] grad = [8.0" in out
+        and f"rank 3: a = {TEN('3.0')}] grad = [6.0" in out),
+    "examples/halo_exchange.py": halo_rank3_block,
+    "examples/heat.py": lambda out: float(re.search(r"max error=([0-9.eE+-]+)", out).group(1)) < 1e-6,
+    "examples/poisson.py": lambda out: re.search(
+        r"max \|u - u_exact\| = [0-9.eE+-]+; inverse: loss ([0-9.eE+-]+) -> ([0-9.eE+-]+) .*"
+        r"max relative kappa error ([0-9.eE+-]+)", out) is not None,
+}
+
+
+def test_readme_shows_every_example():
+    shown = {script for _, script, _ in readme_commands()}
+    present = {f"examples/{f}" for f in os.listdir(os.path.join(ROOT, "examples"))
+               if f.endswith(".py") and f != "grid.py"}
+    assert present <= shown, f"README.md shows no command for {sorted(present - shown)}"
+
+
+@pytest.mark.parametrize("n,script,args", readme_commands(),
+                         ids=[f"{s} {a}".strip() for _, s, a in readme_commands()])
+def test_readme_command(n, script, args, tmp_path):
+    """README.md's example commands, exactly as written (run in a fresh
+    directory, where their --out folders land): exit 0, the right numbers,
+    and the figures where --out is given."""
+    result = launch(n, [script, *args.split()], timeout=300, cwd=str(tmp_path))
+    assert result.code == 0, result
+    check = EXPECT.get(script)
+    assert check is None or check(result.out), result
+    out_dir = re.search(r"--out (\S+)", args)
+    if out_dir and "matplotlib" not in result.out:
+        pngs = list((tmp_path / out_dir.group(1)).glob("*.png"))
+        assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs), result
+
+
+def test_example_with_the_wrong_rank_count_says_so():
+    result = launch(4, ["examples/halo_exchange.py"], timeout=120)
+    assert result.code == 2, result
+    assert "halo_exchange.py needs exactly 6 ranks, got 4: mpiexec -n 6 python " \
+           "examples/halo_exchange.py" in result.out, result
+    assert result.seconds < 60, result
+
+
+def test_unstable_heat_setting_is_refused():
+    result = launch(2, ["examples/heat.py", "--steps", "10"], timeout=120)
+    assert result.code == 2, result
+    assert re.search(r"heat: unstable explicit scheme: dt \* max\(kappa\) \* 4 / h\^2 = [0-9.]+ >= 1 "
+                     r".*use --steps \d+ or more", result.out), result
