@@ -3,17 +3,36 @@
 Importing the package initialises MPI (as importing mpi4py.MPI does), loads the
 op library and checks that it and mpi4py share one libmpi.
 """
-from . import _loader  # first: picks the libmpi before anything imports mpi4py.MPI
-from . import _tf_private, ordering, runtime
+
+from . import _loader  # noqa: F401  (first: picks the libmpi before mpi4py.MPI loads one)
+from . import _tf_private, ordering, runtime  # noqa: F401
 from ._loader import MPILibraryMismatch, MPILibraryMismatchError
 from .runtime import (
-    Session, mpi_barrier, mpi_finalize, mpi_finalized, mpi_init, mpi_initialized,
-    mpi_rank, mpi_size, mpi_sync, register_comm, require_mpi, MPINotReady, MPINotReadyError,
+    Session,
+    mpi_barrier,
+    mpi_finalize,
+    mpi_finalized,
+    mpi_init,
+    mpi_initialized,
+    mpi_rank,
+    mpi_size,
+    mpi_sync,
+    register_comm,
+    require_mpi,
+    MPINotReady,
+    MPINotReadyError,
 )
 from .optimize import MPIOptimizeError, mpi_optimize
 from .ops import (
-    mpi_allreduce, mpi_bcast, mpi_gather, mpi_halo_exchange, mpi_recv, mpi_scatter, mpi_send,
-    mpi_sendrecv, mpi_sum,
+    mpi_allreduce,
+    mpi_bcast,
+    mpi_gather,
+    mpi_halo_exchange,
+    mpi_recv,
+    mpi_scatter,
+    mpi_send,
+    mpi_sendrecv,
+    mpi_sum,
 )
 
 __version__ = "0.2.0"
@@ -22,10 +41,31 @@ _tf_private.exclude_from_autograph("adcme_mpi")
 mpi_init()
 
 __all__ = [
-    "Session", "mpi_init", "mpi_finalize", "mpi_initialized", "mpi_finalized", "mpi_rank",
-    "mpi_size", "require_mpi", "mpi_barrier", "mpi_sync", "register_comm",
-    "mpi_sum", "mpi_allreduce", "mpi_bcast", "mpi_gather", "mpi_scatter", "mpi_send",
-    "mpi_recv", "mpi_sendrecv", "mpi_halo_exchange",
-    "mpi_optimize", "MPIOptimizeError", "MPINotReadyError", "MPILibraryMismatchError",
+    "Session",
+    "mpi_init",
+    "mpi_finalize",
+    "mpi_initialized",
+    "mpi_finalized",
+    "mpi_rank",
+    "mpi_size",
+    "require_mpi",
+    "mpi_barrier",
+    "mpi_sync",
+    "register_comm",
+    "mpi_sum",
+    "mpi_allreduce",
+    "mpi_bcast",
+    "mpi_gather",
+    "mpi_scatter",
+    "mpi_send",
+    "mpi_recv",
+    "mpi_sendrecv",
+    "mpi_halo_exchange",
+    "mpi_optimize",
+    "MPIOptimizeError",
+    "MPINotReadyError",
+    "MPILibraryMismatchError",
+    "MPINotReady",  # the 0.1 names of the two above
+    "MPILibraryMismatch",
     "ordering",
 ]

@@ -5,6 +5,7 @@ Order matters: the op library has no RPATH. `import mpi4py.MPI` loads libmpi
 and `import tensorflow` loads libtensorflow_framework.so.2, so the dynamic
 linker resolves the op library's dependencies to exactly those copies.
 """
+
 import ctypes
 import os
 import sys
@@ -66,19 +67,22 @@ def _load():
         raise ImportError(
             f"adcme_mpi: the op library was built against TensorFlow {built_for} but "
             f"TensorFlow {tf.__version__} is installed; reinstall adcme_mpi (pip install .) "
-            "in this environment")
+            "in this environment"
+        )
     path = _library_path()
     if not os.path.exists(path):
         raise ImportError(
             f"adcme_mpi: op library {path} is missing; build it with `pip install .` "
-            "(or cmake) from the adcme_mpi source tree")
+            "(or cmake) from the adcme_mpi source tree"
+        )
     try:
         module = tf.load_op_library(path)
     except tf.errors.NotFoundError as err:
         raise ImportError(
             f"adcme_mpi: cannot load {path}: {err}. The library must be built against "
             f"this TensorFlow ({tf.__version__}) and the MPI that mpi4py loads "
-            f"({MPI.Get_library_version().splitlines()[0]})") from err
+            f"({MPI.Get_library_version().splitlines()[0]})"
+        ) from err
     check_same_libmpi(path)
     return module
 
@@ -90,8 +94,11 @@ def _c_api(path):
     lib.adcme_mpi_register_comms.argtypes = [ctypes.c_int64] * 3
     lib.adcme_mpi_register_comms.restype = None
     lib.adcme_mpi_forget_comms.restype = None
-    lib.adcme_mpi_complete_detached_sends.argtypes = [ctypes.c_double, ctypes.c_char_p,
-                                                      ctypes.c_int]
+    lib.adcme_mpi_complete_detached_sends.argtypes = [
+        ctypes.c_double,
+        ctypes.c_char_p,
+        ctypes.c_int,
+    ]
     lib.adcme_mpi_complete_detached_sends.restype = ctypes.c_int
     lib.adcme_mpi_end_of_program.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int]
     lib.adcme_mpi_end_of_program.restype = ctypes.c_int
@@ -116,7 +123,8 @@ def check_same_libmpi(path):
             f"  mpi4py: {', '.join(others) or '(same file)'} "
             f"({mpi4py_version.splitlines()[0]})\n"
             "Rebuild adcme_mpi against the MPI that mpi4py loads (MPI_C_LIBRARIES and "
-            "MPI_INCLUDE_PATH), or make mpi4py load the ops' MPI.")
+            "MPI_INCLUDE_PATH), or make mpi4py load the ops' MPI."
+        )
 
 
 ops = _load()

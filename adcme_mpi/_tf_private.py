@@ -4,6 +4,7 @@ Checked with TensorFlow 2.21 (the tested version; see pyproject.toml). Each
 is a long-standing private API of tf.Graph / tf.Operation / FuncGraph; if a
 TensorFlow release renames one, this is the only file to change.
 """
+
 from tensorflow.python.framework import func_graph as _func_graph
 
 
@@ -12,7 +13,8 @@ def is_function_graph_with_auto_deps(graph):
     TensorFlow's automatic control dependencies already run stateful ops in
     creation order."""
     return isinstance(graph, _func_graph.FuncGraph) and bool(
-        getattr(graph, "_add_control_dependencies", False))
+        getattr(graph, "_add_control_dependencies", False)
+    )
 
 
 def control_flow_context(graph):

@@ -6,6 +6,7 @@ included) evaluates the same callables (which run the same TF graph, whose MPI
 ops need every rank), and scipy uses rank 0's values. At the end rank 0
 broadcasts the result, so every rank returns the same OptimizeResult.
 """
+
 import time
 import traceback
 
@@ -42,9 +43,12 @@ class _Control:
         deadline = time.monotonic() + self.error_wait
         while not request.Test():
             if error and time.monotonic() > deadline:
-                print(f"[rank {self.rank}] mpi_optimize: evaluation failed and the other ranks "
-                      f"did not answer within {self.error_wait:g} s (they wait inside an MPI "
-                      f"op); aborting the job.\n{error}", flush=True)
+                print(
+                    f"[rank {self.rank}] mpi_optimize: evaluation failed and the other ranks "
+                    f"did not answer within {self.error_wait:g} s (they wait inside an MPI "
+                    f"op); aborting the job.\n{error}",
+                    flush=True,
+                )
                 time.sleep(0.5)
                 MPI.COMM_WORLD.Abort(1)
             time.sleep(0.0005)
@@ -80,8 +84,20 @@ def _run_one(control, kind, x, f, g, fg):
     return result
 
 
-def mpi_optimize(f=None, g=None, x0=None, method="L-BFGS-B", options=None, callback=None, *,
-                 fg=None, comm=None, verbose=False, error_wait=30.0, **minimize_kw):
+def mpi_optimize(
+    f=None,
+    g=None,
+    x0=None,
+    method="L-BFGS-B",
+    options=None,
+    callback=None,
+    *,
+    fg=None,
+    comm=None,
+    verbose=False,
+    error_wait=30.0,
+    **minimize_kw,
+):
     """Minimise f with scipy.optimize.minimize on rank 0, evaluating on every rank.
 
     f(x) -> float and g(x) -> ndarray (scipy's style), or fg(x) -> (f, g) in
@@ -120,6 +136,7 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
             x = np.asarray(x, dtype=np.float64).reshape(x0.shape)
             control.comm.bcast((_EVAL, kind, x), root=0)
             return _run_one(control, kind, x, f, g, fg)
+
         return evaluate
 
     history = {"iteration": 0, "last": None}
@@ -131,6 +148,7 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
             out = evaluate(x)
             history["last"] = out
             return out
+
         return wrapped
 
     if fg is not None:
@@ -145,15 +163,18 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
             loss = last[0] if isinstance(last, tuple) else last
             grad = last[1] if isinstance(last, tuple) else None
             norm = f"{np.linalg.norm(grad):.3e}" if grad is not None else "-"
-            print(f"mpi_optimize iter {history['iteration']:4d}  loss {loss:.6e}  |grad| {norm}",
-                  flush=True)
+            print(
+                f"mpi_optimize iter {history['iteration']:4d}  loss {loss:.6e}  |grad| {norm}",
+                flush=True,
+            )
         if callback is not None:
             return callback(xk, *rest)
         return None
 
     try:
-        result = scipy.optimize.minimize(fun, x0, jac=jac, method=method, options=options,
-                                         callback=report, **minimize_kw)
+        result = scipy.optimize.minimize(
+            fun, x0, jac=jac, method=method, options=options, callback=report, **minimize_kw
+        )
     except MPIOptimizeError:
         raise  # every rank raises it already
     except BaseException as err:

@@ -26,6 +26,7 @@ A tf.while_loop body is its own context with its own token: use
 `in_program_order(lambda: tf.while_loop(...))` to put a whole loop into the
 program order.
 """
+
 import weakref
 
 import tensorflow as tf
@@ -174,7 +175,9 @@ def in_program_order(build, deps=None):
         with tf.control_dependencies([token]):
             out = build()
         first = tf.nest.flatten(out)
-        with tf.control_dependencies([t for t in first if isinstance(t, (tf.Tensor, tf.Operation))]):
+        with tf.control_dependencies(
+            [t for t in first if isinstance(t, (tf.Tensor, tf.Operation))]
+        ):
             return [out, tf.identity(token)]
 
     return run_in_order(create, deps)[0]
@@ -191,7 +194,9 @@ def while_loop(cond, body, loop_vars, **kwargs):
         return cond(*args)
 
     def token_body(token, *args):
-        _sequence_for(None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()).token = token
+        _sequence_for(
+            None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+        ).token = token
         out = body(*args)
         out = list(out) if isinstance(out, (list, tuple)) else [out]
         return [current_token()] + out

@@ -1,4 +1,5 @@
 """MPI runtime: initialisation, ranks, communicators, sessions, abort on error."""
+
 import os
 import sys
 import threading
@@ -15,8 +16,17 @@ import tensorflow as tf
 from . import _loader
 
 __all__ = [
-    "mpi_init", "mpi_finalize", "mpi_initialized", "mpi_finalized", "mpi_rank",
-    "mpi_size", "require_mpi", "mpi_barrier", "mpi_sync", "Session", "register_comm",
+    "mpi_init",
+    "mpi_finalize",
+    "mpi_initialized",
+    "mpi_finalized",
+    "mpi_rank",
+    "mpi_size",
+    "require_mpi",
+    "mpi_barrier",
+    "mpi_sync",
+    "Session",
+    "register_comm",
 ]
 
 
@@ -42,7 +52,8 @@ class _CommPair:
         for c in (self.forward, self.backward, self.check):
             c.Set_errhandler(MPI.ERRORS_RETURN)  # the ops turn error codes into exceptions
         _loader.capi.adcme_mpi_register_comms(
-            self.forward.py2f(), self.backward.py2f(), self.check.py2f())
+            self.forward.py2f(), self.backward.py2f(), self.check.py2f()
+        )
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         # MPI_TAG_UB is only guaranteed on COMM_WORLD (Open MPI leaves it off dups)
@@ -83,7 +94,9 @@ def comm_pair(comm, op, collective):
     require_mpi(op)
     comm = MPI.COMM_WORLD if comm is None else comm
     if not isinstance(comm, MPI.Comm):
-        raise TypeError(f"{op}: argument 'comm' must be an mpi4py communicator, got {type(comm).__name__}")
+        raise TypeError(
+            f"{op}: argument 'comm' must be an mpi4py communicator, got {type(comm).__name__}"
+        )
     if comm == MPI.COMM_NULL:
         raise ValueError(f"{op}: argument 'comm' is MPI.COMM_NULL (this rank is not in it)")
     pair = _pairs.get(comm.py2f())
@@ -92,7 +105,8 @@ def comm_pair(comm, op, collective):
             raise ValueError(
                 f"{op} (rank {comm.Get_rank()}): communicator {comm} is not registered; call "
                 "adcme_mpi.register_comm(comm) on all of its ranks first (a collective op on it "
-                "does that too)")
+                "does that too)"
+            )
         pair = register_comm(comm)
     return pair
 
@@ -123,7 +137,8 @@ def mpi_init():
         raise MPINotReadyError(
             f"mpi_init: MPI provides thread level {provided}; adcme_mpi needs at least "
             "MPI_THREAD_SERIALIZED (its kernels run on a TensorFlow worker thread). "
-            "Do not set mpi4py.rc.thread_level below 'serialized'.")
+            "Do not set mpi4py.rc.thread_level below 'serialized'."
+        )
     register_comm(MPI.COMM_WORLD)
     _install_abort_on_uncaught_exception()
     atexit.register(_at_exit)  # runs before mpi4py's own finalisation (registered earlier)
@@ -210,15 +225,21 @@ def mpi_sync(array, root=0, comm=None):
     require_mpi("mpi_sync")
     comm = comm or MPI.COMM_WORLD
     if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
-        raise TypeError(f"mpi_sync (rank {comm.Get_rank()}): argument 'array' must be a "
-                        "C-contiguous numpy.ndarray (it is overwritten in place)")
+        raise TypeError(
+            f"mpi_sync (rank {comm.Get_rank()}): argument 'array' must be a "
+            "C-contiguous numpy.ndarray (it is overwritten in place)"
+        )
     if not 0 <= int(root) < comm.Get_size():
-        raise ValueError(f"mpi_sync (rank {comm.Get_rank()}): argument 'root' = {root} is out "
-                         f"of range [0, {comm.Get_size() - 1}]")
+        raise ValueError(
+            f"mpi_sync (rank {comm.Get_rank()}): argument 'root' = {root} is out "
+            f"of range [0, {comm.Get_size() - 1}]"
+        )
     meta = comm.allgather((array.shape, array.dtype.str))
     if any(m != meta[0] for m in meta):
-        raise ValueError(f"mpi_sync (rank {comm.Get_rank()}): argument 'array' must have the "
-                         f"same shape and dtype on every rank; got {meta}")
+        raise ValueError(
+            f"mpi_sync (rank {comm.Get_rank()}): argument 'array' must have the "
+            f"same shape and dtype on every rank; got {meta}"
+        )
     comm.Bcast(array, root=int(root))
     return array
 

@@ -5,6 +5,7 @@ applications.
     mpiexec -n 1 python benchmarks/bench_apps.py --out benchmarks/out/apps1.json
     mpiexec -n 2 python benchmarks/bench_apps.py --out benchmarks/out/apps2.json
 """
+
 import argparse
 import json
 import os
@@ -34,29 +35,57 @@ def timed(sess, fetch, feed=None, trials=5):
     return COMM.allreduce(float(np.median(times)), op=MPI.MAX)
 
 
+def stable_T(N, steps):
+    """A final time for which `steps` explicit steps are stable on an N x N grid."""
+    return steps * 0.5 / (N + 1) ** 2 / (4 * heat.KAPPA_MAX)
+
+
 def heat_times(N, steps):
-    problem = heat.HeatProblem(N=N, steps=steps, T=0.02 * steps / 50, snapshot_every=steps)
+    problem = heat.HeatProblem(N=N, steps=steps, T=stable_T(N, steps), snapshots=1)
     with tf.Graph().as_default() as g:
-        theta0, loss, grad = heat.build_inverse(problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64))
+        theta0, loss, grad = heat.build_inverse(
+            problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
+        )
         with am.Session(graph=g, intra_op_parallelism_threads=1) as sess:
             feed = {theta0: heat.TRUE_THETA}
             forward = timed(sess, loss, feed)
             both = timed(sess, [loss, grad], feed)
-    return {"N": N, "steps": steps, "ranks": COMM.Get_size(), "forward_s": forward,
-            "forward_and_gradient_s": both, "steps_per_s": steps / forward,
-            "gradient_over_forward": (both - forward) / forward}
+    return {
+        "N": N,
+        "steps": steps,
+        "ranks": COMM.Get_size(),
+        "forward_s": forward,
+        "forward_and_gradient_s": both,
+        "steps_per_s": steps / forward,
+        "gradient_over_forward": (both - forward) / forward,
+    }
+
+
+def heat_graph_ops(steps):
+    """Operations in the heat inverse problem's graph (loss and gradient)."""
+    problem = heat.HeatProblem(N=16, steps=steps, T=stable_T(16, steps), snapshots=1)
+    with tf.Graph().as_default() as g:
+        heat.build_inverse(problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64))
+        return len(g.get_operations())
 
 
 def poisson_times(N):
     problem = poisson.PoissonProblem(N=N)
     with tf.Graph().as_default() as g:
-        weights0, loss, grad = poisson.build_inverse(problem, tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64))
+        weights0, loss, grad = poisson.build_inverse(
+            problem, tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64)
+        )
         with am.Session(graph=g, intra_op_parallelism_threads=1) as sess:
             feed = {weights0: poisson.init_weights()}
             forward = timed(sess, loss, feed, trials=3)
             both = timed(sess, [loss, grad], feed, trials=3)
-    return {"N": N, "ranks": COMM.Get_size(), "forward_s": forward, "forward_and_gradient_s": both,
-            "gradient_over_forward": (both - forward) / forward}
+    return {
+        "N": N,
+        "ranks": COMM.Get_size(),
+        "forward_s": forward,
+        "forward_and_gradient_s": both,
+        "gradient_over_forward": (both - forward) / forward,
+    }
 
 
 def main():
@@ -68,9 +97,14 @@ def main():
     # same global grid on every rank count; and (about) the same grid per rank:
     # 128 x 128 on one rank, 180 x 90 on each of two (1 x 2 patches)
     per_rank_N = {1: 128, 2: 180, 4: 256}.get(size, 128)
-    rows = {"heat_global_128": heat_times(128, 50),
-            "heat_per_rank": heat_times(per_rank_N, 50),
-            "poisson_64": poisson_times(64)}
+    rows = {
+        "heat_global_128": heat_times(128, 50),
+        "heat_per_rank": heat_times(per_rank_N, 50),
+        # 256 x 256 per rank on square grids (1 and 4 ranks); 256 x 128 on 2 ranks
+        "heat_256_per_rank": heat_times({1: 256, 4: 512}.get(size, 256), 20),
+        "heat_graph_ops": {"steps_10": heat_graph_ops(10), "steps_10000": heat_graph_ops(10000)},
+        "poisson_64": poisson_times(64),
+    }
     if COMM.Get_rank() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

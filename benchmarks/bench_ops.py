@@ -7,6 +7,7 @@ buffers doing the same MPI call and (b) tf.numpy_function wrapping mpi4py
 Each measurement runs REPS ops back to back (the ops of one graph are chained
 in program order) and reports the median over TRIALS runs, per op.
 """
+
 import argparse
 import json
 import os
@@ -66,6 +67,7 @@ def numpy_function_op(kind, t):
         out = np.empty_like(x)
         mpi4py_call(kind, np.ascontiguousarray(x), out)
         return out if kind in ("sum", "allreduce") or (kind == "sendrecv" and RANK == 1) else x
+
     return tf.numpy_function(call, [t], t.dtype, stateful=True)
 
 
@@ -109,8 +111,10 @@ def bench_halo(nbytes, reps, trials):
     padded = np.zeros((side + 2, side + 2))
     left = RANK - 1 if RANK > 0 else MPI.PROC_NULL
     right = RANK + 1 if RANK < SIZE - 1 else MPI.PROC_NULL
+
     def region(start_col):
         return MPI.DOUBLE.Create_subarray([side + 2, side + 2], [side, 1], [1, start_col]).Commit()
+
     # the careful mpi4py user: subarray datatypes straight on the padded array, no packing
     ghost_left, ghost_right = region(0), region(side + 1)
     edge_left, edge_right = region(1), region(side)
@@ -118,15 +122,18 @@ def bench_halo(nbytes, reps, trials):
 
     def mpi4py_halo():
         padded[1:-1, 1:-1] = u
-        reqs = [COMM.Irecv([padded, 1, ghost_left], source=left),
-                COMM.Irecv([padded, 1, ghost_right], source=right),
-                COMM.Isend([padded, 1, edge_left], dest=left),
-                COMM.Isend([padded, 1, edge_right], dest=right)]
+        reqs = [
+            COMM.Irecv([padded, 1, ghost_left], source=left),
+            COMM.Irecv([padded, 1, ghost_right], source=right),
+            COMM.Isend([padded, 1, edge_left], dest=left),
+            COMM.Isend([padded, 1, edge_right], dest=right),
+        ]
         MPI.Request.Waitall(reqs)
 
     def loop():
         for _ in range(reps):
             mpi4py_halo()
+
     t_mpi4py = median_time(loop, reps, trials)
 
     def op_time(grad):
@@ -135,15 +142,25 @@ def bench_halo(nbytes, reps, trials):
             x = tf.Variable(u)
             value = x.read_value()
             outs = [am.mpi_halo_exchange(value, 1, SIZE) for _ in range(reps)]
-            target = tf.gradients(tf.add_n([tf.reduce_sum(o) for o in outs]), x)[0] if grad \
+            target = (
+                tf.gradients(tf.add_n([tf.reduce_sum(o) for o in outs]), x)[0]
+                if grad
                 else tf.group(*outs)
+            )
             with am.Session(graph=g) as sess:
                 sess.run(x.initializer)
                 return median_time(lambda: sess.run(target), reps, trials)
+
     for t in types:
         t.Free()
-    return {"op": "halo", "bytes": side * side * 8, "side": side, "mpi4py": t_mpi4py,
-            "adcme": op_time(False), "adcme_fwd_bwd": op_time(True)}
+    return {
+        "op": "halo",
+        "bytes": side * side * 8,
+        "side": side,
+        "mpi4py": t_mpi4py,
+        "adcme": op_time(False),
+        "adcme_fwd_bwd": op_time(True),
+    }
 
 
 def main():
@@ -162,32 +179,46 @@ def main():
             if kind == "sendrecv" and SIZE != 2:
                 continue
 
-            def loop():
+            def loop(kind=kind, reps=reps, buf=buf, out=out):
                 for _ in range(reps):
                     mpi4py_call(kind, buf, out)
-            row = {"op": kind, "bytes": nbytes,
-                   "mpi4py": median_time(loop, reps, trials),
-                   "adcme": graph_time(Build(adcme_op, kind, n), reps, trials),
-                   "numpy_function": graph_time(Build(numpy_function_op, kind, n), reps, trials),
-                   "adcme_fwd_bwd": graph_time(Build(adcme_op, kind, n), reps, trials, grad=True)}
+
+            row = {
+                "op": kind,
+                "bytes": nbytes,
+                "mpi4py": median_time(loop, reps, trials),
+                "adcme": graph_time(Build(adcme_op, kind, n), reps, trials),
+                "numpy_function": graph_time(Build(numpy_function_op, kind, n), reps, trials),
+                "adcme_fwd_bwd": graph_time(Build(adcme_op, kind, n), reps, trials, grad=True),
+            }
             rows.append(row)
             if RANK == 0:
-                print(f"{kind:10s} {nbytes:>8d} B  mpi4py {row['mpi4py']*1e6:9.1f} us  "
-                      f"adcme {row['adcme']*1e6:9.1f} us ({row['adcme']/row['mpi4py']:5.2f}x)  "
-                      f"numpy_function {row['numpy_function']*1e6:9.1f} us "
-                      f"(adcme/np_fn {row['adcme']/row['numpy_function']:5.2f})  "
-                      f"fwd+bwd {row['adcme_fwd_bwd']*1e6:9.1f} us", flush=True)
+                print(
+                    f"{kind:10s} {nbytes:>8d} B  mpi4py {row['mpi4py'] * 1e6:9.1f} us  "
+                    f"adcme {row['adcme'] * 1e6:9.1f} us ({row['adcme'] / row['mpi4py']:5.2f}x)  "
+                    f"numpy_function {row['numpy_function'] * 1e6:9.1f} us "
+                    f"(adcme/np_fn {row['adcme'] / row['numpy_function']:5.2f})  "
+                    f"fwd+bwd {row['adcme_fwd_bwd'] * 1e6:9.1f} us",
+                    flush=True,
+                )
         if nbytes >= 512:
             row = bench_halo(nbytes, reps, trials)
             rows.append(row)
             if RANK == 0:
-                print(f"{'halo':10s} {row['bytes']:>8d} B  mpi4py {row['mpi4py']*1e6:9.1f} us  "
-                      f"adcme {row['adcme']*1e6:9.1f} us ({row['adcme']/row['mpi4py']:5.2f}x)  "
-                      f"fwd+bwd {row['adcme_fwd_bwd']*1e6:9.1f} us", flush=True)
+                print(
+                    f"{'halo':10s} {row['bytes']:>8d} B  mpi4py {row['mpi4py'] * 1e6:9.1f} us  "
+                    f"adcme {row['adcme'] * 1e6:9.1f} us ({row['adcme'] / row['mpi4py']:5.2f}x)  "
+                    f"fwd+bwd {row['adcme_fwd_bwd'] * 1e6:9.1f} us",
+                    flush=True,
+                )
     if RANK == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        meta = {"ranks": SIZE, "check": os.environ.get("ADCME_MPI_CHECK", "1"),
-                "mpi": MPI.Get_library_version().splitlines()[0], "tf": tf.__version__}
+        meta = {
+            "ranks": SIZE,
+            "check": os.environ.get("ADCME_MPI_CHECK", "1"),
+            "mpi": MPI.Get_library_version().splitlines()[0],
+            "tf": tf.__version__,
+        }
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 

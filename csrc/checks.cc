@@ -19,8 +19,9 @@ constexpr int kPayload = 12;
 constexpr int kMaxDims = 8;
 
 std::string Doing(const std::vector<int64_t>& row) {
-  static const char* types[] = {"", "MPISum", "MPIAllreduce", "MPIBcast", "MPIGather",
-                                "MPIScatter", "MPIHaloExchange", "MPIHaloExchangeGrad"};
+  static const char* types[] = {
+      "",          "MPISum",     "MPIAllreduce",    "MPIBcast",
+      "MPIGather", "MPIScatter", "MPIHaloExchange", "MPIHaloExchangeGrad"};
   if (row[0] == static_cast<int64_t>(OpKind::kEndOfProgram))
     return "the end of its program (mpi_finalize or exit)";
   const std::string type = row[0] > 0 && row[0] < 8 ? types[row[0]] : absl::StrCat("op ", row[0]);
@@ -96,7 +97,8 @@ absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char*
     }
   } else {
     msg << "argument 'root' must be the same on every rank; got";
-    for (int r = 0; r < site.size; ++r) msg << (r ? ", " : " ") << "rank " << r << ": " << rows[r][1];
+    for (int r = 0; r < site.size; ++r)
+      msg << (r ? ", " : " ") << "rank " << r << ": " << rows[r][1];
   }
   return site.InvalidArgument(msg.str());
 }

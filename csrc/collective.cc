@@ -62,8 +62,7 @@ absl::Status ScatterShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &a));
   const int size = CommSizeOf(c);
   DimensionHandle part = c->UnknownDim();
-  if (size > 0)
-    TF_RETURN_IF_ERROR(c->Divide(c->Dim(a, 0), size, /*evenly_divisible=*/true, &part));
+  if (size > 0) TF_RETURN_IF_ERROR(c->Divide(c->Dim(a, 0), size, /*evenly_divisible=*/true, &part));
   ShapeHandle out;
   TF_RETURN_IF_ERROR(c->ReplaceDim(a, 0, part, &out));
   c->set_output(0, out);
@@ -73,18 +72,18 @@ absl::Status ScatterShape(InferenceContext* c) {
 // Every op is stateful (it talks to other processes), so TensorFlow never
 // folds, deduplicates or prunes it. `comm` is the Fortran handle of the
 // communicator the op uses; `grad_comm` the one its gradient ops use.
-#define ROOTED_COLLECTIVE(Name, output, shape_fn, doc)                              \
-  REGISTER_OP(Name)                                                                 \
-      .Input("a: T")                                                                \
-      .Input("root: int32")                                                         \
-      .Input("token: float")                                                        \
-      .Output(output)                                                               \
-      .Output("token_out: float")                                                   \
-      .Attr(ADCME_MPI_DATA_TYPES)                                                   \
-      .Attr("comm: int")                                                            \
-      .Attr("grad_comm: int")                                                       \
-      .SetIsStateful()                                                              \
-      .SetShapeFn(WithToken<shape_fn>)                                              \
+#define ROOTED_COLLECTIVE(Name, output, shape_fn, doc) \
+  REGISTER_OP(Name)                                    \
+      .Input("a: T")                                   \
+      .Input("root: int32")                            \
+      .Input("token: float")                           \
+      .Output(output)                                  \
+      .Output("token_out: float")                      \
+      .Attr(ADCME_MPI_DATA_TYPES)                      \
+      .Attr("comm: int")                               \
+      .Attr("grad_comm: int")                          \
+      .SetIsStateful()                                 \
+      .SetShapeFn(WithToken<shape_fn>)                 \
       .Doc(doc)
 
 ROOTED_COLLECTIVE("MPISum", "sum: T", SameShapeAsFirstInput,
@@ -159,11 +158,11 @@ class SumKernel : public RootedKernel {
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
     const bool in_place = DataOf(*out) == DataOf(*a.tensor);
     MPI_Request request;
-    TF_RETURN_IF_ERROR(site.Check(
-        MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
-                    is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM, root, site.comm,
-                    &request),
-        "MPI_Ireduce"));
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
+                               is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM, root,
+                               site.comm, &request),
+                   "MPI_Ireduce"));
     TF_RETURN_IF_ERROR(WaitOne(site, request, "every rank to join the reduction"));
     if (!is_root) ZeroFill(out);
     return absl::OkStatus();
@@ -207,10 +206,10 @@ class GatherKernel : public RootedKernel {
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
     const bool is_root = site.rank == root;
     MPI_Request request;
-    TF_RETURN_IF_ERROR(site.Check(
-        MPI_Igather(DataOf(*a.tensor), a.count, a.type, is_root ? DataOf(*out) : nullptr, a.count,
-                    a.type, root, site.comm, &request),
-        "MPI_Igather"));
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Igather(DataOf(*a.tensor), a.count, a.type, is_root ? DataOf(*out) : nullptr,
+                               a.count, a.type, root, site.comm, &request),
+                   "MPI_Igather"));
     TF_RETURN_IF_ERROR(WaitOne(site, request, "every rank to join the gather"));
     if (!is_root) ZeroFill(out);
     return absl::OkStatus();
@@ -225,17 +224,17 @@ class ScatterKernel : public RootedKernel {
     TensorShape shape = a.tensor->shape();
     if (shape.dims() == 0 || shape.dim_size(0) % site.size != 0)
       return site.InvalidArgument(absl::StrCat(
-          "argument 'a' must have a first dimension divisible by the communicator size ",
-          site.size, ", got shape ", shape.DebugString()));
+          "argument 'a' must have a first dimension divisible by the communicator size ", site.size,
+          ", got shape ", shape.DebugString()));
     shape.set_dim(0, shape.dim_size(0) / site.size);
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
     const int part = a.count / site.size;
     MPI_Request request;
-    TF_RETURN_IF_ERROR(site.Check(
-        MPI_Iscatter(site.rank == root ? DataOf(*a.tensor) : nullptr, part, a.type, DataOf(*out),
-                     part, a.type, root, site.comm, &request),
-        "MPI_Iscatter"));
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Iscatter(site.rank == root ? DataOf(*a.tensor) : nullptr, part, a.type,
+                                DataOf(*out), part, a.type, root, site.comm, &request),
+                   "MPI_Iscatter"));
     return WaitOne(site, request, absl::StrCat("root rank ", root));
   }
 };
@@ -251,10 +250,10 @@ class AllreduceKernel : public MpiKernel {
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
     const bool in_place = DataOf(*out) == DataOf(*a.tensor);
     MPI_Request request;
-    TF_RETURN_IF_ERROR(site.Check(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
-                                                 DataOf(*out), a.count, a.type, MPI_SUM,
-                                                 site.comm, &request),
-                                  "MPI_Iallreduce"));
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*a.tensor), DataOf(*out),
+                                  a.count, a.type, MPI_SUM, site.comm, &request),
+                   "MPI_Iallreduce"));
     return WaitOne(site, request, "every rank to join the allreduce");
   }
 };

@@ -36,10 +36,10 @@ using tensorflow::shape_inference::InferenceContext;
 
 // Environment settings, read once.
 struct Settings {
-  bool check = true;          // ADCME_MPI_CHECK (default on; 0 turns it off)
-  bool mpi_thread = false;    // ADCME_MPI_THREAD=1: kernels run on one MPI thread
-  double timeout = 0;         // ADCME_MPI_TIMEOUT seconds (0: no watchdog)
-  bool oversubscribed = true; // more local ranks than cores (or unknown)
+  bool check = true;           // ADCME_MPI_CHECK (default on; 0 turns it off)
+  bool mpi_thread = false;     // ADCME_MPI_THREAD=1: kernels run on one MPI thread
+  double timeout = 0;          // ADCME_MPI_TIMEOUT seconds (0: no watchdog)
+  bool oversubscribed = true;  // more local ranks than cores (or unknown)
 };
 const Settings& GetSettings();
 
@@ -53,7 +53,7 @@ struct CallSite {
   MPI_Comm comm = MPI_COMM_NULL;
   int rank = -1;
   int size = 0;
-  bool backward = false;            // comm is a gradient communicator
+  bool backward = false;                // comm is a gradient communicator
   MPI_Comm check_comm = MPI_COMM_NULL;  // where cross-rank checks go
   std::string Describe() const;
   // Turns an MPI return code into a status: "mpi_bcast (rank 2 of 4) | MPI_Ibcast failed: ...".
@@ -79,13 +79,12 @@ class MpiKernel : public tensorflow::AsyncOpKernel {
 };
 
 // A scalar int32 input (root, dest, src, tag) checked to lie in [lo, hi].
-absl::Status ScalarIntArg(OpKernelContext* ctx, int index, const char* name, int64_t lo,
-                          int64_t hi, const CallSite& site, int* out);
+absl::Status ScalarIntArg(OpKernelContext* ctx, int index, const char* name, int64_t lo, int64_t hi,
+                          const CallSite& site, int* out);
 
 // The MPI datatype of data argument `arg`, or an error naming it:
 // "argument 'a' has dtype complex64; supported: float32, float64, int32, int64".
-absl::Status DatatypeArg(const CallSite& site, const char* arg, const Tensor& t,
-                         MPI_Datatype* out);
+absl::Status DatatypeArg(const CallSite& site, const char* arg, const Tensor& t, MPI_Datatype* out);
 
 // Largest tag a user may pass on this communicator (MPI_TAG_UB).
 int TagUpperBound(MPI_Comm comm);
@@ -117,7 +116,13 @@ void ProgressDetachedSends();
 // ---- checks.cc ----
 // Which collective a check is for; names in messages.
 enum class OpKind : int64_t {
-  kSum = 1, kAllreduce, kBcast, kGather, kScatter, kHalo, kHaloGrad,
+  kSum = 1,
+  kAllreduce,
+  kBcast,
+  kGather,
+  kScatter,
+  kHalo,
+  kHaloGrad,
   kEndOfProgram = 99,
 };
 // Every checked collective on a communicator family (the user's communicator,
@@ -153,8 +158,7 @@ absl::Status ScalarInputs(InferenceContext* c, int first, int last);
 #define ADCME_MPI_DATA_TYPES "T: {float, double, int32, int64}"
 
 // Kernel registration: CPU, with the small scalar inputs in host memory.
-#define ADCME_MPI_CPU_KERNEL(op)                                         \
-  Name(op).Device(::tensorflow::DEVICE_CPU).HostMemory("token").HostMemory( \
-      "token_out")
+#define ADCME_MPI_CPU_KERNEL(op) \
+  Name(op).Device(::tensorflow::DEVICE_CPU).HostMemory("token").HostMemory("token_out")
 
 #endif  // ADCME_MPI_CSRC_COMMON_H_

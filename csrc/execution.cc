@@ -54,7 +54,9 @@ class MpiThread {
   }
 
  private:
-  MpiThread() { std::thread([this] { Loop(); }).detach(); }
+  MpiThread() {
+    std::thread([this] { Loop(); }).detach();
+  }
   void Loop() {
     for (;;) {
       // MPI ops of one graph come back to back: after each one, watch the
@@ -189,8 +191,8 @@ int TagUpperBound(MPI_Comm comm) {
   return 32767;  // the smallest upper bound the standard allows
 }
 
-absl::Status ScalarIntArg(OpKernelContext* ctx, int index, const char* name, int64_t lo,
-                          int64_t hi, const CallSite& site, int* out) {
+absl::Status ScalarIntArg(OpKernelContext* ctx, int index, const char* name, int64_t lo, int64_t hi,
+                          const CallSite& site, int* out) {
   const Tensor& t = ctx->input(index);
   if (t.dims() != 0)
     return site.InvalidArgument(absl::StrCat("argument '", name, "' must be a scalar, got shape ",
@@ -226,9 +228,9 @@ void MpiKernel::ComputeAsync(OpKernelContext* ctx, DoneCallback done) {
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
     if (!initialized || finalized) {
-      ctx->SetStatus(absl::FailedPreconditionError(absl::StrCat(
-          site.op, ": MPI is ", finalized ? "already finalized" : "not initialized",
-          "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end")));
+      ctx->SetStatus(absl::FailedPreconditionError(
+          absl::StrCat(site.op, ": MPI is ", finalized ? "already finalized" : "not initialized",
+                       "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end")));
       done();
       return;
     }
@@ -263,8 +265,9 @@ void MpiKernel::ComputeAsync(OpKernelContext* ctx, DoneCallback done) {
 // Registers the duplicates of one user communicator: forward messages,
 // gradient messages, and the one all their cross-rank checks share (so a
 // rank in a forward op and a rank in a gradient op see each other's op).
-extern "C" __attribute__((visibility("default"))) void adcme_mpi_register_comms(
-    int64_t forward, int64_t backward, int64_t check) {
+extern "C" __attribute__((visibility("default"))) void adcme_mpi_register_comms(int64_t forward,
+                                                                                int64_t backward,
+                                                                                int64_t check) {
   using namespace adcme_mpi;
   std::lock_guard<std::mutex> lock(registry_mu);
   auto* sequence = new int64_t(0);  // shared by the family; leaked when forgotten (a few bytes)
@@ -282,8 +285,8 @@ extern "C" __attribute__((visibility("default"))) void adcme_mpi_forget_comms() 
 // For the import-time check that the ops and mpi4py share one libmpi:
 // "<MPI_Get_library_version>\x1f<path of the shared object defining MPI_Init>".
 #include <dlfcn.h>
-extern "C" __attribute__((visibility("default"))) int adcme_mpi_libmpi_info(char* buffer,
-                                                                           int length) {
+extern "C"
+    __attribute__((visibility("default"))) int adcme_mpi_libmpi_info(char* buffer, int length) {
   char version[MPI_MAX_LIBRARY_VERSION_STRING];
   int version_length = 0;
   MPI_Get_library_version(version, &version_length);

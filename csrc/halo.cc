@@ -25,31 +25,30 @@ using tensorflow::shape_inference::ShapeHandle;
 
 // ---- interfaces and shape functions ----
 
-absl::Status HaloShape(InferenceContext* c) {
-  ShapeHandle u;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
-  TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 2));
+// A block and its padded form differ by 2 * width in each dimension: the
+// exchange adds the ghost bands (sign +1), its adjoint removes them (-1).
+absl::Status PaddedShape(InferenceContext* c, int sign) {
+  ShapeHandle in;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &in));
   int64_t width = 1;
   TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
-  DimensionHandle rows, cols;
-  TF_RETURN_IF_ERROR(c->Add(c->Dim(u, 0), 2 * width, &rows));
-  TF_RETURN_IF_ERROR(c->Add(c->Dim(u, 1), 2 * width, &cols));
-  c->set_output(0, c->Matrix(rows, cols));
+  DimensionHandle dims[2];
+  for (int d = 0; d < 2; ++d)
+    TF_RETURN_IF_ERROR(sign > 0 ? c->Add(c->Dim(in, d), 2 * width, &dims[d])
+                                : c->Subtract(c->Dim(in, d), 2 * width, &dims[d]));
+  c->set_output(0, c->Matrix(dims[0], dims[1]));
   return absl::OkStatus();
 }
 
-absl::Status HaloGradShape(InferenceContext* c) {
-  ShapeHandle dy;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &dy));
+absl::Status HaloShape(InferenceContext* c) {  // (u, fill_value, tag) -> padded
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 2));
+  return PaddedShape(c, +1);
+}
+
+absl::Status HaloGradShape(InferenceContext* c) {  // (grad_padded, tag) -> grad_u, grad_fill
   TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 1));
-  int64_t width = 1;
-  TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
-  DimensionHandle rows, cols;
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(dy, 0), 2 * width, &rows));
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(dy, 1), 2 * width, &cols));
-  c->set_output(0, c->Matrix(rows, cols));
   c->set_output(1, c->Scalar());
-  return absl::OkStatus();
+  return PaddedShape(c, -1);
 }
 
 REGISTER_OP("MPIHaloExchange")
@@ -112,7 +111,9 @@ Range EdgeRange(int d, int len, int w) {
 struct Region {
   Range rows, cols;
   int64_t size() const { return static_cast<int64_t>(rows.length) * cols.length; }
-  Region Shifted(int by) const { return {{rows.begin + by, rows.length}, {cols.begin + by, cols.length}}; }
+  Region Shifted(int by) const {
+    return {{rows.begin + by, rows.length}, {cols.begin + by, cols.length}};
+  }
 };
 
 // Committed MPI datatypes, freed when the kernel call ends.
@@ -122,14 +123,14 @@ class TypeArena {
     for (MPI_Datatype& t : types_) MPI_Type_free(&t);
   }
   // `region` of a row-major (total_rows x total_cols) array of `base`.
-  absl::Status Subarray(const CallSite& site, int total_rows, int total_cols,
-                        const Region& region, MPI_Datatype base, MPI_Datatype* out) {
+  absl::Status Subarray(const CallSite& site, int total_rows, int total_cols, const Region& region,
+                        MPI_Datatype base, MPI_Datatype* out) {
     int sizes[2] = {total_rows, total_cols};
     int subsizes[2] = {region.rows.length, region.cols.length};
     int starts[2] = {region.rows.begin, region.cols.begin};
-    TF_RETURN_IF_ERROR(site.Check(
-        MPI_Type_create_subarray(2, sizes, subsizes, starts, MPI_ORDER_C, base, out),
-        "MPI_Type_create_subarray"));
+    TF_RETURN_IF_ERROR(
+        site.Check(MPI_Type_create_subarray(2, sizes, subsizes, starts, MPI_ORDER_C, base, out),
+                   "MPI_Type_create_subarray"));
     types_.push_back(*out);
     return site.Check(MPI_Type_commit(out), "MPI_Type_commit");
   }
@@ -167,21 +168,21 @@ class HaloKernelBase : public MpiKernel {
     for (int r = 0; r < static_cast<int>(all.size()); ++r) {
       const auto& row = all[r];
       if (row[2] != m_ || row[3] != n_ || row[4] != width_ || row[5] != dtype)
-        return site.InvalidArgument(absl::StrCat(
-            "rank ", r, " called with m=", row[2], ", n=", row[3], ", width=", row[4], ", dtype ",
-            tensorflow::DataTypeString(static_cast<DataType>(row[5])), " but rank ", site.rank,
-            " with m=", m_, ", n=", n_, ", width=", width_, ", dtype ",
-            tensorflow::DataTypeString(dtype)));
+        return site.InvalidArgument(
+            absl::StrCat("rank ", r, " called with m=", row[2], ", n=", row[3], ", width=", row[4],
+                         ", dtype ", tensorflow::DataTypeString(static_cast<DataType>(row[5])),
+                         " but rank ", site.rank, " with m=", m_, ", n=", n_, ", width=", width_,
+                         ", dtype ", tensorflow::DataTypeString(dtype)));
       if (r % n_ + 1 < n_ && all[r + 1][0] != row[0])
-        return site.InvalidArgument(absl::StrCat(
-            "blocks of left/right neighbours must have the same number of rows: rank ", r,
-            " has [", row[0], ",", row[1], "], rank ", r + 1, " has [", all[r + 1][0], ",",
-            all[r + 1][1], "]"));
+        return site.InvalidArgument(
+            absl::StrCat("blocks of left/right neighbours must have the same number of rows: rank ",
+                         r, " has [", row[0], ",", row[1], "], rank ", r + 1, " has [",
+                         all[r + 1][0], ",", all[r + 1][1], "]"));
       if (r + n_ < site.size && all[r + n_][1] != row[1])
-        return site.InvalidArgument(absl::StrCat(
-            "blocks of up/down neighbours must have the same number of columns: rank ", r,
-            " has [", row[0], ",", row[1], "], rank ", r + n_, " has [", all[r + n_][0], ",",
-            all[r + n_][1], "]"));
+        return site.InvalidArgument(
+            absl::StrCat("blocks of up/down neighbours must have the same number of columns: rank ",
+                         r, " has [", row[0], ",", row[1], "], rank ", r + n_, " has [",
+                         all[r + n_][0], ",", all[r + n_][1], "]"));
     }
     return absl::OkStatus();
   }
@@ -224,10 +225,9 @@ class HaloExchangeKernel : public HaloKernelBase {
     int tag = 0;
     TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 2, "tag", 0, TagUpperBound(site.comm), site, &tag));
     if (u.dims() != 2)
-      return site.InvalidArgument(absl::StrCat("argument 'u' must be 2-D, got shape ",
-                                               u.shape().DebugString()));
-    if (fill.dims() != 0)
-      return site.InvalidArgument("argument 'fill_value' must be a scalar");
+      return site.InvalidArgument(
+          absl::StrCat("argument 'u' must be 2-D, got shape ", u.shape().DebugString()));
+    if (fill.dims() != 0) return site.InvalidArgument("argument 'fill_value' must be a scalar");
     MPI_Datatype type;
     TF_RETURN_IF_ERROR(DatatypeArg(site, "u", u, &type));
     const int rows = u.dim_size(0), cols = u.dim_size(1), w = width_;
@@ -242,7 +242,8 @@ class HaloExchangeKernel : public HaloKernelBase {
     char* dst = DataOf(*out);
     const char* src = DataOf(u);
     for (int i = 0; i < rows; ++i)
-      std::memcpy(dst + ((i + w) * size_t(Q) + w) * elem, src + i * size_t(cols) * elem, cols * elem);
+      std::memcpy(dst + ((i + w) * size_t(Q) + w) * elem, src + i * size_t(cols) * elem,
+                  cols * elem);
 
     TypeArena types;
     std::vector<MPI_Request> requests;
@@ -334,10 +335,9 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       incoming.emplace_back(edge.size());
       incoming_region.push_back(edge);
       requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(
-          MPI_Irecv(incoming.back().data(), static_cast<int>(edge.size()), type, nb.rank, tag,
-                    site.comm, &requests.back()),
-          "MPI_Irecv"));
+      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(incoming.back().data(), static_cast<int>(edge.size()),
+                                              type, nb.rank, tag, site.comm, &requests.back()),
+                                    "MPI_Irecv"));
       MPI_Datatype send_type;
       TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &send_type));
       requests.emplace_back();
@@ -345,7 +345,8 @@ class HaloExchangeGradKernel : public HaloKernelBase {
           MPI_Isend(g, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
     TF_RETURN_IF_ERROR(WaitAll(site, &requests, Peers(nbs)));
-    for (size_t k = 0; k < incoming.size(); ++k) AddRegion(incoming[k], incoming_region[k], gu, cols);
+    for (size_t k = 0; k < incoming.size(); ++k)
+      AddRegion(incoming[k], incoming_region[k], gu, cols);
     grad_fill->scalar<T>()() = fill_sum;
     return absl::OkStatus();
   }

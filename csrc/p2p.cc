@@ -124,10 +124,10 @@ class RecvKernel : public PointToPointKernel {
       std::vector<char> sink(bytes > 0 ? bytes : 1);
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Mrecv(sink.data(), bytes, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv"));
-      return site.InvalidArgument(absl::StrCat(
-          "rank ", src, " sent ", bytes, " bytes (tag ", tag, ") but argument 'a' is ",
-          ShapeString(a.dtype(), a.shape()), " (", count,
-          " elements); send and receive must agree on dtype and size"));
+      return site.InvalidArgument(
+          absl::StrCat("rank ", src, " sent ", bytes, " bytes (tag ", tag, ") but argument 'a' is ",
+                       ShapeString(a.dtype(), a.shape()), " (", count,
+                       " elements); send and receive must agree on dtype and size"));
     }
     // The template's values are never read: receive into its buffer when TF can hand it over.
     Tensor* out = nullptr;

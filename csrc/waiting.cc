@@ -75,8 +75,8 @@ absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
   Poller poller(site, waiting_for);
   for (;;) {
     int done = 0;
-    const int rc = MPI_Testall(static_cast<int>(requests->size()), requests->data(), &done,
-                               statuses.data());
+    const int rc =
+        MPI_Testall(static_cast<int>(requests->size()), requests->data(), &done, statuses.data());
     if (rc == MPI_ERR_IN_STATUS) {
       for (const MPI_Status& st : statuses)
         if (st.MPI_ERROR != MPI_SUCCESS && st.MPI_ERROR != MPI_ERR_PENDING)
@@ -110,19 +110,25 @@ void DetachSend(MPI_Request request, const Tensor& keep_alive, const std::string
   Detached().push_back({request, keep_alive, what});
 }
 
-void ProgressDetachedSends() {
-  std::lock_guard<std::mutex> lock(detached_mu);
-  auto& sends = Detached();
-  for (size_t i = 0; i < sends.size();) {
+namespace {
+// Drops the detached sends that have completed. Call with detached_mu held.
+void DropCompletedSends(std::vector<DetachedSend>* sends) {
+  for (size_t i = 0; i < sends->size();) {
     int done = 0;
-    MPI_Test(&sends[i].request, &done, MPI_STATUS_IGNORE);
+    MPI_Test(&(*sends)[i].request, &done, MPI_STATUS_IGNORE);
     if (done) {
-      sends[i] = std::move(sends.back());
-      sends.pop_back();
+      (*sends)[i] = std::move(sends->back());
+      sends->pop_back();
     } else {
       ++i;
     }
   }
+}
+}  // namespace
+
+void ProgressDetachedSends() {
+  std::lock_guard<std::mutex> lock(detached_mu);
+  DropCompletedSends(&Detached());
 }
 
 }  // namespace adcme_mpi
@@ -134,21 +140,12 @@ void ProgressDetachedSends() {
 extern "C" __attribute__((visibility("default"))) int adcme_mpi_complete_detached_sends(
     double grace_seconds, char* buffer, int length) {
   using namespace adcme_mpi;
-  const auto until = std::chrono::steady_clock::now() +
-                     std::chrono::duration<double>(grace_seconds);
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(grace_seconds);
   std::lock_guard<std::mutex> lock(detached_mu);
   auto& sends = Detached();
   for (;;) {
-    for (size_t i = 0; i < sends.size();) {
-      int done = 0;
-      MPI_Test(&sends[i].request, &done, MPI_STATUS_IGNORE);
-      if (done) {
-        sends[i] = std::move(sends.back());
-        sends.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    DropCompletedSends(&sends);
     if (sends.empty() || std::chrono::steady_clock::now() > until) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }

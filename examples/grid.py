@@ -2,6 +2,7 @@
 (h = 1/(N+1), zero Dirichlet boundary) split into m x n patches, rank r owning
 patch (r // n, r % n); the inverse problems' objective recorder and figures;
 printing in rank order."""
+
 import os
 import sys
 
@@ -14,8 +15,9 @@ class Patch:
         self.comm = comm or MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         if m * n != self.size or N % m or N % n:
-            raise ValueError(f"grid {N}x{N} cannot be split into {m}x{n} patches on "
-                             f"{self.size} ranks")
+            raise ValueError(
+                f"grid {N}x{N} cannot be split into {m}x{n} patches on {self.size} ranks"
+            )
         self.N, self.m, self.n = N, m, n
         self.h = 1.0 / (N + 1)
         self.bi, self.bj = divmod(self.rank, n)
@@ -31,7 +33,7 @@ class Patch:
         return x, y
 
     def local(self, global_array):
-        return global_array[self.r0:self.r0 + self.rows, self.c0:self.c0 + self.cols]
+        return global_array[self.r0 : self.r0 + self.rows, self.c0 : self.c0 + self.cols]
 
     def assemble(self, local_array):
         """Every rank's patch gathered into the global N x N array (on every rank)."""
@@ -39,7 +41,7 @@ class Patch:
         G = np.zeros((self.N, self.N), dtype=pieces[0].dtype)
         for r, piece in enumerate(pieces):
             i, j = divmod(r, self.n)
-            G[i * self.rows:(i + 1) * self.rows, j * self.cols:(j + 1) * self.cols] = piece
+            G[i * self.rows : (i + 1) * self.rows, j * self.cols : (j + 1) * self.cols] = piece
         return G
 
 
@@ -60,8 +62,11 @@ def require_ranks(script, exactly=None, at_least=None):
     need = f"exactly {exactly}" if exactly is not None else f"at least {at_least}"
     n = exactly if exactly is not None else at_least
     if MPI.COMM_WORLD.Get_rank() == 0:
-        print(f"{script} needs {need} ranks, got {size}: "
-              f"mpiexec -n {n} python examples/{script}", file=sys.stderr, flush=True)
+        print(
+            f"{script} needs {need} ranks, got {size}: mpiexec -n {n} python examples/{script}",
+            file=sys.stderr,
+            flush=True,
+        )
     MPI.COMM_WORLD.Barrier()
     sys.exit(2)
 
@@ -73,11 +78,15 @@ def save_figures(out, name, fields, titles, history):
     try:
         import matplotlib
     except ImportError:
-        print(f"{name}: figures skipped (matplotlib is not installed; "
-              "pip install '.[examples]' to get them)", flush=True)
+        print(
+            f"{name}: figures skipped (matplotlib is not installed; "
+            "pip install '.[examples]' to get them)",
+            flush=True,
+        )
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"{name}_fields.png"), os.path.join(out, f"{name}_loss.png")]
     fig, axes = plt.subplots(1, len(fields), figsize=(4.4 * len(fields), 4))
@@ -106,6 +115,7 @@ def recording_fg(sess, loss, grad, parameters):
         value, gradient = sess.run([loss, grad], {parameters: x})
         history.append(value)
         return value, gradient
+
     return fg, history
 
 

@@ -12,6 +12,7 @@ The explicit scheme is stable only for dt * max(kappa) * 4 / h^2 < 1; the
 default number of steps is the smallest stable one for every kappa the
 optimizer may try (its bounds), and an unstable --steps is refused.
 """
+
 import argparse
 import math
 import os
@@ -38,35 +39,43 @@ def laplacian(up):
     lap = up[:-2, 1:-1] + up[2:, 1:-1] + up[1:-1, :-2] + up[1:-1, 2:] - 4.0 * up[1:-1, 1:-1]
 
     def grad(dl):
-        return (tf.pad(dl, [[0, 2], [1, 1]]) + tf.pad(dl, [[2, 0], [1, 1]])
-                + tf.pad(dl, [[1, 1], [0, 2]]) + tf.pad(dl, [[1, 1], [2, 0]])
-                - 4.0 * tf.pad(dl, [[1, 1], [1, 1]]))
+        return (
+            tf.pad(dl, [[0, 2], [1, 1]])
+            + tf.pad(dl, [[2, 0], [1, 1]])
+            + tf.pad(dl, [[1, 1], [0, 2]])
+            + tf.pad(dl, [[1, 1], [2, 0]])
+            - 4.0 * tf.pad(dl, [[1, 1], [1, 1]])
+        )
+
     return lap, grad
 
 
 def stable_steps(N, T, kappa_max):
     """The smallest number of steps with dt * kappa_max * 4 / h^2 < 1 (10% margin)."""
     h = 1.0 / (N + 1)
-    return max(1, math.ceil(1.1 * T * kappa_max * 4 / h ** 2))
+    return max(1, math.ceil(1.1 * T * kappa_max * 4 / h**2))
 
 
 class HeatProblem:
-    def __init__(self, N=16, steps=None, T=0.02, grid=None, comm=None, snapshots=5,
-                 kappa_max=KAPPA_MAX):
+    def __init__(
+        self, N=16, steps=None, T=0.02, grid=None, comm=None, snapshots=5, kappa_max=KAPPA_MAX
+    ):
         comm = comm or MPI.COMM_WORLD
         m, n = grid or default_grid(comm.Get_size())
         self.patch = Patch(N, m, n, comm)
         self.steps = steps or stable_steps(N, T, kappa_max)
         self.comm, self.T, self.dt = comm, T, T / self.steps
-        if self.dt * kappa_max * 4 / self.patch.h ** 2 >= 1.0:
+        courant = self.dt * kappa_max * 4 / self.patch.h**2
+        if courant >= 1.0:
             raise ValueError(
-                f"heat: unstable explicit scheme: dt * max(kappa) * 4 / h^2 = "
-                f"{self.dt * kappa_max * 4 / self.patch.h ** 2:.2f} >= 1 (N={N}, steps={self.steps}, "
-                f"T={T}, kappa up to {kappa_max}); use --steps {stable_steps(N, T, kappa_max)} or more, "
-                f"or a smaller --N")
+                f"heat: unstable explicit scheme: dt * max(kappa) * 4 / h^2 = {courant:.2f} >= 1 "
+                f"(N={N}, steps={self.steps}, T={T}, kappa up to {kappa_max}); use --steps "
+                f"{stable_steps(N, T, kappa_max)} or more, or a smaller --N"
+            )
         # snapshots at evenly spaced steps; the last one at the final step
-        self.segments = np.diff(np.linspace(0, self.steps, min(snapshots, self.steps) + 1).round()
-                                .astype(int)).tolist()
+        self.segments = np.diff(
+            np.linspace(0, self.steps, min(snapshots, self.steps) + 1).round().astype(int)
+        ).tolist()
         x, y = self.patch.coordinates()
         self.x, self.y = x, y
         self.u0 = np.sin(np.pi * x) * np.sin(np.pi * y)
@@ -77,12 +86,14 @@ class HeatProblem:
     def step(self, u, kappa):
         p = self.patch
         up = am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm)
-        return u + (self.dt / p.h ** 2) * kappa * laplacian(up)
+        return u + (self.dt / p.h**2) * kappa * laplacian(up)
 
     def advance(self, u, kappa, steps):
         """`steps` explicit steps inside one tf.while_loop."""
+
         def body(k, u):
             return k + 1, self.step(u, kappa)
+
         return am.ordering.while_loop(lambda k, u: k < steps, body, [tf.constant(0), u])[1]
 
     def simulate(self, kappa):
@@ -95,7 +106,7 @@ class HeatProblem:
         return tf.stack(snaps)
 
     def stable(self, theta):
-        return self.dt * np.max(self.kappa(theta)) * 4 / self.patch.h ** 2 < 1.0
+        return self.dt * np.max(self.kappa(theta)) * 4 / self.patch.h**2 < 1.0
 
 
 def build_inverse(problem, observed):
@@ -120,26 +131,40 @@ def run(N=16, steps=None, out=None, maxiter=100, verbose=False):
         with am.Session(graph=g) as sess:
             fg, history = recording_fg(sess, loss, grad, theta0)
             start = np.array([2.0, 0.0, 0.0])
-            result = am.mpi_optimize(fg=fg, x0=start, method="L-BFGS-B", verbose=verbose,
-                                     bounds=BOUNDS,
-                                     options={"maxiter": maxiter, "gtol": 1e-12, "ftol": 1e-15})
+            result = am.mpi_optimize(
+                fg=fg,
+                x0=start,
+                method="L-BFGS-B",
+                verbose=verbose,
+                bounds=BOUNDS,
+                options={"maxiter": maxiter, "gtol": 1e-12, "ftol": 1e-15},
+            )
     summary = {
-        "theta": result.x, "theta_error": float(np.max(np.abs(result.x - TRUE_THETA))),
-        "loss0": float(problem.comm.bcast(history[0])), "loss": float(result.fun), "iterations": int(result.nit),
+        "theta": result.x,
+        "theta_error": float(np.max(np.abs(result.x - TRUE_THETA))),
+        "loss0": float(problem.comm.bcast(history[0])),
+        "loss": float(result.fun),
+        "iterations": int(result.nit),
     }
     if rank == 0:
-        print(f"heat inverse: N={N} steps={problem.steps} grid={problem.patch.m}x{problem.patch.n} "
-              f"theta={np.round(result.x, 6).tolist()} true={TRUE_THETA.tolist()} "
-              f"max error={summary['theta_error']:.2e} loss {history[0]:.3e} -> {result.fun:.3e} "
-              f"in {result.nit} iterations")
+        print(
+            f"heat inverse: N={N} steps={problem.steps} grid={problem.patch.m}x{problem.patch.n} "
+            f"theta={np.round(result.x, 6).tolist()} true={TRUE_THETA.tolist()} "
+            f"max error={summary['theta_error']:.2e} loss {history[0]:.3e} -> {result.fun:.3e} "
+            f"in {result.nit} iterations"
+        )
     if out:
         u_final = problem.patch.assemble(observed[-1])
         kappa_true = problem.patch.assemble(problem.kappa(TRUE_THETA))
         kappa_found = problem.patch.assemble(problem.kappa(result.x))
         if rank == 0:
-            summary["figures"] = save_figures(out, "heat", [u_final, kappa_true, kappa_found],
-                                              ["u at final time", "true kappa", "recovered kappa"],
-                                              history)
+            summary["figures"] = save_figures(
+                out,
+                "heat",
+                [u_final, kappa_true, kappa_found],
+                ["u at final time", "true kappa", "recovered kappa"],
+                history,
+            )
     return summary
 
 
@@ -147,8 +172,9 @@ if __name__ == "__main__":
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--N", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="time steps (default: the smallest stable number)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="time steps (default: the smallest stable number)"
+    )
     parser.add_argument("--out", default="heat_out")
     parser.add_argument("--maxiter", type=int, default=100)
     parser.add_argument("--verbose", action="store_true")

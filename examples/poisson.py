@@ -12,6 +12,7 @@ the inverse problem recovers kappa from u with mpi_optimize.
 
     mpiexec -n 4 python examples/poisson.py [--N 16 --maxiter 60 --out poisson_out]
 """
+
 import argparse
 import os
 import sys
@@ -30,7 +31,7 @@ def exact_u(x, y):
 
 
 def exact_kappa(x, y):
-    return 1 + x ** 2 + y ** 2
+    return 1 + x**2 + y**2
 
 
 def source(x, y):
@@ -47,27 +48,36 @@ class PoissonProblem:
         self.patch = p = Patch(N, m, n, comm)
         self.comm, self.tol, self.maxiter = comm, tol, maxiter or 10 * N
         self.x, self.y = p.coordinates()
-        self.xb, self.yb = p.coordinates(border=1)   # nodes plus one layer (kappa only)
+        self.xb, self.yb = p.coordinates(border=1)  # nodes plus one layer (kappa only)
         self.f = source(self.x, self.y)
 
     # ---- the operator K = -div(kappa grad .) (symmetric positive definite) ----
     def faces(self, kappa_b):
         """Face coefficients (averaged kappa) from kappa on nodes plus border."""
         c = kappa_b[1:-1, 1:-1]
-        return ((c + kappa_b[1:-1, 2:]) / 2, (c + kappa_b[1:-1, :-2]) / 2,
-                (c + kappa_b[2:, 1:-1]) / 2, (c + kappa_b[:-2, 1:-1]) / 2)
+        return (
+            (c + kappa_b[1:-1, 2:]) / 2,
+            (c + kappa_b[1:-1, :-2]) / 2,
+            (c + kappa_b[2:, 1:-1]) / 2,
+            (c + kappa_b[:-2, 1:-1]) / 2,
+        )
 
     def apply(self, u, faces):
         p = self.patch
-        return self.stencil(am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm),
-                            faces)
+        return self.stencil(
+            am.mpi_halo_exchange(u, p.m, p.n, fill_value=0.0, comm=self.comm), faces
+        )
 
     def stencil(self, up, faces):
         """K u from u padded with its neighbours' values (local arithmetic)."""
         e, w, nn, s = faces
         c = up[1:-1, 1:-1]
-        return (e * (c - up[1:-1, 2:]) + w * (c - up[1:-1, :-2]) + nn * (c - up[2:, 1:-1])
-                + s * (c - up[:-2, 1:-1])) / self.patch.h ** 2
+        return (
+            e * (c - up[1:-1, 2:])
+            + w * (c - up[1:-1, :-2])
+            + nn * (c - up[2:, 1:-1])
+            + s * (c - up[:-2, 1:-1])
+        ) / self.patch.h**2
 
     def dot(self, a, b):
         return am.mpi_allreduce(tf.reduce_sum(a * b), comm=self.comm)
@@ -75,7 +85,7 @@ class PoissonProblem:
     def cg(self, faces, b):
         """Distributed CG for K x = b from x = 0, to ||r|| <= tol ||b||."""
         bnorm2 = self.dot(b, b)
-        stop2 = self.tol ** 2 * bnorm2
+        stop2 = self.tol**2 * bnorm2
 
         def cond(k, x, r, p, rs):
             return tf.logical_and(k < self.maxiter, rs > stop2)
@@ -104,15 +114,19 @@ class PoissonProblem:
             u = self.cg(faces, b)
 
             def grad(du):
-                lam = self.cg(faces, du)          # K is symmetric: K^T lam = du
+                lam = self.cg(faces, du)  # K is symmetric: K^T lam = du
                 # d/dkappa <du, K^-1 b> = -<lam, (dK/dkappa) u>: a local derivative,
                 # so the MPI results it uses are constants to it (stop_gradient;
                 # MPI ops are linked by their ordering token, see adcme_mpi.ordering)
                 p = self.patch
                 up = tf.stop_gradient(am.mpi_halo_exchange(u, p.m, p.n, comm=self.comm))
-                inner = -tf.reduce_sum(tf.stop_gradient(lam) * self.stencil(up, self.faces(kappa_b)))
+                inner = -tf.reduce_sum(
+                    tf.stop_gradient(lam) * self.stencil(up, self.faces(kappa_b))
+                )
                 return tf.gradients(inner, kappa_b)[0]
+
             return u, grad
+
         return solve_with_adjoint(kappa_b)
 
 
@@ -137,8 +151,8 @@ def network_kappa(weights, x, y):
     h = tf.stack([tf.reshape(tf.constant(x), [-1]), tf.reshape(tf.constant(y), [-1])], axis=1)
     k = 0
     for i, (a, b) in enumerate(zip(LAYERS[:-1], LAYERS[1:])):
-        W = tf.reshape(weights[k:k + a * b], [a, b])
-        c = weights[k + a * b:k + a * b + b]
+        W = tf.reshape(weights[k : k + a * b], [a, b])
+        c = weights[k + a * b : k + a * b + b]
         k += a * b + b
         h = tf.matmul(h, W) + c
         if i < len(LAYERS) - 2:
@@ -150,8 +164,9 @@ def build_inverse(problem, observed):
     weights0 = tf.compat.v1.placeholder(tf.float64, [n_weights()])
     weights = am.mpi_bcast(weights0, comm=problem.comm)
     u = problem.solve(network_kappa(weights, problem.xb, problem.yb))
-    loss = am.mpi_sum(tf.reduce_sum((u - observed) ** 2) / problem.patch.N ** 2 * 1e4,
-                      comm=problem.comm)
+    loss = am.mpi_sum(
+        tf.reduce_sum((u - observed) ** 2) / problem.patch.N**2 * 1e4, comm=problem.comm
+    )
     return weights0, loss, tf.gradients(loss, weights0)[0]
 
 
@@ -168,24 +183,42 @@ def run(N=16, out=None, maxiter=200, verbose=False):
         kappa_net = network_kappa(weights0, problem.x, problem.y)
         with am.Session(graph=g) as sess:
             fg, history = recording_fg(sess, loss, grad, weights0)
-            result = am.mpi_optimize(fg=fg, x0=init_weights(), method="L-BFGS-B",
-                                     verbose=verbose, options={"maxiter": maxiter})
+            result = am.mpi_optimize(
+                fg=fg,
+                x0=init_weights(),
+                method="L-BFGS-B",
+                verbose=verbose,
+                options={"maxiter": maxiter},
+            )
             kappa_found = sess.run(kappa_net, {weights0: result.x})
     kappa_true = exact_kappa(problem.x, problem.y)
-    kappa_err = float(p.comm.allreduce(np.max(np.abs(kappa_found - kappa_true) / kappa_true),
-                                       op=MPI.MAX))
-    summary = {"solution_error": float(err), "cg_iterations": int(iters), "loss0": float(problem.comm.bcast(history[0])),
-               "loss": float(result.fun), "kappa_rel_error": kappa_err, "iterations": int(result.nit)}
+    kappa_err = float(
+        p.comm.allreduce(np.max(np.abs(kappa_found - kappa_true) / kappa_true), op=MPI.MAX)
+    )
+    summary = {
+        "solution_error": float(err),
+        "cg_iterations": int(iters),
+        "loss0": float(problem.comm.bcast(history[0])),
+        "loss": float(result.fun),
+        "kappa_rel_error": kappa_err,
+        "iterations": int(result.nit),
+    }
     if p.rank == 0:
-        print(f"poisson: N={N} grid={p.m}x{p.n} CG iterations {iters}, max |u - u_exact| = "
-              f"{err:.2e}; inverse: loss {history[0]:.3e} -> {result.fun:.3e} in {result.nit} "
-              f"iterations, max relative kappa error {kappa_err:.2e}")
+        print(
+            f"poisson: N={N} grid={p.m}x{p.n} CG iterations {iters}, max |u - u_exact| = "
+            f"{err:.2e}; inverse: loss {history[0]:.3e} -> {result.fun:.3e} in {result.nit} "
+            f"iterations, max relative kappa error {kappa_err:.2e}"
+        )
     if out:
         fields = [p.assemble(u_true), p.assemble(kappa_true), p.assemble(kappa_found)]
         if p.rank == 0:
             summary["figures"] = save_figures(
-                out, "poisson", fields,
-                ["u (CG solution)", "true kappa", "recovered kappa (network)"], history)
+                out,
+                "poisson",
+                fields,
+                ["u (CG solution)", "true kappa", "recovered kappa (network)"],
+                history,
+            )
     return summary
 
 

@@ -1,7 +1,8 @@
 """ADCME's "Reduce Sum": a = (1:10) * r; b = mpi_sum(a); gradient of sum(b).
 
-    mpiexec -n 4 python examples/reduce_sum.py
+mpiexec -n 4 python examples/reduce_sum.py
 """
+
 import numpy as np
 import tensorflow as tf
 

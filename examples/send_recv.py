@@ -5,6 +5,7 @@
 Rank 2 sends its a to rank 0. Unlike ADCME, rank 2's gradient keeps its own
 term: it is 2*a from its own loss plus 2*a sent back by rank 0 (8 = 4 + 4).
 """
+
 import numpy as np
 import tensorflow as tf
 
@@ -17,7 +18,7 @@ require_ranks("send_recv.py", at_least=3)
 r = am.mpi_rank()
 a0 = tf.constant(np.ones(10) * r)
 a = am.mpi_sendrecv(a0, 0, 2)
-L = tf.reduce_sum(a ** 2)
+L = tf.reduce_sum(a**2)
 g = tf.gradients(L, a0)[0]
 with am.Session() as sess:
     v, G = sess.run([a, g])

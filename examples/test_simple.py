@@ -1,7 +1,8 @@
 """ADCME's test_simple.jl: f(theta) = sum_i theta^(i-1) over the ranks.
 
-    mpiexec -n 4 python examples/test_simple.py   ->   (15.0, 17.0) at theta = 2
+mpiexec -n 4 python examples/test_simple.py   ->   (15.0, 17.0) at theta = 2
 """
+
 import tensorflow as tf
 
 import adcme_mpi as am

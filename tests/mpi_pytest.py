@@ -4,6 +4,7 @@ Rank 0 writes pytest's report to the terminal; the other ranks' stdout goes to
 $ADCME_MPI_TEST_LOGDIR/rank<r>.log (their failures still reach rank 0's report
 through tests/mpi/conftest.py, and their stderr stays on the terminal).
 """
+
 import os
 import sys
 import tempfile

@@ -16,6 +16,7 @@ ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
+
 import os
 import subprocess
 import sys
@@ -50,8 +51,9 @@ def run(label, cmd, timeout, junit):
     if os.path.exists(junit):
         os.remove(junit)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         deadline = start + timeout
         for line in proc.stdout:
             sys.stdout.write(line)
@@ -68,9 +70,14 @@ def run(label, cmd, timeout, junit):
     counts = junit_counts(junit) or {"passed": 0, "failed": 0, "skipped": 0}
     if code != 0 and counts["failed"] == 0:
         counts["failed"] = 1  # crashed, hung or killed: count the launch itself as a failure
-        print(f"=== {label}: exit status {code} with no failing test reported; counted as 1 failure")
-    print(f"=== {label}: {counts['passed']} passed, {counts['failed']} failed, "
-          f"{counts['skipped']} skipped, exit {code}, {time.time() - start:.0f} s", flush=True)
+        print(
+            f"=== {label}: exit status {code} with no failing test reported; counted as 1 failure"
+        )
+    print(
+        f"=== {label}: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped, exit {code}, {time.time() - start:.0f} s",
+        flush=True,
+    )
     return counts
 
 
@@ -85,22 +92,30 @@ def main():
     junit = os.path.join(tempfile.mkdtemp(prefix="adcme_mpi_junit_"), "report.xml")
     pytest_args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     for n, on_thread in runs:
-        cmd = mpiexec(n) + [sys.executable, os.path.join(HERE, "mpi_pytest.py"), *pytest_args,
-                            os.path.join(HERE, "mpi")]
+        cmd = mpiexec(n) + [
+            sys.executable,
+            os.path.join(HERE, "mpi_pytest.py"),
+            *pytest_args,
+            os.path.join(HERE, "mpi"),
+        ]
         os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
         label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
         for k, v in run(label, cmd, timeout, junit).items():
             total[k] += v
     os.environ.pop("ADCME_MPI_THREAD", None)
-    plain = [("unit", "tests/unit (no mpiexec)", timeout),
-             ("launch", "tests/launch (one mpiexec per case)", 3 * timeout)]
+    plain = [
+        ("unit", "tests/unit (no mpiexec)", timeout),
+        ("launch", "tests/launch (one mpiexec per case)", 3 * timeout),
+    ]
     for folder, label, limit in plain:
         if os.environ.get(f"ADCME_MPI_SKIP_{folder.upper()}") == "1":
             continue
         cmd = [sys.executable, "-m", "pytest", *pytest_args, os.path.join(HERE, folder)]
         for k, v in run(label, cmd, limit, junit).items():
             total[k] += v
-    print(f"\ntotal: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
+    print(
+        f"\ntotal: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped"
+    )
     return 1 if total["failed"] or total["passed"] == 0 else 0
 
 

@@ -1,6 +1,7 @@
 """What every gradient function shares: its ops run on the gradient
 communicator (the forward op's `grad_comm` attr; their own gradients go back
 to the forward one), in exact reverse order through the token gradient."""
+
 import tensorflow as tf
 
 from .. import ordering
@@ -12,8 +13,9 @@ def adjoint(op, token_grad, create):
     comms = {"comm": op.get_attr("grad_comm"), "grad_comm": op.get_attr("comm")}
     if _is_filler(token_grad):
         token_grad = None  # no later op consumed op's token: take the current one
-    return ordering.run_in_order(lambda token: create(token, **comms), adjoint_of=op,
-                                 token=token_grad)
+    return ordering.run_in_order(
+        lambda token: create(token, **comms), adjoint_of=op, token=token_grad
+    )
 
 
 def cotangent(op, grad, index=0):
@@ -34,5 +36,9 @@ def _is_filler(token_grad):
     a token that would make the adjoint depend on `op` itself, which for a
     gradient op placed before `op` in the program order (second derivatives)
     is a cycle; such a zero carries no order, so it is dropped."""
-    return (token_grad is not None and not tf.executing_eagerly()
-            and getattr(token_grad, "op", None) is not None and token_grad.op.type == "ZerosLike")
+    return (
+        token_grad is not None
+        and not tf.executing_eagerly()
+        and getattr(token_grad, "op", None) is not None
+        and token_grad.op.type == "ZerosLike"
+    )

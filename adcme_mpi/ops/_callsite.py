@@ -2,6 +2,7 @@
 op and the rank in every message ("mpi_bcast (rank 1 of 2): argument 'root'
 = 5 is out of range [0, 1]", the same words the C++ kernels use) and turns
 arguments into the tensors the ops take."""
+
 import numpy as np
 import tensorflow as tf
 
@@ -42,8 +43,11 @@ class CallSite:
         except (TypeError, ValueError) as err:
             raise self.error(TypeError, f"argument '{arg}' cannot be a tensor: {err}") from None
         if t.dtype not in DATA_DTYPES:
-            raise self.error(TypeError, f"argument '{arg}' has dtype {t.dtype.name}; "
-                             "supported: float32, float64, int32, int64")
+            raise self.error(
+                TypeError,
+                f"argument '{arg}' has dtype {t.dtype.name}; "
+                "supported: float32, float64, int32, int64",
+            )
         return t
 
     def int_arg(self, arg, value, lo, hi):
@@ -52,13 +56,17 @@ class CallSite:
         static = _static_int(value)
         if static is not None:
             if not lo <= static <= hi:
-                raise self.error(ValueError, f"argument '{arg}' = {static} is out of range "
-                                 f"[{lo}, {hi}]")
+                raise self.error(
+                    ValueError, f"argument '{arg}' = {static} is out of range [{lo}, {hi}]"
+                )
             return tf.constant(static, dtype=tf.int32)
         t = tf.convert_to_tensor(value)
         if t.dtype not in (tf.int32, tf.int64) or t.shape.rank not in (None, 0):
-            raise self.error(TypeError, f"argument '{arg}' must be an int or a scalar int "
-                             f"tensor, got {t.dtype.name}{t.shape}")
+            raise self.error(
+                TypeError,
+                f"argument '{arg}' must be an int or a scalar int "
+                f"tensor, got {t.dtype.name}{t.shape}",
+            )
         return tf.cast(t, tf.int32) if t.dtype != tf.int32 else t
 
     def rank_arg(self, arg, value):
@@ -71,6 +79,8 @@ class CallSite:
         t = self.rank_arg(arg, value)
         static = _static_int(value)
         if static is not None and static == self.rank:
-            raise self.error(ValueError, f"argument '{arg}' = {static} is this rank; "
-                             "sending to oneself is an error")
+            raise self.error(
+                ValueError,
+                f"argument '{arg}' = {static} is this rank; sending to oneself is an error",
+            )
         return t

@@ -7,6 +7,7 @@
 Each gradient is the paired forward op on the gradient communicator, so
 gradients of gradients (Hessian-vector products) compose.
 """
+
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
@@ -24,35 +25,52 @@ def _rooted(name, kernel, doc):
         a = site.data("a", a)
         root = site.rank_arg("root", root)
         return ordering.run_in_order(
-            lambda token: kernel(a, root, token, name=name, **site.comm_attrs), deps)[0]
+            lambda token: kernel(a, root, token, name=name, **site.comm_attrs), deps
+        )[0]
 
     wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = doc
     return wrapper
 
 
-mpi_sum = _rooted("mpi_sum", lib.mpi_sum, """Sum of `a` over the ranks of `comm` on `root`;
+mpi_sum = _rooted(
+    "mpi_sum",
+    lib.mpi_sum,
+    """Sum of `a` over the ranks of `comm` on `root`;
     zeros of a's shape elsewhere.
 
-    Gradient: every rank gets root's upstream gradient (a broadcast).""")
+    Gradient: every rank gets root's upstream gradient (a broadcast).""",
+)
 
-mpi_bcast = _rooted("mpi_bcast", lib.mpi_bcast, """`root`'s `a` on every rank of `comm`
+mpi_bcast = _rooted(
+    "mpi_bcast",
+    lib.mpi_bcast,
+    """`root`'s `a` on every rank of `comm`
     (shape and dtype must agree everywhere).
 
-    Gradient: root gets the sum over ranks of the upstream gradients; others zeros.""")
+    Gradient: root gets the sum over ranks of the upstream gradients; others zeros.""",
+)
 
-mpi_gather = _rooted("mpi_gather", lib.mpi_gather, """On `root`: the ranks' `a` concatenated
+mpi_gather = _rooted(
+    "mpi_gather",
+    lib.mpi_gather,
+    """On `root`: the ranks' `a` concatenated
     along axis 0 in rank order (a scalar gathers into a vector of length
     size); elsewhere zeros of that shape.
 
-    Gradient: each rank gets its own slice of root's upstream gradient (a scatter).""")
+    Gradient: each rank gets its own slice of root's upstream gradient (a scatter).""",
+)
 
-mpi_scatter = _rooted("mpi_scatter", lib.mpi_scatter, """Rank r gets the r-th of `size` equal
+mpi_scatter = _rooted(
+    "mpi_scatter",
+    lib.mpi_scatter,
+    """Rank r gets the r-th of `size` equal
     slices along axis 0 of `root`'s `a` (a's first dimension must be divisible
     by the size; non-root ranks pass a tensor of the same shape, whose values
     are ignored).
 
-    Gradient: root gets the ranks' upstream gradients concatenated; others zeros.""")
+    Gradient: root gets the ranks' upstream gradients concatenated; others zeros.""",
+)
 
 
 def mpi_allreduce(a, *, comm=None, deps=None, name=None):
@@ -62,21 +80,25 @@ def mpi_allreduce(a, *, comm=None, deps=None, name=None):
     site = CallSite("mpi_allreduce", comm, collective=True)
     a = site.data("a", a)
     return ordering.run_in_order(
-        lambda token: lib.mpi_allreduce(a, token, name=name, **site.comm_attrs), deps)[0]
+        lambda token: lib.mpi_allreduce(a, token, name=name, **site.comm_attrs), deps
+    )[0]
 
 
 # ---- gradients: each forward op's adjoint is its pair on the gradient communicator ----
+
 
 def _rooted_gradient(adjoint_kernel, reshape_like_input=False):
     def gradient(op, grad, token_grad):
         if not differentiable(op):
             return None, None, token_grad
         root = op.inputs[1]
-        out, token = adjoint(op, token_grad,
-                             lambda t, **c: adjoint_kernel(cotangent(op, grad), root, t, **c))
+        out, token = adjoint(
+            op, token_grad, lambda t, **c: adjoint_kernel(cotangent(op, grad), root, t, **c)
+        )
         if reshape_like_input:  # a scalar gathers into a vector; its slice is a length-1 vector
             out = tf.reshape(out, tf.shape(op.inputs[0]))
         return out, None, token
+
     return gradient
 
 

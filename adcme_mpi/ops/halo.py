@@ -12,6 +12,7 @@ are added to its edge (and corner) cells; the gradient of `fill_value` is the
 sum of the boundary ghost cells' gradients. The gradient of that (second
 derivatives) is the halo exchange again, with the fill gradient as fill value.
 """
+
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
@@ -21,8 +22,7 @@ from ._adjoint import adjoint, cotangent, differentiable
 from ._callsite import CallSite
 
 
-def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, comm=None,
-                      name=None):
+def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, comm=None, name=None):
     """Pad the local block `u` (2-D, at least `width` in each dimension) with
     `width` ghost rows/columns from its neighbours; see the module docstring."""
     site = CallSite("mpi_halo_exchange", comm, collective=True)
@@ -31,20 +31,30 @@ def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, com
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise site.error(ValueError, f"argument '{arg}' must be a positive int, got {value!r}")
     if m * n != site.size:
-        raise site.error(ValueError, f"m * n = {m} * {n} = {m * n} must equal the "
-                         f"communicator size {site.size}")
+        raise site.error(
+            ValueError, f"m * n = {m} * {n} = {m * n} must equal the communicator size {site.size}"
+        )
     if u.shape.rank is not None and u.shape.rank != 2:
         raise site.error(ValueError, f"argument 'u' must be 2-D, got shape {u.shape}")
     for dim in u.shape.as_list() if u.shape.rank == 2 else []:
         if dim is not None and dim < width:
-            raise site.error(ValueError, f"argument 'u' has shape {u.shape}; each dimension "
-                             f"must be at least width = {width}")
-    fill = tf.cast(fill_value, u.dtype) if isinstance(fill_value, tf.Tensor) else \
-        tf.constant(fill_value, dtype=u.dtype)
+            raise site.error(
+                ValueError,
+                f"argument 'u' has shape {u.shape}; each dimension "
+                f"must be at least width = {width}",
+            )
+    fill = (
+        tf.cast(fill_value, u.dtype)
+        if isinstance(fill_value, tf.Tensor)
+        else tf.constant(fill_value, dtype=u.dtype)
+    )
     tag = site.tag(tag)
     return ordering.run_in_order(
-        lambda token: lib.mpi_halo_exchange(u, fill, tag, token, m=m, n=n, width=width,
-                                            name=name, **site.comm_attrs), deps)[0]
+        lambda token: lib.mpi_halo_exchange(
+            u, fill, tag, token, m=m, n=n, width=width, name=name, **site.comm_attrs
+        ),
+        deps,
+    )[0]
 
 
 def _grid(op):
@@ -55,8 +65,13 @@ def _grid(op):
 def _mpi_halo_exchange_grad(op, grad, token_grad):
     if not differentiable(op):
         return None, None, None, token_grad
-    grad_u, grad_fill, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_halo_exchange_grad(
-        cotangent(op, grad), op.inputs[2], t, **_grid(op), **c))
+    grad_u, grad_fill, token = adjoint(
+        op,
+        token_grad,
+        lambda t, **c: lib.mpi_halo_exchange_grad(
+            cotangent(op, grad), op.inputs[2], t, **_grid(op), **c
+        ),
+    )
     return grad_u, grad_fill, None, token
 
 
@@ -65,6 +80,9 @@ def _mpi_halo_exchange_grad_grad(op, grad_u, grad_fill, token_grad):
     # MPIHaloExchangeGrad is linear in its input, jointly in (u, fill) for its
     # adjoint: d/d(grad_padded) <(a, b), HaloGrad(g)> = HaloExchange(a, fill=b).
     a, b = cotangent(op, grad_u, 0), cotangent(op, grad_fill, 1)
-    padded, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_halo_exchange(
-        a, b, op.inputs[1], t, **_grid(op), **c))
+    padded, token = adjoint(
+        op,
+        token_grad,
+        lambda t, **c: lib.mpi_halo_exchange(a, b, op.inputs[1], t, **_grid(op), **c),
+    )
     return padded, None, token

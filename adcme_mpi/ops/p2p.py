@@ -14,6 +14,7 @@ is the adjoint of a receive is detached (it never waits for its receiver). If
 the forward pass completed on every rank, each blocking gradient receive waits
 for a send that its peer reaches without waiting on anything later.
 """
+
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
@@ -28,7 +29,8 @@ def _point_to_point(site, kernel, a, peer_arg, peer, tag, deps, name):
     peer = site.peer(peer_arg, peer)
     tag = site.tag(tag)
     return ordering.run_in_order(
-        lambda token: kernel(a, peer, tag, token, name=name, **site.comm_attrs), deps)[0]
+        lambda token: kernel(a, peer, tag, token, name=name, **site.comm_attrs), deps
+    )[0]
 
 
 def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
@@ -56,11 +58,14 @@ def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
     site = CallSite("mpi_sendrecv", comm, collective=False)
     for arg, value in (("dest", dest), ("src", src)):
         if isinstance(value, tf.Tensor):
-            raise site.error(TypeError, f"argument '{arg}' must be a Python int (it decides "
-                             "which ranks send and receive)")
+            raise site.error(
+                TypeError,
+                f"argument '{arg}' must be a Python int (it decides which ranks send and receive)",
+            )
         if not 0 <= int(value) < site.size:
-            raise site.error(ValueError, f"argument '{arg}' = {value} is out of range "
-                             f"[0, {site.size - 1}]")
+            raise site.error(
+                ValueError, f"argument '{arg}' = {value} is out of range [0, {site.size - 1}]"
+            )
     if int(dest) == int(src):
         raise site.error(ValueError, f"dest == src == {dest}; sending to oneself is an error")
     if site.rank == int(src):
@@ -85,8 +90,11 @@ def _mpi_recv_grad(op, grad, token_grad):
     if not differentiable(op):
         return None, None, None, token_grad
     src, tag = op.inputs[1], op.inputs[2]
-    sent, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_send(
-        cotangent(op, grad), src, tag, t, detached=True, **c))
+    sent, token = adjoint(
+        op,
+        token_grad,
+        lambda t, **c: lib.mpi_send(cotangent(op, grad), src, tag, t, detached=True, **c),
+    )
     # The template's gradient is zero. Adding the send's token (exactly 0.0)
     # makes the send run, and links it to the template: then a second
     # derivative on this rank also runs the send's adjoint, which the peer's

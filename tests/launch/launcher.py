@@ -1,4 +1,5 @@
 """Run a script under `mpiexec -n N` with a timeout and capture everything."""
+
 import os
 import subprocess
 import sys
@@ -31,10 +32,15 @@ def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
     try:
         # run outside the checkout: `python -c` puts the working directory on
         # sys.path, and the source tree's adcme_mpi/ must not shadow the installed one
-        proc = subprocess.run(mpiexec(n) + args, cwd=cwd or tempfile.gettempdir(),
-                              env=full_env,
-                              capture_output=True, text=True, timeout=timeout,
-                              start_new_session=True)
+        proc = subprocess.run(
+            mpiexec(n) + args,
+            cwd=cwd or tempfile.gettempdir(),
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
         return Result(proc.returncode, proc.stdout + proc.stderr, time.time() - start)
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")

@@ -2,6 +2,7 @@
 end the whole job (non-zero exit, no hang) with a message naming the op, the
 argument and the rank. Set ADCME_MPI_ERROR_TABLE=path to also write the
 table of messages and times (for the docs)."""
+
 import json
 import os
 import re
@@ -21,50 +22,113 @@ def run(t):
 """
 
 CASES = [
-    ("unsupported dtype", 2, "run(am.mpi_sum(tf.constant([1+2j], tf.complex64)))",
-     r"mpi_sum \(rank \d of 2\): argument 'a' has dtype complex64; supported"),
-    ("root out of range (int)", 2, "run(am.mpi_bcast(tf.ones(3), root=5))",
-     r"mpi_bcast \(rank \d of 2\): argument 'root' = 5 is out of range \[0, 1\]"),
-    ("root out of range (tensor)", 2, "run(am.mpi_bcast(tf.ones(3), root=tf.constant(-1)))",
-     r"mpi_bcast \(rank \d of 2\): argument 'root' = -1 is out of range \[0, 1\]"),
-    ("root differs across ranks", 2, "run(am.mpi_sum(tf.ones(3), root=tf.constant(r)))",
-     r"mpi_sum \(rank \d of 2\): argument 'root' must be the same on every rank; got rank 0: 0, rank 1: 1"),
-    ("negative tag", 2, "run(am.mpi_send(tf.ones(3), dest=1 - r, tag=-4))",
-     r"mpi_send \(rank \d of 2\): argument 'tag' = -4 is out of range \[0, \d+\]"),
-    ("tag above MPI_TAG_UB", 2, "run(am.mpi_recv(tf.ones(3), src=1 - r, tag=2**40))",
-     r"mpi_recv \(rank \d of 2\): argument 'tag' = 1099511627776 is out of range \[0, \d+\]"),
-    ("dest out of range", 2, "run(am.mpi_send(tf.ones(3), dest=2))",
-     r"mpi_send \(rank \d of 2\): argument 'dest' = 2 is out of range \[0, 1\]"),
-    ("send to oneself", 2, "run(am.mpi_send(tf.ones(3), dest=r))",
-     r"mpi_send \(rank \d of 2\): argument 'dest' = \d is this rank; sending to oneself is an error"),
-    ("shape differs across ranks", 2, "run(am.mpi_allreduce(tf.ones([3 + r])))",
-     r"mpi_allreduce \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
-     r"got rank 0: float\[3\], rank 1: float\[4\]"),
-    ("dtype differs across ranks", 2,
-     "run(am.mpi_bcast(tf.ones([2], tf.float32 if r == 0 else tf.float64)))",
-     r"mpi_bcast \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
-     r"got rank 0: float\[2\], rank 1: double\[2\]"),
-    ("recv size differs from send", 2,
-     "run(am.mpi_send(tf.ones(5), 1) if r == 0 else am.mpi_recv(tf.ones(3), 0))",
-     r"mpi_recv \(rank 1 of 2\): rank 0 sent 20 bytes \(tag 0\) but argument 'a' is float\[3\]"),
-    ("halo m * n != size", 4, "run(am.mpi_halo_exchange(tf.ones([3, 3]), 3, 2))",
-     r"mpi_halo_exchange \(rank \d of 4\): m \* n = 3 \* 2 = 6 must equal the communicator size 4"),
-    ("halo block edges disagree", 4, "run(am.mpi_halo_exchange(tf.ones([3, 3 + (r == 1)]), 2, 2))",
-     r"mpi_halo_exchange \(rank \d of 4\): blocks of up/down neighbours must have the same number of "
-     r"columns: rank 1 has \[3,4\], rank 3 has \[3,3\]"),
-    ("halo block smaller than width", 2, "run(am.mpi_halo_exchange(tf.ones([1, 5]), 1, 2, width=2))",
-     r"mpi_halo_exchange \(rank \d of 2\): argument 'u' has shape \(1, 5\); each dimension must be "
-     r"at least width = 2"),
-    ("ranks call different collectives", 2,
-     "run(am.mpi_sum(tf.ones(2)) if r == 0 else am.mpi_bcast(tf.ones(2)))",
-     r"mpi_(sum|bcast) \(rank \d of 2\): ranks disagree on which collective comes next \(their "
-     r"programs differ\): rank 0 is at mpi_sum \(checked collective #1\); rank 1 is at mpi_bcast"),
-    ("one rank builds no backward pass", 4,
-     "x = tf.constant(2.0); y = am.mpi_allreduce(x)\nrun(y if r == 0 else tf.gradients(y, x)[0])",
-     r"ranks disagree on which collective comes next \(their programs differ\): rank 0 is at the "
-     r"end of its program \(mpi_finalize or exit\); rank 1 is at gradient of mpi_allreduce "
-     r"\(checked collective #2\)"),
-    ("gradient send nobody receives", 2, """
+    (
+        "unsupported dtype",
+        2,
+        "run(am.mpi_sum(tf.constant([1+2j], tf.complex64)))",
+        r"mpi_sum \(rank \d of 2\): argument 'a' has dtype complex64; supported",
+    ),
+    (
+        "root out of range (int)",
+        2,
+        "run(am.mpi_bcast(tf.ones(3), root=5))",
+        r"mpi_bcast \(rank \d of 2\): argument 'root' = 5 is out of range \[0, 1\]",
+    ),
+    (
+        "root out of range (tensor)",
+        2,
+        "run(am.mpi_bcast(tf.ones(3), root=tf.constant(-1)))",
+        r"mpi_bcast \(rank \d of 2\): argument 'root' = -1 is out of range \[0, 1\]",
+    ),
+    (
+        "root differs across ranks",
+        2,
+        "run(am.mpi_sum(tf.ones(3), root=tf.constant(r)))",
+        r"mpi_sum \(rank \d of 2\): argument 'root' must be the same on every rank; got rank 0: 0, rank 1: 1",
+    ),
+    (
+        "negative tag",
+        2,
+        "run(am.mpi_send(tf.ones(3), dest=1 - r, tag=-4))",
+        r"mpi_send \(rank \d of 2\): argument 'tag' = -4 is out of range \[0, \d+\]",
+    ),
+    (
+        "tag above MPI_TAG_UB",
+        2,
+        "run(am.mpi_recv(tf.ones(3), src=1 - r, tag=2**40))",
+        r"mpi_recv \(rank \d of 2\): argument 'tag' = 1099511627776 is out of range \[0, \d+\]",
+    ),
+    (
+        "dest out of range",
+        2,
+        "run(am.mpi_send(tf.ones(3), dest=2))",
+        r"mpi_send \(rank \d of 2\): argument 'dest' = 2 is out of range \[0, 1\]",
+    ),
+    (
+        "send to oneself",
+        2,
+        "run(am.mpi_send(tf.ones(3), dest=r))",
+        r"mpi_send \(rank \d of 2\): argument 'dest' = \d is this rank; sending to oneself is an error",
+    ),
+    (
+        "shape differs across ranks",
+        2,
+        "run(am.mpi_allreduce(tf.ones([3 + r])))",
+        r"mpi_allreduce \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
+        r"got rank 0: float\[3\], rank 1: float\[4\]",
+    ),
+    (
+        "dtype differs across ranks",
+        2,
+        "run(am.mpi_bcast(tf.ones([2], tf.float32 if r == 0 else tf.float64)))",
+        r"mpi_bcast \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
+        r"got rank 0: float\[2\], rank 1: double\[2\]",
+    ),
+    (
+        "recv size differs from send",
+        2,
+        "run(am.mpi_send(tf.ones(5), 1) if r == 0 else am.mpi_recv(tf.ones(3), 0))",
+        r"mpi_recv \(rank 1 of 2\): rank 0 sent 20 bytes \(tag 0\) but argument 'a' is float\[3\]",
+    ),
+    (
+        "halo m * n != size",
+        4,
+        "run(am.mpi_halo_exchange(tf.ones([3, 3]), 3, 2))",
+        r"mpi_halo_exchange \(rank \d of 4\): m \* n = 3 \* 2 = 6 must equal the communicator size 4",
+    ),
+    (
+        "halo block edges disagree",
+        4,
+        "run(am.mpi_halo_exchange(tf.ones([3, 3 + (r == 1)]), 2, 2))",
+        r"mpi_halo_exchange \(rank \d of 4\): blocks of up/down neighbours must have the same number of "
+        r"columns: rank 1 has \[3,4\], rank 3 has \[3,3\]",
+    ),
+    (
+        "halo block smaller than width",
+        2,
+        "run(am.mpi_halo_exchange(tf.ones([1, 5]), 1, 2, width=2))",
+        r"mpi_halo_exchange \(rank \d of 2\): argument 'u' has shape \(1, 5\); each dimension must be "
+        r"at least width = 2",
+    ),
+    (
+        "ranks call different collectives",
+        2,
+        "run(am.mpi_sum(tf.ones(2)) if r == 0 else am.mpi_bcast(tf.ones(2)))",
+        r"mpi_(sum|bcast) \(rank \d of 2\): ranks disagree on which collective comes next \(their "
+        r"programs differ\): rank 0 is at mpi_sum \(checked collective #1\); rank 1 is at mpi_bcast",
+    ),
+    (
+        "one rank builds no backward pass",
+        4,
+        "x = tf.constant(2.0); y = am.mpi_allreduce(x)\nrun(y if r == 0 else tf.gradients(y, x)[0])",
+        r"ranks disagree on which collective comes next \(their programs differ\): rank 0 is at the "
+        r"end of its program \(mpi_finalize or exit\); rank 1 is at gradient of mpi_allreduce "
+        r"\(checked collective #2\)",
+    ),
+    (
+        "gradient send nobody receives",
+        2,
+        """
 x = tf.ones(2) * (r + 1)
 if r == 0:
     c = am.mpi_recv(x, 1)
@@ -72,13 +136,22 @@ if r == 0:
 else:
     sent = am.mpi_send(x * x, 0)
     run([sent, tf.gradients(tf.reduce_sum(x), x)[0]])   # its loss leaves the send out
-""", r"adcme_mpi \(rank 0\): gradient of mpi_recv \(rank 0 of 2\) sent a gradient to rank 1 "
-     r"\(tag 0\) that rank 1 never received"),
-    ("op created after mpi_finalize", 2, "am.mpi_finalize(); am.mpi_sum(tf.ones(2))",
-     r"mpi_sum: MPI is already finalized"),
-    ("op run after mpi_finalize", 2,
-     "t = am.mpi_allreduce(tf.ones(2)); s = am.Session(); am.mpi_finalize(); s.run(t)",
-     r"mpi_allreduce: MPI is already finalized"),
+""",
+        r"adcme_mpi \(rank 0\): gradient of mpi_recv \(rank 0 of 2\) sent a gradient to rank 1 "
+        r"\(tag 0\) that rank 1 never received",
+    ),
+    (
+        "op created after mpi_finalize",
+        2,
+        "am.mpi_finalize(); am.mpi_sum(tf.ones(2))",
+        r"mpi_sum: MPI is already finalized",
+    ),
+    (
+        "op run after mpi_finalize",
+        2,
+        "t = am.mpi_allreduce(tf.ones(2)); s = am.Session(); am.mpi_finalize(); s.run(t)",
+        r"mpi_allreduce: MPI is already finalized",
+    ),
 ]
 
 _table = []
@@ -90,60 +163,99 @@ def test_bad_input_ends_job_with_clear_message(name, n, code, pattern):
     assert result.code not in (0, "timeout"), result
     match = re.search(pattern, result.out)
     assert match, result
-    _table.append({"case": name, "ranks": n, "message": match.group(0),
-                   "exit": result.code, "seconds": round(result.seconds, 1)})
+    _table.append(
+        {
+            "case": name,
+            "ranks": n,
+            "message": match.group(0),
+            "exit": result.code,
+            "seconds": round(result.seconds, 1),
+        }
+    )
 
 
 def test_watchdog_names_op_rank_and_peers():
     """Rank 1 never joins the collective: rank 0's wait is aborted by the
     watchdog after ADCME_MPI_TIMEOUT seconds with a message naming the op,
     the rank and whom it waits for."""
-    code = PRELUDE + """
+    code = (
+        PRELUDE
+        + """
 import time
 if r == 0:
     run(am.mpi_bcast(tf.ones(3), root=1))
 else:
     time.sleep(60)
 """
+    )
     result = launch(2, None, code=code, timeout=120, env={"ADCME_MPI_TIMEOUT": "3"})
     assert result.code not in (0, "timeout"), result
-    assert re.search(r"adcme_mpi watchdog: mpi_bcast \(rank 0 of 2\) waited [0-9.]+ s "
-                     r"\(ADCME_MPI_TIMEOUT=3\) for every rank \(metadata check\)", result.out), result
+    assert re.search(
+        r"adcme_mpi watchdog: mpi_bcast \(rank 0 of 2\) waited [0-9.]+ s "
+        r"\(ADCME_MPI_TIMEOUT=3\) for every rank \(metadata check\)",
+        result.out,
+    ), result
     assert result.seconds < 40, result
-    _table.append({"case": "peer never arrives (watchdog, ADCME_MPI_TIMEOUT=3)", "ranks": 2,
-                   "message": re.search(r"adcme_mpi watchdog: .*", result.out).group(0),
-                   "exit": result.code, "seconds": round(result.seconds, 1)})
+    _table.append(
+        {
+            "case": "peer never arrives (watchdog, ADCME_MPI_TIMEOUT=3)",
+            "ranks": 2,
+            "message": re.search(r"adcme_mpi watchdog: .*", result.out).group(0),
+            "exit": result.code,
+            "seconds": round(result.seconds, 1),
+        }
+    )
 
 
 def test_uncaught_exception_on_one_rank_aborts_all_with_traceback():
-    code = PRELUDE + """
+    code = (
+        PRELUDE
+        + """
 if r == 1:
     raise RuntimeError("only rank 1 fails")
 run(am.mpi_allreduce(tf.ones(3)))   # rank 0 would wait here forever
 """
+    )
     result = launch(2, None, code=code, timeout=120)
     assert result.code not in (0, "timeout"), result
     assert "[rank 1] RuntimeError: only rank 1 fails" in result.out, result
     assert "uncaught exception on rank 1; aborting all ranks" in result.out, result
     assert result.seconds < 40, result
-    _table.append({"case": "uncaught exception on rank 1 only", "ranks": 2,
-                   "message": "[rank 1] RuntimeError: only rank 1 fails ... aborting all ranks (MPI_Abort)",
-                   "exit": result.code, "seconds": round(result.seconds, 1)})
+    _table.append(
+        {
+            "case": "uncaught exception on rank 1 only",
+            "ranks": 2,
+            "message": "[rank 1] RuntimeError: only rank 1 fails ... aborting all ranks (MPI_Abort)",
+            "exit": result.code,
+            "seconds": round(result.seconds, 1),
+        }
+    )
 
 
 def test_rank_killed_by_sigkill_ends_job():
-    code = PRELUDE + """
+    code = (
+        PRELUDE
+        + """
 import os, signal
 if r == 1:
     os.kill(os.getpid(), signal.SIGKILL)
 run(am.mpi_allreduce(tf.ones(3)))
 """
+    )
     result = launch(2, None, code=code, timeout=120)
     assert result.code not in (0, "timeout"), result
     assert result.seconds < 40, result
-    _table.append({"case": "rank 1 killed by SIGKILL", "ranks": 2,
-                   "message": (re.findall(r".*(?:KILLED|Killed|signal 9).*", result.out) or ["(mpiexec)"])[0].strip(),
-                   "exit": result.code, "seconds": round(result.seconds, 1)})
+    _table.append(
+        {
+            "case": "rank 1 killed by SIGKILL",
+            "ranks": 2,
+            "message": (re.findall(r".*(?:KILLED|Killed|signal 9).*", result.out) or ["(mpiexec)"])[
+                0
+            ].strip(),
+            "exit": result.code,
+            "seconds": round(result.seconds, 1),
+        }
+    )
 
 
 def teardown_module(module):

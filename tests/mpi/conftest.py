@@ -6,6 +6,7 @@
 - A test that runs longer than ADCME_MPI_TEST_TIMEOUT seconds (default 300)
   dumps every thread's stack and ends this rank, which ends the job: nothing hangs.
 """
+
 import faulthandler
 import os
 import pytest
@@ -23,7 +24,9 @@ TEST_TIMEOUT = float(os.environ.get("ADCME_MPI_TEST_TIMEOUT", "300"))
 
 
 def pytest_report_header(config):
-    return f"adcme_mpi: {SIZE} MPI rank(s); this terminal shows rank 0, outcomes agreed across ranks"
+    return (
+        f"adcme_mpi: {SIZE} MPI rank(s); this terminal shows rank 0, outcomes agreed across ranks"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -41,7 +44,9 @@ def _summary(call, report):
     if call.excinfo is not None:
         value = call.excinfo.value
         # a TF OpError's own message (the kernel's) is more useful than its traceback
-        text = f"{type(value).__name__}: {getattr(value, 'message', None) or call.excinfo.exconly()}"
+        text = (
+            f"{type(value).__name__}: {getattr(value, 'message', None) or call.excinfo.exconly()}"
+        )
         text = "\n".join(line for line in text.splitlines() if not line.startswith("    File "))
     return f"{text[:2500]}\n  at {report.location[0]}:{report.location[1]}"
 

@@ -1,5 +1,6 @@
 """Shared test helpers: per-rank random data, graph runs, NumPy references
 from every rank's inputs, and the dot-product (adjoint) test."""
+
 import numpy as np
 import tensorflow as tf
 from mpi4py import MPI
@@ -50,8 +51,9 @@ def tolerance(dtype):
 
 
 def assert_close(actual, expected, dtype, what=""):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected),
-                               err_msg=f"rank {RANK}: {what}", **tolerance(dtype))
+    np.testing.assert_allclose(
+        np.asarray(actual), np.asarray(expected), err_msg=f"rank {RANK}: {what}", **tolerance(dtype)
+    )
 
 
 def global_dot(a, b):
@@ -62,15 +64,18 @@ def adjoint_check(op, x, w, v, salt_note=""):
     """Dot-product test for a linear distributed op: with y = op(x) and
     g = (d/dx) sum_ranks <w, y>, check sum_ranks <g, v> == sum_ranks <w, op(v)>.
     Returns (y, g, op(v)) as NumPy arrays on this rank."""
+
     def build():
         xt, vt = tf.constant(x), tf.constant(v)
         y = op(xt)
         g = tf.gradients(y, xt, grad_ys=tf.constant(w))[0]
         return y, g, op(vt)
+
     y, g, opv = run_graph(build)
     lhs, rhs = global_dot(g, v), global_dot(w, opv)
     scale = max(abs(lhs), abs(rhs), 1.0)
     tol = 1e-4 if np.dtype(x.dtype) == np.float32 else 1e-11
     assert abs(lhs - rhs) <= tol * scale, (
-        f"rank {RANK}: adjoint test failed {salt_note}: <g,v> = {lhs!r} but <w,op(v)> = {rhs!r}")
+        f"rank {RANK}: adjoint test failed {salt_note}: <g,v> = {lhs!r} but <w,op(v)> = {rhs!r}"
+    )
     return y, g, opv

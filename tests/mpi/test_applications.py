@@ -2,6 +2,7 @@
 small enough for CI: forward on N ranks against one rank (COMM_SELF) and
 against scipy.sparse, the adjoint-method gradient against central finite
 differences, and loss reductions of the inverse problems."""
+
 import os
 import sys
 
@@ -23,8 +24,8 @@ N = 12  # divisible by every grid the default factorisation picks for 1, 2, 3, 4
 
 
 def test_heat_forward_matches_one_rank():
-    dist = heat.HeatProblem(N=N, steps=30)
-    serial = heat.HeatProblem(N=N, steps=30, grid=(1, 1), comm=MPI.COMM_SELF)
+    dist = heat.HeatProblem(N=N)  # the smallest stable number of steps
+    serial = heat.HeatProblem(N=N, grid=(1, 1), comm=MPI.COMM_SELF)
     theta = heat.TRUE_THETA
     assert dist.stable(theta)
     local = run_graph(lambda: dist.simulate(tf.constant(dist.kappa(theta))))
@@ -34,7 +35,7 @@ def test_heat_forward_matches_one_rank():
 
 
 def test_heat_inverse_recovers_kappa():
-    summary = heat.run(N=N, steps=30, maxiter=60)
+    summary = heat.run(N=N, maxiter=60)
     assert summary["theta_error"] < 1e-6, summary
     assert summary["loss"] < 1e-8 * summary["loss0"], summary
 
@@ -53,8 +54,12 @@ def poisson_matrix(N, kappa_on_nodes_with_border):
                 face = (c + kb[i + 1 + di, j + 1 + dj]) / 2
                 diag += face
                 if 0 <= i + di < N and 0 <= j + dj < N:
-                    rows.append(idx[i, j]); cols.append(idx[i + di, j + dj]); vals.append(-face / h ** 2)  # noqa: E702
-            rows.append(idx[i, j]); cols.append(idx[i, j]); vals.append(diag / h ** 2)  # noqa: E702
+                    rows.append(idx[i, j])
+                    cols.append(idx[i + di, j + dj])
+                    vals.append(-face / h**2)  # noqa: E702
+            rows.append(idx[i, j])
+            cols.append(idx[i, j])
+            vals.append(diag / h**2)  # noqa: E702
     return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(N * N, N * N))
 
 
@@ -62,7 +67,9 @@ def test_poisson_forward_matches_scipy_and_one_rank():
     prob = poisson.PoissonProblem(N=N)
     serial = poisson.PoissonProblem(N=N, grid=(1, 1), comm=MPI.COMM_SELF)
     u_local = run_graph(lambda: prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb))))
-    u_serial = run_graph(lambda: serial.solve(tf.constant(poisson.exact_kappa(serial.xb, serial.yb))))
+    u_serial = run_graph(
+        lambda: serial.solve(tf.constant(poisson.exact_kappa(serial.xb, serial.yb)))
+    )
     u = prob.patch.assemble(u_local)
     K = poisson_matrix(N, poisson.exact_kappa(serial.xb, serial.yb))
     reference = scipy.sparse.linalg.spsolve(K.tocsc(), -serial.f.ravel()).reshape(N, N)

@@ -1,6 +1,7 @@
 """Backward passes complete whenever the forward pass did, in graph mode,
 eagerly and in tf.function, for rank-dependent point-to-point patterns and
 for a rank whose loss has no local path to its input."""
+
 import time
 
 import numpy as np
@@ -16,10 +17,12 @@ MODES = ["graph", "eager", "function"]
 def gradients(mode, loss_fn, xs):
     """Gradients of loss_fn(*xs) w.r.t. xs (None entries as zeros)."""
     if mode == "graph":
+
         def build():
             ts = [tf.constant(x) for x in xs]
             grads = tf.gradients(loss_fn(*ts), ts)
             return [tf.zeros_like(t) if g is None else g for t, g in zip(ts, grads)]
+
         return run_graph(build)
 
     def tape_grads(*ts):
@@ -29,6 +32,7 @@ def gradients(mode, loss_fn, xs):
             loss = loss_fn(*ts)
         grads = tape.gradient(loss, list(ts))
         return [tf.zeros_like(t) if g is None else g for t, g in zip(ts, grads)]
+
     if mode == "function":
         tape_grads = tf.function(tape_grads)
     return [g.numpy() for g in tape_grads(*[tf.constant(x) for x in xs])]
@@ -58,6 +62,7 @@ def test_even_odd_ring(mode):
             got = am.mpi_recv(t, prv)
             sent = am.mpi_send(t, nxt)
         return tf.reduce_sum(a * sent + got * got)
+
     (g,) = timed(mode, loss, [x], "even/odd ring")
     np.testing.assert_allclose(g, a + 2 * x, rtol=1e-13, err_msg=f"rank {RANK}")
 
@@ -80,9 +85,10 @@ def test_three_rank_chain(mode):
             z = am.mpi_recv(t, 1)
             return tf.reduce_sum(z * z)
         return tf.reduce_sum(t * 0.0)
+
     (g,) = timed(mode, loss, [x], "3-rank chain")
     x0, x1 = xs[0], xs[1]
-    expected = {0: 2 * x0 * x1 ** 2, 1: 2 * x0 ** 2 * x1}.get(RANK, np.zeros_like(x))
+    expected = {0: 2 * x0 * x1**2, 1: 2 * x0**2 * x1}.get(RANK, np.zeros_like(x))
     np.testing.assert_allclose(g, expected, rtol=1e-13, err_msg=f"rank {RANK}")
 
 
@@ -109,11 +115,12 @@ def test_two_sends_before_a_receive(mode):
             sent = am.mpi_send(ra * rb + tx, 0, tag=2)
             return tf.reduce_sum(tx * ra) + tf.reduce_sum(sent * 0.0)
         return tf.reduce_sum((ta + tb + tx) * 0.0)
+
     ga, gb, gx = timed(mode, loss, [a, b, x], "two sends before a receive")
     a0, b0, _ = everyone[0]
     x1 = everyone[1][2]
     if RANK == 0:
-        expected = (2 * a0 * b0 + 2 * x1, a0 ** 2, np.zeros(3))
+        expected = (2 * a0 * b0 + 2 * x1, a0**2, np.zeros(3))
     elif RANK == 1:
         expected = (np.zeros(3), np.zeros(3), 2 * a0)
     else:
@@ -131,8 +138,9 @@ def test_rank_without_local_path(mode):
 
     def loss(t):
         b = am.mpi_bcast(t)
-        local = b ** RANK if RANK > 0 else tf.constant(1.0, tf.float64)
+        local = b**RANK if RANK > 0 else tf.constant(1.0, tf.float64)
         return am.mpi_sum(local)
+
     (g,) = timed(mode, loss, [theta], "rank without a local path")
     expected = sum(r * 2.0 ** (r - 1) for r in range(1, SIZE)) if RANK == 0 else 0.0
     np.testing.assert_allclose(g, expected, rtol=1e-14, err_msg=f"rank {RANK}")

@@ -1,13 +1,24 @@
 """Forward against NumPy references built from every rank's inputs, and
 dot-product adjoint tests, for mpi_sum, mpi_allreduce, mpi_bcast, mpi_gather
 and mpi_scatter: all dtypes, shapes (), (n,), (a,b), (a,b,c), root 0 and size-1."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import (ALL_DTYPES, FLOAT_DTYPES, RANK, SHAPES, SIZE, adjoint_check,
-                     assert_close, every_rank, random, run_graph)
+from helpers import (
+    ALL_DTYPES,
+    FLOAT_DTYPES,
+    RANK,
+    SHAPES,
+    SIZE,
+    adjoint_check,
+    assert_close,
+    every_rank,
+    random,
+    run_graph,
+)
 
 ROOTS = sorted({0, SIZE - 1})
 
@@ -52,7 +63,9 @@ def test_gather_forward(shape, root, dtype):
     a, everyone, out = forward(lambda t: am.mpi_gather(t, root), shape, dtype, 4)
     full = np.concatenate([np.reshape(x, (1,) if x.ndim == 0 else x.shape) for x in everyone])
     assert out.shape == full.shape and out.dtype == dtype
-    assert_close(out, full if RANK == root else np.zeros_like(full), dtype, f"mpi_gather root={root}")
+    assert_close(
+        out, full if RANK == root else np.zeros_like(full), dtype, f"mpi_gather root={root}"
+    )
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -61,13 +74,18 @@ def test_gather_forward(shape, root, dtype):
 def test_scatter_forward(shape, root, dtype):
     a, everyone, out = forward(lambda t: am.mpi_scatter(t, root), shape, dtype, 5)
     k = shape[0] // SIZE
-    assert_close(out, everyone[root][RANK * k:(RANK + 1) * k], dtype, f"mpi_scatter root={root}")
+    assert_close(out, everyone[root][RANK * k : (RANK + 1) * k], dtype, f"mpi_scatter root={root}")
 
 
 # ---- gradients: explicit adjoint formula and the dot-product test ----------
 
+
 def cotangents(shape_in, shape_out, dtype, salt):
-    return random(shape_in, dtype, salt), random(shape_out, dtype, salt + 1), random(shape_in, dtype, salt + 2)
+    return (
+        random(shape_in, dtype, salt),
+        random(shape_out, dtype, salt + 1),
+        random(shape_in, dtype, salt + 2),
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -84,7 +102,9 @@ def test_sum_adjoint(shape, root, dtype):
 def test_allreduce_adjoint(shape, dtype):
     x, w, v = cotangents(shape, shape, dtype, 20)
     _, g, _ = adjoint_check(am.mpi_allreduce, x, w, v)
-    assert_close(g, np.sum(every_rank(w), axis=0), dtype, "grad of mpi_allreduce = sum of cotangents")
+    assert_close(
+        g, np.sum(every_rank(w), axis=0), dtype, "grad of mpi_allreduce = sum of cotangents"
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -106,7 +126,7 @@ def test_gather_adjoint(shape, root, dtype):
     x, w, v = cotangents(shape, out_shape, dtype, 40)
     _, g, _ = adjoint_check(lambda t: am.mpi_gather(t, root), x, w, v)
     k = 1 if shape == () else shape[0]
-    expected = every_rank(w)[root][RANK * k:(RANK + 1) * k].reshape(shape)
+    expected = every_rank(w)[root][RANK * k : (RANK + 1) * k].reshape(shape)
     assert_close(g, expected, dtype, "grad of mpi_gather = this rank's slice of root's cotangent")
 
 
@@ -123,12 +143,14 @@ def test_scatter_adjoint(root, dtype):
 
 def test_root_as_tensor_and_deps():
     """root may be a scalar int tensor; deps= adds a control dependency."""
+
     def build():
         counter = tf.Variable(0.0, dtype=tf.float64)
         bump = counter.assign_add(1.0)
         a = tf.constant(float(RANK + 1), tf.float64)
         b = am.mpi_bcast(a, tf.constant(SIZE - 1, tf.int64), deps=[bump])
         return b, counter
+
     g = tf.Graph()
     with g.as_default():
         b, counter = build()

@@ -1,4 +1,5 @@
 """comm=: every op and mpi_optimize on sub-communicators from Split."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,10 +21,14 @@ def group(x):
 def test_collectives_on_split_world():
     a = random((3,), np.float64, 300) + 100 * COLOR
     root = SUB_SIZE - 1
-    s, ar, b, g = run_graph(lambda: (am.mpi_sum(tf.constant(a), root, comm=SUB),
-                                     am.mpi_allreduce(tf.constant(a), comm=SUB),
-                                     am.mpi_bcast(tf.constant(a), root, comm=SUB),
-                                     am.mpi_gather(tf.constant(a), 0, comm=SUB)))
+    s, ar, b, g = run_graph(
+        lambda: (
+            am.mpi_sum(tf.constant(a), root, comm=SUB),
+            am.mpi_allreduce(tf.constant(a), comm=SUB),
+            am.mpi_bcast(tf.constant(a), root, comm=SUB),
+            am.mpi_gather(tf.constant(a), 0, comm=SUB),
+        )
+    )
     members = group(a)
     np.testing.assert_allclose(ar, np.sum(members, axis=0), rtol=1e-14)
     np.testing.assert_allclose(s, np.sum(members, axis=0) if SUB_RANK == root else 0, rtol=1e-14)
@@ -38,6 +43,7 @@ def test_gradient_on_split_world():
         xt = tf.constant(x)
         y = am.mpi_bcast(xt, 0, comm=SUB)
         return tf.gradients(tf.reduce_sum(y * (SUB_RANK + 1)), xt)[0]
+
     g = run_graph(build)
     expected = sum(range(1, SUB_SIZE + 1)) if SUB_RANK == 0 else 0.0
     np.testing.assert_array_equal(g, np.full(4, float(expected)))
@@ -66,6 +72,7 @@ def test_send_recv_on_split_world():
         else:
             y = tf.identity(xt)
         return y, tf.gradients(y, xt, grad_ys=tf.fill([3], float(SUB_RANK + 1)))[0]
+
     y, g = run_graph(build)
     members = group(x)
     if SUB_RANK == 1:
@@ -93,6 +100,7 @@ def test_mpi_optimize_per_group():
         loss = am.mpi_sum(tf.reduce_sum((th - target) ** 2) / SUB_SIZE, comm=SUB)
         grad = tf.gradients(loss, th0)[0]
         with am.Session(graph=graph) as sess:
-            result = am.mpi_optimize(fg=lambda v: sess.run([loss, grad], {th0: v}), x0=np.zeros(1),
-                                     comm=SUB)
+            result = am.mpi_optimize(
+                fg=lambda v: sess.run([loss, grad], {th0: v}), x0=np.zeros(1), comm=SUB
+            )
     assert abs(result.x[0] - target) < 1e-6

@@ -1,12 +1,22 @@
 """mpi_halo_exchange: forward equals the window of the globally padded array;
 gradient is the exact adjoint (dot-product test and explicit scatter-add)."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import (ALL_DTYPES, FLOAT_DTYPES, RANK, SIZE, assert_close, every_rank,
-                     global_dot, random, run_graph)
+from helpers import (
+    ALL_DTYPES,
+    FLOAT_DTYPES,
+    RANK,
+    SIZE,
+    assert_close,
+    every_rank,
+    global_dot,
+    random,
+    run_graph,
+)
 
 
 def grids():
@@ -30,7 +40,7 @@ def global_padded(blocks, m, n, w, fill, row_off, col_off, dtype):
     G = np.full((row_off[-1] + 2 * w, col_off[-1] + 2 * w), fill, dtype=dtype)
     for r, b in enumerate(blocks):
         i, j = divmod(r, n)
-        G[w + row_off[i]:w + row_off[i + 1], w + col_off[j]:w + col_off[j + 1]] = b
+        G[w + row_off[i] : w + row_off[i + 1], w + col_off[j] : w + col_off[j + 1]] = b
     return G
 
 
@@ -47,7 +57,9 @@ def test_halo_forward(grid, square, width, dtype):
     m, n = grid
     u = random(block_shape(m, n, square), dtype, 100)
     fill = 7 if np.issubdtype(dtype, np.integer) else -1.5
-    out = run_graph(lambda: am.mpi_halo_exchange(tf.constant(u), m, n, fill_value=fill, width=width))
+    out = run_graph(
+        lambda: am.mpi_halo_exchange(tf.constant(u), m, n, fill_value=fill, width=width)
+    )
     row_off, col_off = layout(m, n, square)
     G = global_padded(every_rank(u), m, n, width, fill, row_off, col_off, dtype)
     expected = G[window(RANK, n, width, row_off, col_off)]
@@ -73,6 +85,7 @@ def test_halo_adjoint(grid, square, width, dtype):
         gx, gf = tf.gradients(y, [xt, fill], grad_ys=tf.constant(w))
         # the op is affine in u; with fill 0 it is linear: the dot-product test
         return gx, gf, am.mpi_halo_exchange(vt, m, n, fill_value=0.0, width=width)
+
     gx, gf, opv = run_graph(build)
     lhs, rhs = global_dot(gx, v), global_dot(w, opv)
     assert abs(lhs - rhs) <= (1e-4 if dtype == np.float32 else 1e-11) * max(1, abs(lhs)), (lhs, rhs)
@@ -83,14 +96,20 @@ def test_halo_adjoint(grid, square, width, dtype):
     for r, wr in enumerate(every_rank(w)):
         acc[window(r, n, width, row_off, col_off)] += wr
     i, j = divmod(RANK, n)
-    expected = acc[width + row_off[i]:width + row_off[i + 1], width + col_off[j]:width + col_off[j + 1]]
+    expected = acc[
+        width + row_off[i] : width + row_off[i + 1], width + col_off[j] : width + col_off[j + 1]
+    ]
     assert_close(gx, expected, dtype, "grad u")
     # fill_value's gradient: this rank's cotangent on its boundary ghost cells
     mask = np.zeros(padded, bool)
-    if i == 0: mask[:width, :] = True  # noqa: E701
-    if i == m - 1: mask[-width:, :] = True  # noqa: E701
-    if j == 0: mask[:, :width] = True  # noqa: E701
-    if j == n - 1: mask[:, -width:] = True  # noqa: E701
+    if i == 0:
+        mask[:width, :] = True  # noqa: E701
+    if i == m - 1:
+        mask[-width:, :] = True  # noqa: E701
+    if j == 0:
+        mask[:, :width] = True  # noqa: E701
+    if j == n - 1:
+        mask[:, -width:] = True  # noqa: E701
     assert_close(gf, w[mask].sum(), dtype, "grad fill_value")
 
 
@@ -100,13 +119,14 @@ def test_adcme_halo_example():
     on a 3x2 grid, fill 1.0."""
     U = np.arange(1.0, 25.0).reshape(6, 4)
     i, j = divmod(RANK, 2)
-    u = U[2 * i:2 * i + 2, 2 * j:2 * j + 2]
+    u = U[2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
     out = run_graph(lambda: am.mpi_halo_exchange(tf.constant(u), 3, 2, fill_value=1.0))
     P = np.pad(U, 1, constant_values=1.0)
-    np.testing.assert_array_equal(out, P[2 * i:2 * i + 4, 2 * j:2 * j + 4])
+    np.testing.assert_array_equal(out, P[2 * i : 2 * i + 4, 2 * j : 2 * j + 4])
     if RANK == 3:  # block (1, 1): rows 3-4, cols 3-4 of U, in 1-based terms
-        np.testing.assert_array_equal(out, [[6, 7, 8, 1], [10, 11, 12, 1],
-                                            [14, 15, 16, 1], [18, 19, 20, 1]])
+        np.testing.assert_array_equal(
+            out, [[6, 7, 8, 1], [10, 11, 12, 1], [14, 15, 16, 1], [18, 19, 20, 1]]
+        )
 
 
 def test_halo_tags_and_repeat():
@@ -119,6 +139,7 @@ def test_halo_tags_and_repeat():
         a = am.mpi_halo_exchange(xt, m, n, tag=3)
         b = am.mpi_halo_exchange(2 * xt, m, n, tag=9)
         return a, b, tf.gradients(tf.reduce_sum(a) + tf.reduce_sum(b), xt)[0]
+
     a, b, g = run_graph(build)
     np.testing.assert_allclose(b, 2 * a)
     # each interior cell appears once in its own block and once in each

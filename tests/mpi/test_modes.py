@@ -1,5 +1,6 @@
 """Every op and gradient in graph mode, eagerly (GradientTape) and inside
 tf.function: the three must agree exactly."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -40,10 +41,12 @@ OPS = {
 
 def run_mode(mode, op, x, w):
     if mode == "graph":
+
         def build():
             xt = tf.constant(x)
             y = op(xt)
             return y, tf.gradients(y, xt, grad_ys=tf.constant(w))[0]
+
         return run_graph(build)
 
     def forward_backward(xt):
@@ -51,6 +54,7 @@ def run_mode(mode, op, x, w):
             tape.watch(xt)
             y = op(xt)
         return y, tape.gradient(y, xt, output_gradients=tf.constant(w))
+
     if mode == "function":
         forward_backward = tf.function(forward_backward)
     y, g = forward_backward(tf.constant(x))

@@ -1,5 +1,6 @@
 """Program order without deps: many independent MPI ops, several inter-op
 threads, graph mode / tf.function / eager, forward and gradient."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -48,8 +49,9 @@ def data():
 @pytest.mark.parametrize("repeat", range(3))
 def test_graph_mode_many_threads(repeat):
     values = data()
-    outs = run_graph(lambda: independent_ops([tf.constant(v) for v in values]),
-                     inter_op_parallelism_threads=4)
+    outs = run_graph(
+        lambda: independent_ops([tf.constant(v) for v in values]), inter_op_parallelism_threads=4
+    )
     everyone = every_rank(values)
     for i, out in enumerate(outs):
         np.testing.assert_array_equal(out, expected(i, everyone), err_msg=f"op {i}")
@@ -63,6 +65,7 @@ def test_gradients_many_threads():
         outs = independent_ops(xs)
         loss = tf.add_n([tf.reduce_sum(o * (k + 1)) for k, o in enumerate(outs)])
         return tf.gradients(loss, xs)
+
     grads = run_graph(build, inter_op_parallelism_threads=4)
     for i, g in enumerate(grads):
         root, kind = (i * 7) % SIZE, i % 4
@@ -86,7 +89,9 @@ def test_tf_function_and_eager():
     def in_function(*xs):
         return independent_ops(list(xs))
 
-    for outs in (in_function(*[tf.constant(v) for v in values]),
-                 independent_ops([tf.constant(v) for v in values])):
+    for outs in (
+        in_function(*[tf.constant(v) for v in values]),
+        independent_ops([tf.constant(v) for v in values]),
+    ):
         for i, out in enumerate(outs):
             np.testing.assert_array_equal(out.numpy(), expected(i, everyone), err_msg=f"op {i}")

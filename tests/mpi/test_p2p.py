@@ -1,11 +1,22 @@
 """mpi_send / mpi_recv / mpi_sendrecv: forward and exact adjoints."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import (ALL_DTYPES, FLOAT_DTYPES, RANK, SHAPES, SIZE, assert_close, every_rank,
-                     global_dot, random, run_graph)
+from helpers import (
+    ALL_DTYPES,
+    FLOAT_DTYPES,
+    RANK,
+    SHAPES,
+    SIZE,
+    assert_close,
+    every_rank,
+    global_dot,
+    random,
+    run_graph,
+)
 
 needs_two = pytest.mark.skipif(SIZE < 2, reason="needs at least 2 ranks")
 
@@ -57,6 +68,7 @@ def test_send_recv_adjoint(shape, dtype):
         xt, vt = tf.constant(x), tf.constant(v)
         y = op(xt)
         return y, tf.gradients(y, xt, grad_ys=tf.constant(w))[0], op(vt)
+
     y, g, opv = run_graph(build)
     ws, xs = every_rank(w), every_rank(x)
     assert_close(y, xs[0] if RANK == last else x, dtype, "forward")
@@ -82,6 +94,7 @@ def test_ring_adjoint(dtype):
         sent, got = op(xt)
         g = tf.gradients([sent, got], xt, grad_ys=[tf.constant(w1), tf.constant(w2)])[0]
         return g, op(vt)
+
     g, (s_v, r_v) = run_graph(build)
     w2s = every_rank(w2)
     # sent = x, got_{r+1} = x_r  =>  grad_r = w1_r + w2_{r+1}
@@ -95,11 +108,13 @@ def test_ring_adjoint(dtype):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_sendrecv_seed_example(dtype):
     """'Send and Receive': a = mpi_sendrecv(ones(10) * r, 0, 2); L = sum(a^2)."""
+
     def build():
         a0 = tf.constant(np.ones(10, dtype) * RANK)
         a = am.mpi_sendrecv(a0, 0, 2)
-        L = tf.reduce_sum(a ** 2)
+        L = tf.reduce_sum(a**2)
         return a, tf.gradients(L, a0)[0]
+
     v, G = run_graph(build)
     expected = np.full(10, 2.0) if RANK == 0 else np.full(10, float(RANK))
     assert_close(v, expected, dtype, "values")
@@ -120,6 +135,7 @@ def test_sendrecv_adjoint(dtype):
         xt, vt = tf.constant(x), tf.constant(v)
         y = op(xt)
         return tf.gradients(y, xt, grad_ys=tf.constant(w))[0], op(vt)
+
     g, opv = run_graph(build)
     lhs, rhs = global_dot(g, v), global_dot(w, opv)
     assert abs(lhs - rhs) <= (1e-4 if dtype == np.float32 else 1e-11) * max(1, abs(lhs))
@@ -136,7 +152,7 @@ def test_gradient_messages_do_not_meet_forward_messages():
         xt = tf.constant(x)
         if RANK == 0:
             y = am.mpi_send(xt, 1, tag=0)
-            late = am.mpi_send(xt * 100, 1, tag=0)   # a second forward message, same tag
+            late = am.mpi_send(xt * 100, 1, tag=0)  # a second forward message, same tag
             return tf.gradients(y, xt, grad_ys=tf.ones(4, tf.float64))[0], late
         if RANK == 1:
             y = am.mpi_recv(xt, 0, tag=0)
@@ -145,6 +161,7 @@ def test_gradient_messages_do_not_meet_forward_messages():
             late = am.mpi_recv(xt, 0, tag=0)
             return g, late
         return tf.zeros(4, tf.float64), tf.constant(x)
+
     g, late = run_graph(build)
     if RANK == 0:
         np.testing.assert_array_equal(g, 1.0 + 3.0)

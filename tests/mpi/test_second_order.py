@@ -3,6 +3,7 @@ Hessian-vector product H v (the gradient of <grad f, v>) against central
 differences of the gradient, (grad f(x + eps v) - grad f(x - eps v)) / 2 eps,
 in graph mode, eagerly and in tf.function. f is cubic in each op's output,
 so H depends on x and both the op and its adjoint are differentiated again."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,15 +50,17 @@ OPS = {
 def objective(op, x):
     y = op(x)
     c = tf.constant(random(y.shape, np.float64, 301))  # different weights on each rank
-    return tf.reduce_sum(c * y ** 3)
+    return tf.reduce_sum(c * y**3)
 
 
 def gradient_and_hvp(mode, op, x, v):
     if mode == "graph":
+
         def build():
             xt, vt = tf.constant(x), tf.constant(v)
             g = tf.gradients(objective(op, xt), xt)[0]
             return g, tf.gradients(tf.reduce_sum(g * vt), xt)[0]
+
         return run_graph(build)
 
     def both(xt, vt):
@@ -69,6 +72,7 @@ def gradient_and_hvp(mode, op, x, v):
             g = inner.gradient(f, xt)
             gv = tf.reduce_sum(g * vt)
         return g, outer.gradient(gv, xt)
+
     if mode == "function":
         both = tf.function(both)
     g, hv = both(tf.constant(x), tf.constant(v))

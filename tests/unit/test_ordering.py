@@ -1,5 +1,6 @@
 """adcme_mpi.ordering in graphs, without mpiexec (one process, size 1):
 what the ordering token and the control edges link, forward and backward."""
+
 import gc
 import weakref
 
@@ -9,8 +10,17 @@ import tensorflow as tf
 import adcme_mpi as am
 from adcme_mpi import ordering
 
-MPI_TYPES = {"MPISum", "MPIBcast", "MPIAllreduce", "MPIGather", "MPIScatter", "MPISend",
-             "MPIRecv", "MPIHaloExchange", "MPIHaloExchangeGrad"}
+MPI_TYPES = {
+    "MPISum",
+    "MPIBcast",
+    "MPIAllreduce",
+    "MPIGather",
+    "MPIScatter",
+    "MPISend",
+    "MPIRecv",
+    "MPIHaloExchange",
+    "MPIHaloExchangeGrad",
+}
 
 
 def token_source(op):
@@ -37,10 +47,12 @@ def test_forward_ops_chain_in_creation_order():
 def test_gradient_ops_run_in_reverse_forward_order():
     with tf.Graph().as_default():
         x = tf.constant([1.0, 2.0])
-        a = am.mpi_bcast(x)          # forward 1: its adjoint is an MPISum
+        a = am.mpi_bcast(x)  # forward 1: its adjoint is an MPISum
         b = am.mpi_allreduce(a * a)  # forward 2: its adjoint is an MPIAllreduce
         (grad,) = tf.gradients(tf.reduce_sum(b), [x])
-    adjoint_of_b = [op for op in mpi_ops(grad.graph) if op.type == "MPIAllreduce" and op is not b.op]
+    adjoint_of_b = [
+        op for op in mpi_ops(grad.graph) if op.type == "MPIAllreduce" and op is not b.op
+    ]
     adjoint_of_a = [op for op in mpi_ops(grad.graph) if op.type == "MPISum"]
     assert len(adjoint_of_b) == 1 and len(adjoint_of_a) == 1
     # a's adjoint takes its token from b's adjoint: it runs after it
@@ -70,6 +82,7 @@ def test_sequences_belong_to_their_graph_and_die_with_it():
             op = am.mpi_allreduce(tf.constant(1.0)).op
             assert token_source(op).type != "MPIAllreduce"  # a fresh token, not another graph's
             return weakref.ref(g)
+
     graph = build()
     gc.collect()
     assert graph() is None  # the ordering state does not keep graphs alive
@@ -79,8 +92,9 @@ def test_while_loop_threads_the_token():
     with tf.Graph().as_default() as g:
         x = tf.constant([1.0, 2.0])
         first = am.mpi_allreduce(x)
-        out = ordering.while_loop(lambda k, u: k < 3, lambda k, u: (k + 1, am.mpi_allreduce(u)),
-                                  [tf.constant(0), first])
+        out = ordering.while_loop(
+            lambda k, u: k < 3, lambda k, u: (k + 1, am.mpi_allreduce(u)), [tf.constant(0), first]
+        )
         after = am.mpi_bcast(out[1])
         with am.Session() as sess:
             np.testing.assert_array_equal(sess.run(after), [1.0, 2.0])
@@ -105,6 +119,7 @@ def test_custom_gradient_keeps_block_in_order():
         def grad(dy):
             calls.append(ordering.current_token())
             return am.mpi_allreduce(dy)
+
         return y, grad
 
     with tf.Graph().as_default():
@@ -126,6 +141,7 @@ def test_tf_function_chains_tokens():
         a = am.mpi_allreduce(x)
         b = am.mpi_bcast(x)
         return a + b
+
     graph = f.get_concrete_function(tf.TensorSpec([2], tf.float32)).graph
     a_op, b_op = mpi_ops(graph)
     assert token_source(b_op) is a_op

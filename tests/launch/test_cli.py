@@ -1,0 +1,48 @@
+"""`python -m adcme_mpi` (what this installation is made of) and its
+self-test `--check`, whose last line is PASS or FAIL and why."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def run_module(*args, env=None, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, "-m", "adcme_mpi", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),  # the installed package, not the source tree
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_describes_the_installation():
+    code, out, err = run_module()
+    assert code == 0, out + err
+    for expected in (
+        "adcme_mpi 0.2.0",
+        "TensorFlow 2.",
+        "libmpi: /",
+        "thread level: MULTIPLE",
+        "built against: TensorFlow 2.",
+        "ADCME_MPI_TIMEOUT=",
+    ):
+        assert expected in out, out
+
+
+def test_check_passes_on_two_ranks():
+    code, out, err = run_module("--check", "-n", "2")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[-1].startswith("PASS: 7 checks on 2 ranks"), out + err
+    assert sum(" ok (" in line for line in lines) == 7, out
+
+
+def test_check_says_why_it_fails():
+    code, out, err = run_module("--check", env={"MPIEXEC": "/nonexistent/mpiexec"})
+    assert code == 1, out + err
+    assert out.strip().splitlines()[-1] == (
+        "FAIL: cannot start /nonexistent/mpiexec (set MPIEXEC to your launcher)"
+    ), out
