@@ -65,7 +65,9 @@ def heat_graph_ops(steps):
     """Operations in the heat inverse problem's graph (loss and gradient)."""
     problem = heat.HeatProblem(N=16, steps=steps, T=stable_T(16, steps), snapshots=1)
     with tf.Graph().as_default() as g:
-        heat.build_inverse(problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64))
+        heat.build_inverse(
+            problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
+        )
         return len(g.get_operations())
 
 

@@ -51,8 +51,16 @@ def run(label, cmd, timeout, junit):
     if os.path.exists(junit):
         os.remove(junit)
     try:
+        # outside the checkout: `python -m pytest` puts the working directory
+        # on sys.path, and the source tree's adcme_mpi/ (no op library) must
+        # not shadow the installed package
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            cwd=tempfile.gettempdir(),
         )
         deadline = start + timeout
         for line in proc.stdout:

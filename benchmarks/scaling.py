@@ -1,0 +1,179 @@
+"""Weak and strong scaling of the heat and Poisson applications (forward, and
+forward + gradient), with each MPI op's share of the time, and the node's own
+limit: the same arithmetic with no communication at all (--no-comm: the halo
+exchange becomes tf.pad, collectives become identities; every rank then works
+alone). One configuration per launch:
+
+    mpiexec -n P python benchmarks/scaling.py --app heat --mode weak --block 300 \\
+        --out benchmarks/results/scaling/heat_weak_P.json [--no-comm]
+
+weak: about block x block cells per rank (the global grid grows with P);
+strong: a fixed --global N x N grid. Heat runs --steps explicit steps; Poisson
+runs exactly --iterations CG iterations (tolerance 0), so runs with and
+without communication do the same arithmetic. benchmarks/scaling_report.py
+turns the results into tables, plots and the latency-bandwidth model.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
+from mpi4py import MPI  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+import heat  # noqa: E402
+import poisson  # noqa: E402
+from grid import default_grid  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+MPI_TYPES = {"MPIHaloExchange", "MPIHaloExchangeGrad", "MPIAllreduce", "MPIBcast", "MPISum"}
+
+
+def without_communication():
+    """Replace the ops the applications use by local stand-ins of the same shape."""
+
+    def halo(u, m, n, fill_value=0.0, comm=None, **_):
+        return tf.pad(u, [[1, 1], [1, 1]], constant_values=tf.cast(fill_value, u.dtype))
+
+    am.mpi_halo_exchange = halo
+    am.mpi_allreduce = lambda a, comm=None, **_: tf.identity(a)
+    am.mpi_bcast = lambda a, root=0, comm=None, **_: tf.identity(a)
+    am.mpi_sum = lambda a, root=0, comm=None, **_: tf.identity(a)
+
+
+def global_size(args, m, n):
+    """N for the N x N global grid: fixed (strong) or about block^2 cells per rank (weak)."""
+    if args.mode == "strong":
+        return args.global_size
+    N = int(round(args.block * np.sqrt(m * n)))
+    lcm = m * n // np.gcd(m, n)
+    return int(max(lcm, N - N % lcm))
+
+
+def build(args, N, grid):
+    if args.app == "heat":
+        T = args.steps * 0.5 / (N + 1) ** 2 / (4 * heat.KAPPA_MAX)  # stable
+        problem = heat.HeatProblem(N=N, steps=args.steps, T=T, grid=grid, snapshots=1)
+        observed = tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
+        params, loss, grad = heat.build_inverse(problem, observed)
+        return problem, params, loss, grad, heat.TRUE_THETA
+    problem = poisson.PoissonProblem(N=N, grid=grid, tol=0.0, maxiter=args.iterations)
+    observed = tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64)
+    params, loss, grad = poisson.build_inverse(problem, observed)
+    return problem, params, loss, grad, poisson.init_weights()
+
+
+def timed(sess, fetch, feed, rounds):
+    sess.run(fetch, feed)  # warm up
+    times = []
+    for _ in range(rounds):
+        COMM.Barrier()
+        start = time.perf_counter()
+        sess.run(fetch, feed)
+        times.append(COMM.allreduce(time.perf_counter() - start, op=MPI.MAX))
+    return times
+
+
+def op_shares(sess, fetch, feed):
+    """Seconds each MPI op type took in one traced run, and that run's wall time."""
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+    metadata = tf.compat.v1.RunMetadata()
+    start = time.perf_counter()
+    sess.run(fetch, feed, options=options, run_metadata=metadata)
+    wall = time.perf_counter() - start
+    per_type = {}
+    for device in metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            # loop bodies are lowered into the graph under new names, but an
+            # MPI op keeps its type as its own name: ".../MPIHaloExchange_3"
+            kind = re.sub(r"_\d+$", "", node.node_name.rsplit("/", 1)[-1])
+            if kind in MPI_TYPES:
+                per_type[kind] = per_type.get(kind, 0.0) + node.all_end_rel_micros * 1e-6
+    return per_type, wall
+
+
+def count_iterations(args, N, grid):
+    problem = poisson.PoissonProblem(N=N, grid=grid)
+    with tf.Graph().as_default() as graph:
+        problem.solve(tf.constant(poisson.exact_kappa(problem.xb, problem.yb)))
+        with am.Session(graph=graph) as sess:
+            iterations = int(sess.run(problem.iterations))
+    row = {
+        "app": "poisson",
+        "blocks_per_side": grid[0],
+        "grid": list(grid),
+        "N": N,
+        "block": [problem.patch.rows, problem.patch.cols],
+        "iterations_to_tol": iterations,
+    }
+    if COMM.Get_rank() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(row, f, indent=1)
+        print(json.dumps(row))
+
+
+def main():
+    tf.compat.v1.disable_eager_execution()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--app", choices=["heat", "poisson"], required=True)
+    parser.add_argument("--mode", choices=["weak", "strong", "iterations"], required=True)
+    parser.add_argument("--block", type=int, default=300, help="weak: cells per rank per side")
+    parser.add_argument("--global-size", type=int, default=600, help="strong: global N")
+    parser.add_argument("--steps", type=int, default=20, help="heat: time steps")
+    parser.add_argument("--iterations", type=int, default=30, help="poisson: CG iterations")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-comm", action="store_true")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.no_comm:
+        without_communication()
+    size = COMM.Get_size()
+    grid = default_grid(size)
+    N = global_size(args, *grid)
+    if args.mode == "iterations":  # Poisson: CG iterations to 1e-12 on k x k blocks of --block
+        return count_iterations(args, N, grid)
+    with tf.Graph().as_default() as graph:
+        problem, params, loss, grad, value = build(args, N, grid)
+        feed = {params: value}
+        config = {"intra_op_parallelism_threads": 1}
+        with am.Session(graph=graph, **config) as sess:
+            forward = timed(sess, loss, feed, args.rounds)
+            both = timed(sess, [loss, grad], feed, args.rounds)
+            shares, traced_wall = op_shares(sess, [loss, grad], feed)
+    shares = {k: COMM.allreduce(v, op=MPI.MAX) for k, v in shares.items()}
+    row = {
+        "app": args.app,
+        "mode": args.mode,
+        "ranks": size,
+        "grid": list(grid),
+        "N": N,
+        "block": [problem.patch.rows, problem.patch.cols],
+        "no_comm": args.no_comm,
+        "steps" if args.app == "heat" else "iterations": (
+            args.steps if args.app == "heat" else args.iterations
+        ),
+        "forward_s": float(np.median(forward)),
+        "forward_spread": [float(min(forward)), float(max(forward))],
+        "forward_gradient_s": float(np.median(both)),
+        "forward_gradient_spread": [float(min(both)), float(max(both))],
+        "traced_wall_s": traced_wall,
+        "mpi_op_s": shares,
+    }
+    if COMM.Get_rank() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(row, f, indent=1)
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Tables, plots and the latency-bandwidth model for benchmarks/scaling.py.
+
+    python benchmarks/scaling_report.py benchmarks/results/scaling \\
+        benchmarks/results/ops_check.json benchmarks/SCALING.md benchmarks/scaling.png
+
+Efficiency is reported two ways: against 1 rank (T1 / TP for weak scaling,
+T1 / (P TP) for strong), and against the node's own limit: the same arithmetic
+with no communication at the same rank count (T_nocomm,P / TP), which separates
+what communication costs from what the shared memory bandwidth of one node costs.
+
+The model: an op that moves b bytes to a neighbour costs alpha + b / beta.
+alpha and beta are fitted (least squares) to the 2-rank op benchmarks; a link
+of latency L replaces alpha by alpha + L and caps beta at 10 Gbit/s. Heat: each
+step of the gradient does two halo exchanges (forward and adjoint) whose cost
+does not depend on P. Poisson: each CG iteration does one halo exchange and one
+allreduce (2 log2 P latencies), and block-Jacobi iterations grow with the
+number of blocks per side k = sqrt(P) as fitted to measured counts.
+"""
+
+import glob
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+LINK_BYTES_PER_S = 10e9 / 8  # a 10 Gbit/s link
+LATENCIES_US = [1, 10, 50]
+RANKS = [64, 1024, 4096]
+
+
+def load(folder):
+    rows = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            rows.append(json.load(f))
+    return rows
+
+
+def fit_alpha_beta(ops_json, op):
+    with open(ops_json) as f:
+        rows = [r for r in json.load(f)["rows"] if r["op"] == op]
+    b = np.array([r["bytes"] for r in rows], float)
+    t = np.array([r["adcme"] for r in rows], float)
+    A = np.stack([np.ones_like(b), b], axis=1)
+    (alpha, inv_beta), *_ = np.linalg.lstsq(A, t, rcond=None)
+    return max(alpha, 0.0), 1.0 / max(inv_beta, 1e-15)
+
+
+def lookup(rows, **key):
+    for r in rows:
+        if all(r.get(k) == v for k, v in key.items()):
+            return r
+    return None
+
+
+def efficiency_table(rows, app, mode):
+    lines = [
+        f"### {app}, {mode} scaling",
+        "",
+        "| ranks | grid | block | fwd s | fwd+grad s [min..max] | fwd+grad no-comm s | "
+        "eff. vs 1 rank | eff. vs node limit | MPI ops share (fwd+grad) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    base = lookup(rows, app=app, mode=mode, ranks=1, no_comm=False)
+    for r in sorted(
+        (r for r in rows if r["app"] == app and r["mode"] == mode and not r["no_comm"]),
+        key=lambda r: r["ranks"],
+    ):
+        nocomm = lookup(rows, app=app, mode=mode, ranks=r["ranks"], no_comm=True)
+        t = r["forward_gradient_s"]
+        vs1 = (base["forward_gradient_s"] / t) if base else float("nan")
+        if mode == "strong":
+            vs1 /= r["ranks"]
+        vs_node = nocomm["forward_gradient_s"] / t if nocomm else float("nan")
+        share = ", ".join(
+            f"{k} {v / r['traced_wall_s']:.0%}" for k, v in sorted(r["mpi_op_s"].items())
+        )
+        spread = r["forward_gradient_spread"]
+        lines.append(
+            f"| {r['ranks']} | {r['grid'][0]}x{r['grid'][1]} | {r['block'][0]}x{r['block'][1]} | "
+            f"{r['forward_s']:.4f} | {t:.4f} [{spread[0]:.4f}..{spread[1]:.4f}] | "
+            f"{nocomm['forward_gradient_s'] if nocomm else float('nan'):.4f} | {vs1:.2f} | "
+            f"{vs_node:.2f} | {share} |"
+        )
+    return lines
+
+
+def model(rows, ops_json, iterations):
+    """Predicted weak-scaling efficiency of the gradient at 300x300 per rank."""
+    a_halo, b_halo = fit_alpha_beta(ops_json, "halo")
+    a_ar, _ = fit_alpha_beta(ops_json, "allreduce")
+    heat1 = lookup(rows, app="heat", mode="weak", ranks=1, no_comm=True)
+    pois1 = lookup(rows, app="poisson", mode="weak", ranks=1, no_comm=True)
+    edge = 300 * 8  # bytes of one block edge
+    lines = [
+        "### Model (latency-bandwidth), weak scaling of the gradient at 300x300 per rank",
+        "",
+        f"Fitted on the 2-rank op benchmarks: halo alpha = {a_halo * 1e6:.1f} us, "
+        f"beta = {b_halo / 1e9:.2f} GB/s; allreduce alpha = {a_ar * 1e6:.1f} us. A link of "
+        f"latency L adds L to alpha and caps beta at {LINK_BYTES_PER_S / 1e9:.2f} GB/s.",
+        "",
+    ]
+    if heat1 is None or pois1 is None:
+        return lines + ["(needs the 1-rank no-comm weak runs of both applications)"]
+    heat_step = heat1["forward_gradient_s"] / heat1["steps"]
+    pois_it = pois1["forward_gradient_s"] / (2 * pois1["iterations"])  # forward + adjoint solve
+    a_it, c_it = iterations
+    lines += [
+        f"Compute per heat step (fwd+grad, 1 rank, no comm): {heat_step * 1e3:.2f} ms; per "
+        f"Poisson CG iteration: {pois_it * 1e3:.2f} ms. Block-Jacobi iterations to 1e-12 with "
+        f"k x k blocks: {a_it:.1f} + {c_it:.1f} k (fitted to measured counts).",
+        "",
+        "| app | link latency | " + " | ".join(f"{p} ranks" for p in RANKS) + " |",
+        "|---|---:|" + "---:|" * len(RANKS),
+    ]
+    for latency in LATENCIES_US:
+        alpha = a_halo + latency * 1e-6
+        beta = min(b_halo, LINK_BYTES_PER_S)
+        halo = alpha + 4 * edge / beta
+        heat = [heat_step / (heat_step + 2 * halo) for _ in RANKS]
+        pois = []
+        for p in RANKS:
+            allreduce = 2 * math.log2(p) * (a_ar + latency * 1e-6)
+            it1, itp = a_it + c_it, a_it + c_it * math.sqrt(p)
+            pois.append(it1 * pois_it / (itp * (pois_it + 2 * (halo + allreduce))))
+        lines.append(f"| heat | {latency} us | " + " | ".join(f"{e:.0%}" for e in heat) + " |")
+        lines.append(f"| poisson | {latency} us | " + " | ".join(f"{e:.1%}" for e in pois) + " |")
+    return lines
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, mode in zip(axes, ["weak", "strong"]):
+        for app, style in (("heat", "o-"), ("poisson", "s-")):
+            for no_comm, dash in ((False, ""), (True, "--")):
+                pts = sorted(
+                    (r["ranks"], r["forward_gradient_s"], r["forward_gradient_spread"])
+                    for r in rows
+                    if r["app"] == app and r["mode"] == mode and r["no_comm"] == no_comm
+                )
+                if not pts:
+                    continue
+                p, t, spread = zip(*pts)
+                err = [
+                    [ti - s[0] for ti, s in zip(t, spread)],
+                    [s[1] - ti for ti, s in zip(t, spread)],
+                ]
+                label = f"{app}{' (no comm)' if no_comm else ''}"
+                ax.errorbar(p, t, yerr=err, fmt=style + dash, capsize=3, label=label)
+        ax.set_xlabel("ranks")
+        ax.set_ylabel("forward + gradient time [s]")
+        ax.set_title(f"{mode} scaling (median, min..max)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main():
+    folder, ops_json, out_md, out_png = sys.argv[1:5]
+    rows = load(folder)
+    counts = sorted(
+        (r["blocks_per_side"], r["iterations_to_tol"]) for r in rows if "iterations_to_tol" in r
+    )
+    rows = [r for r in rows if "iterations_to_tol" not in r]
+    if len(counts) >= 2:
+        k, its = np.array(counts, float).T
+        c, a = np.polyfit(k, its, 1)
+        iterations = (a, c)
+    else:
+        iterations = (float("nan"), float("nan"))
+    lines = ["# Scaling", "", __doc__.split("\n\n", 2)[2].strip(), ""]
+    for app in ("heat", "poisson"):
+        for mode in ("weak", "strong"):
+            lines += efficiency_table(rows, app, mode) + [""]
+    lines += (
+        [
+            "### Poisson: block-Jacobi CG iterations to 1e-12 with k x k blocks of "
+            f"{rows[0]['block'][0] if rows else '?'} cells per side (weak scaling)",
+            "",
+            "| k | iterations |",
+            "|---:|---:|",
+        ]
+        + [f"| {k} | {n} |" for k, n in counts]
+        + [""]
+    )
+    lines += model(rows, ops_json, iterations)
+    with open(out_md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(rows, out_png)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
