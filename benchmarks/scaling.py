@@ -100,6 +100,14 @@ def op_shares(sess, fetch, feed):
     return per_type, wall
 
 
+def write_result(path, row):
+    if COMM.Get_rank() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(row, f, indent=1)
+        print(json.dumps(row))
+
+
 def count_iterations(args, N, grid):
     problem = poisson.PoissonProblem(N=N, grid=grid)
     with tf.Graph().as_default() as graph:
@@ -114,11 +122,7 @@ def count_iterations(args, N, grid):
         "block": [problem.patch.rows, problem.patch.cols],
         "iterations_to_tol": iterations,
     }
-    if COMM.Get_rank() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(row, f, indent=1)
-        print(json.dumps(row))
+    write_result(args.out, row)
 
 
 def main():
@@ -132,6 +136,9 @@ def main():
     parser.add_argument("--iterations", type=int, default=30, help="poisson: CG iterations")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-comm", action="store_true")
+    parser.add_argument(
+        "--link-delay-us", type=float, default=None, help="recorded only (tools/netns_hosts.py)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.no_comm:
@@ -158,6 +165,8 @@ def main():
         "N": N,
         "block": [problem.patch.rows, problem.patch.cols],
         "no_comm": args.no_comm,
+        "check": os.environ.get("ADCME_MPI_CHECK", "1") != "0",
+        "link_delay_us": args.link_delay_us,
         "steps" if args.app == "heat" else "iterations": (
             args.steps if args.app == "heat" else args.iterations
         ),
@@ -168,11 +177,7 @@ def main():
         "traced_wall_s": traced_wall,
         "mpi_op_s": shares,
     }
-    if COMM.Get_rank() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(row, f, indent=1)
-        print(json.dumps(row))
+    write_result(args.out, row)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,17 @@ def efficiency_table(rows, app, mode):
     return lines
 
 
+CHECK_ROW_BYTES = 15 * 8  # one rank's row in the cross-rank check's allgather
+
+
+def check_cost(p, alpha, beta, check):
+    """The cross-rank check before a collective: an allgather of p rows
+    (recursive doubling: log2 p latencies, (p - 1) rows of data)."""
+    if not check or p == 1:
+        return 0.0
+    return math.log2(p) * alpha + (p - 1) * CHECK_ROW_BYTES / beta
+
+
 def model(rows, ops_json, iterations):
     """Predicted weak-scaling efficiency of the gradient at 300x300 per rank."""
     a_halo, b_halo = fit_alpha_beta(ops_json, "halo")
@@ -99,7 +110,9 @@ def model(rows, ops_json, iterations):
         "",
         f"Fitted on the 2-rank op benchmarks: halo alpha = {a_halo * 1e6:.1f} us, "
         f"beta = {b_halo / 1e9:.2f} GB/s; allreduce alpha = {a_ar * 1e6:.1f} us. A link of "
-        f"latency L adds L to alpha and caps beta at {LINK_BYTES_PER_S / 1e9:.2f} GB/s.",
+        f"latency L adds L to alpha and caps beta at {LINK_BYTES_PER_S / 1e9:.2f} GB/s. With "
+        "checks on (the default), every collective and halo exchange is preceded by an "
+        f"allgather of {CHECK_ROW_BYTES} bytes per rank: log2 P latencies and O(P) data.",
         "",
     ]
     if heat1 is None or pois1 is None:
@@ -110,24 +123,59 @@ def model(rows, ops_json, iterations):
     lines += [
         f"Compute per heat step (fwd+grad, 1 rank, no comm): {heat_step * 1e3:.2f} ms; per "
         f"Poisson CG iteration: {pois_it * 1e3:.2f} ms. Block-Jacobi iterations to 1e-12 with "
-        f"k x k blocks: {a_it:.1f} + {c_it:.1f} k (fitted to measured counts).",
+        f"k x k blocks: {a_it:.1f} + {c_it:.1f} k (fitted to the counts above; k = sqrt(P)).",
         "",
-        "| app | link latency | " + " | ".join(f"{p} ranks" for p in RANKS) + " |",
-        "|---|---:|" + "---:|" * len(RANKS),
+        "| app | checks | link latency | " + " | ".join(f"{p} ranks" for p in RANKS) + " |",
+        "|---|---|---:|" + "---:|" * len(RANKS),
     ]
-    for latency in LATENCIES_US:
-        alpha = a_halo + latency * 1e-6
-        beta = min(b_halo, LINK_BYTES_PER_S)
-        halo = alpha + 4 * edge / beta
-        heat = [heat_step / (heat_step + 2 * halo) for _ in RANKS]
-        pois = []
-        for p in RANKS:
-            allreduce = 2 * math.log2(p) * (a_ar + latency * 1e-6)
-            it1, itp = a_it + c_it, a_it + c_it * math.sqrt(p)
-            pois.append(it1 * pois_it / (itp * (pois_it + 2 * (halo + allreduce))))
-        lines.append(f"| heat | {latency} us | " + " | ".join(f"{e:.0%}" for e in heat) + " |")
-        lines.append(f"| poisson | {latency} us | " + " | ".join(f"{e:.1%}" for e in pois) + " |")
+    for check in (True, False):
+        for latency in LATENCIES_US:
+            alpha_h, alpha_r = a_halo + latency * 1e-6, a_ar + latency * 1e-6
+            beta = min(b_halo, LINK_BYTES_PER_S)
+            heat, pois = [], []
+            for p in RANKS:
+                halo = alpha_h + 4 * edge / beta + check_cost(p, alpha_r, beta, check)
+                heat.append(heat_step / (heat_step + 2 * halo))
+                allreduce = 2 * math.log2(p) * alpha_r + check_cost(p, alpha_r, beta, check)
+                it1, itp = a_it + c_it, a_it + c_it * math.sqrt(p)
+                pois.append(it1 * pois_it / (itp * (pois_it + halo + allreduce)))
+            on = "on" if check else "off"
+            lines.append(
+                f"| heat | {on} | {latency} us | " + " | ".join(f"{e:.0%}" for e in heat) + " |"
+            )
+            lines.append(
+                f"| poisson | {on} | {latency} us | " + " | ".join(f"{e:.1%}" for e in pois) + " |"
+            )
+    lines += ["", *measured_vs_predicted(rows)]
     return lines
+
+
+def measured_vs_predicted(rows):
+    """Runs on 2 hosts x 1 rank with an injected one-way link latency L
+    (tools/netns_hosts.py): the extra time over L = 0 against L times the
+    latency-bound events on the critical path (per heat step two halo
+    exchanges, each after a check allgather; per evaluation the loss's four
+    collectives, each after a check)."""
+    netns = [r for r in rows if r.get("link_delay_us") is not None and not r["no_comm"]]
+    base = {r["app"]: r for r in netns if r["link_delay_us"] == 0}
+    lines = [
+        "### Injected latency: measured vs predicted (2 hosts x 1 rank, heat, 300x300-cell "
+        "blocks, TCP over veth)",
+        "",
+        "| link latency | fwd+grad s | extra s measured | extra s predicted |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in sorted(netns, key=lambda r: r["link_delay_us"]):
+        if r["app"] != "heat" or "heat" not in base:
+            continue
+        events = r["steps"] * 2 * (2 if r["check"] else 1) + 4 * (2 if r["check"] else 1)
+        predicted = events * r["link_delay_us"] * 1e-6
+        measured = r["forward_gradient_s"] - base["heat"]["forward_gradient_s"]
+        lines.append(
+            f"| {r['link_delay_us']:g} us | {r['forward_gradient_s']:.4f} | {measured:.4f} | "
+            f"{predicted:.4f} |"
+        )
+    return lines if len(lines) > 4 else []
 
 
 def plot(rows, path):

@@ -16,6 +16,24 @@ ALL_DTYPES = [np.float32, np.float64, np.int32, np.int64]
 SHAPES = [(), (5,), (3, 4), (2, 3, 2)]
 
 
+def near_square_grid():
+    """The most square m x n rank grid with m <= n (1x1, 1x2, 1x3, 2x2, 2x3)."""
+    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
+    return m, SIZE // m
+
+
+def even_odd_ring(t):
+    """(sent, got): every rank sends t to the next rank and receives the
+    previous rank's; even ranks send first, odd ranks receive first (a
+    rank-dependent order that is safe forward, and must be backward too)."""
+    nxt, prv = (RANK + 1) % SIZE, (RANK - 1) % SIZE
+    if RANK % 2 == 0:
+        sent = am.mpi_send(t, nxt)
+        return sent, am.mpi_recv(t, prv)
+    got = am.mpi_recv(t, prv)
+    return am.mpi_send(t, nxt), got
+
+
 def rng(salt):
     """A generator that differs on every rank and for every salt."""
     return np.random.default_rng([salt, RANK])

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import RANK, SIZE, every_rank, random, run_graph
+from helpers import even_odd_ring, RANK, SIZE, every_rank, random, run_graph
 
 MODES = ["graph", "eager", "function"]
 
@@ -51,16 +51,10 @@ def timed(mode, loss_fn, xs, pattern):
 def test_even_odd_ring(mode):
     """Even ranks send right then receive from the left; odd ranks receive
     first. Loss on rank r: sum(a_r * sent + got^2), got = x of rank r-1."""
-    nxt, prv = (RANK + 1) % SIZE, (RANK - 1) % SIZE
     x, a = random(5, np.float64, 400), random(5, np.float64, 401)
 
     def loss(t):
-        if RANK % 2 == 0:
-            sent = am.mpi_send(t, nxt)
-            got = am.mpi_recv(t, prv)
-        else:
-            got = am.mpi_recv(t, prv)
-            sent = am.mpi_send(t, nxt)
+        sent, got = even_odd_ring(t)
         return tf.reduce_sum(a * sent + got * got)
 
     (g,) = timed(mode, loss, [x], "even/odd ring")

@@ -6,14 +6,9 @@ import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import RANK, SIZE, random, run_graph
+from helpers import near_square_grid as grid, RANK, SIZE, random, run_graph
 
 MODES = ["graph", "eager", "function"]
-
-
-def grid():
-    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
-    return m, SIZE // m
 
 
 def p2p(t):

@@ -9,27 +9,15 @@ import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import COMM, RANK, SIZE, random, run_graph
+from helpers import even_odd_ring, near_square_grid as grid, COMM, RANK, SIZE, random, run_graph
 
 MODES = ["graph", "eager", "function"]
 
 
-def grid():
-    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
-    return m, SIZE // m
-
-
 def ring(t):
-    """Even ranks send right then receive from the left; odd ranks the other way."""
     if SIZE == 1:
         return t * 1.0
-    nxt, prv = (RANK + 1) % SIZE, (RANK - 1) % SIZE
-    if RANK % 2 == 0:
-        sent = am.mpi_send(t, nxt)
-        got = am.mpi_recv(t, prv)
-    else:
-        got = am.mpi_recv(t, prv)
-        sent = am.mpi_send(t, nxt)
+    sent, got = even_odd_ring(t)
     return sent * got + got
 
 

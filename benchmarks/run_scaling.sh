@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Scaling measurements this machine allows (2 cores: 1 and 2 ranks on cores),
+# Poisson iteration counts on 1, 4 and 9 blocks, 2 hosts with injected link
+# latency (root only), then tables, plot and model:
+#   bash benchmarks/run_scaling.sh     (from the repo, with the venv's python first on PATH)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+MPIEXEC=${MPIEXEC:-$(dirname "$(command -v "$PY")")/mpiexec}
+out=benchmarks/results/scaling
+mkdir -p "$out"
+run() { timeout 900 "$MPIEXEC" "$@"; }
+for app in heat poisson; do
+  for p in 1 2; do
+    for mode in weak strong; do
+      run -n $p "$PY" benchmarks/scaling.py --app $app --mode $mode --out "$out/${app}_${mode}_$p.json"
+      run -n $p "$PY" benchmarks/scaling.py --app $app --mode $mode --no-comm \
+        --out "$out/${app}_${mode}_${p}_nocomm.json"
+    done
+  done
+done
+for k in 1 2 3; do
+  run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
+    --out "$out/poisson_iterations_k$k.json"
+done
+# 2 hosts x 1 rank over TCP with an injected one-way link latency (needs root:
+# tools/netns_hosts.py makes the hosts and removes them again; skipped otherwise)
+for delay in 0 10 50; do
+  "$PY" tools/netns_hosts.py run --hosts 2 --per-host 1 --delay-us $delay --rate-gbit 10 -- \
+    "$PY" benchmarks/scaling.py --app heat --mode weak --link-delay-us $delay \
+    --out "$out/heat_weak_2hosts_${delay}us.json" || echo "netns run with ${delay} us skipped"
+done
+"$PY" benchmarks/scaling_report.py "$out" benchmarks/results/ops_check.json \
+  benchmarks/SCALING.md benchmarks/scaling.png
