@@ -22,9 +22,7 @@ ops created after a tf.gradients call also run after the gradient ops.
 tf.function orders stateful ops itself, and eager mode runs ops as created.
 
 A tf.while_loop body is its own context with its own token: use
-`while_loop` below (it threads the token through the loop) or
-`in_program_order(lambda: tf.while_loop(...))` to put a whole loop into the
-program order.
+`while_loop` below, which threads the token through the loop.
 """
 
 import weakref
@@ -33,7 +31,7 @@ import tensorflow as tf
 
 from . import _tf_private
 
-__all__ = ["in_program_order", "while_loop", "custom_gradient", "current_token"]
+__all__ = ["while_loop", "custom_gradient", "current_token"]
 
 
 def _new_token():
@@ -162,25 +160,6 @@ def run_in_order(create, deps=None, adjoint_of=None, token=None):
     if adjoint_of is None:
         sequence.token = outs[-1]
     return outs
-
-
-def in_program_order(build, deps=None):
-    """Run `build()` (which may create any TF ops, e.g. a whole tf.while_loop
-    containing MPI ops) after the MPI ops created before it, and before the
-    ones created after it. Returns what `build` returns."""
-    if tf.executing_eagerly():
-        return build()
-
-    def create(token):
-        with tf.control_dependencies([token]):
-            out = build()
-        first = tf.nest.flatten(out)
-        with tf.control_dependencies(
-            [t for t in first if isinstance(t, (tf.Tensor, tf.Operation))]
-        ):
-            return [out, tf.identity(token)]
-
-    return run_in_order(create, deps)[0]
 
 
 def while_loop(cond, body, loop_vars, **kwargs):
