@@ -114,10 +114,13 @@ def _sequence_for(graph):
     return sequence
 
 
+def _current_sequence():
+    return _sequence_for(None if tf.executing_eagerly() else tf.compat.v1.get_default_graph())
+
+
 def current_token():
     """The token the next MPI op created here will take."""
-    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-    return _sequence_for(graph).current_token()
+    return _current_sequence().current_token()
 
 
 def _as_list(deps):
@@ -173,9 +176,7 @@ def while_loop(cond, body, loop_vars, **kwargs):
         return cond(*args)
 
     def token_body(token, *args):
-        _sequence_for(
-            None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-        ).token = token
+        _current_sequence().token = token
         out = body(*args)
         out = list(out) if isinstance(out, (list, tuple)) else [out]
         return [current_token()] + out
@@ -186,10 +187,6 @@ def while_loop(cond, body, loop_vars, **kwargs):
 
     outs = run_in_order(create)
     return outs[:-1] if len(outs) > 2 else outs[0]
-
-
-def _current_sequence():
-    return _sequence_for(None if tf.executing_eagerly() else tf.compat.v1.get_default_graph())
 
 
 def custom_gradient(f):
