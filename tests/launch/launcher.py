@@ -19,6 +19,16 @@ class Result:
         return f"exit {self.code} after {self.seconds:.1f} s:\n{self.out[-4000:]}"
 
 
+SHM = "/dev/shm"
+
+
+def _mpich_segments():
+    try:
+        return {f for f in os.listdir(SHM) if f.startswith("mpich_shm_")}
+    except OSError:
+        return set()
+
+
 def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
     """`script_or_args`: a path (relative to the repo) plus arguments, or None
     with `code` (Python source run with -c)."""
@@ -29,11 +39,26 @@ def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
         args = [sys.executable, os.path.join(ROOT, parts[0])] + parts[1:]
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     start = time.time()
+    before = _mpich_segments()
+    try:
+        return _run(mpiexec(n) + args, cwd, full_env, timeout, start)
+    finally:
+        # MPICH leaves its shared-memory segments behind when a job is aborted
+        # (many cases here abort on purpose); the jobs run one at a time, so
+        # the segments that appeared during this one are its own
+        for name in _mpich_segments() - before:
+            try:
+                os.remove(os.path.join(SHM, name))
+            except OSError:
+                pass
+
+
+def _run(cmd, cwd, full_env, timeout, start):
     try:
         # run outside the checkout: `python -c` puts the working directory on
         # sys.path, and the source tree's adcme_mpi/ must not shadow the installed one
         proc = subprocess.run(
-            mpiexec(n) + args,
+            cmd,
             cwd=cwd or tempfile.gettempdir(),
             env=full_env,
             capture_output=True,
