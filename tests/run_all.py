@@ -5,14 +5,18 @@
 1. tests/mpi under `mpiexec -n N` for N in ADCME_MPI_TEST_SIZES (default
    "1 2 3 4 6"), each launch wrapped in a timeout; outcomes are agreed across
    ranks, so rank 0's report is the truth for that size.
-2. tests/launch with plain pytest: each test starts its own short mpiexec
-   jobs (examples, bad input, aborts, hangs) and checks exit status and output.
+2. The op, optimizer and application files of tests/mpi once more on
+   2 hosts x 2 ranks over TCP (tools/netns_hosts.py; needs root, else skipped
+   with the reason; ADCME_MPI_SKIP_HOSTS=1 skips it too).
+3. tests/launch with plain pytest: each test starts its own short mpiexec
+   jobs (examples, bad input, aborts, hangs, faults across hosts) and checks
+   exit status and output.
+4. tests/unit with plain pytest (no mpiexec).
 
 Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
 ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200).
-3. tests/unit with plain pytest (no mpiexec).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
@@ -27,6 +31,7 @@ import xml.etree.ElementTree as ET
 from mpiexec import mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 
 def junit_counts(path):
@@ -89,6 +94,48 @@ def run(label, cmd, timeout, junit):
     return counts
 
 
+# the part of tests/mpi that runs again across hosts: every op family, the
+# optimizer and both applications (the rest is ordering and modes, which the
+# network does not change)
+ACROSS_HOSTS = [
+    "test_collectives.py",
+    "test_p2p.py",
+    "test_halo.py",
+    "test_optimize.py",
+    "test_applications.py",
+]
+
+
+def run_across_hosts(pytest_args, timeout, junit):
+    """ACROSS_HOSTS on 2 hosts x 2 ranks over TCP (tools/netns_hosts.py makes
+    the hosts as network namespaces and removes them after); needs root."""
+    label = "tests/mpi on 2 hosts x 2 ranks over TCP"
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import netns_hosts
+
+    reason = netns_hosts.why_not_available()
+    if os.environ.get("ADCME_MPI_SKIP_HOSTS") == "1":
+        reason = "ADCME_MPI_SKIP_HOSTS=1"
+    if reason:
+        print(f"\n=== {label}: SKIPPED: {reason}", flush=True)
+        return {}
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "netns_hosts.py"),
+        "run",
+        "--hosts=2",
+        "--per-host=2",
+        f"--mpiexec={mpiexec(1)[0]}",
+        f"--timeout={timeout - 30:.0f}",
+        "--",
+        sys.executable,
+        os.path.join(HERE, "mpi_pytest.py"),
+        *pytest_args,
+        *(os.path.join(HERE, "mpi", name) for name in ACROSS_HOSTS),
+    ]
+    return run(label, cmd, timeout, junit)
+
+
 def main():
     sizes = [int(s) for s in os.environ.get("ADCME_MPI_TEST_SIZES", "1 2 3 4 6").split()]
     timeout = float(os.environ.get("ADCME_MPI_SUITE_TIMEOUT", "1200"))
@@ -111,6 +158,8 @@ def main():
         for k, v in run(label, cmd, timeout, junit).items():
             total[k] += v
     os.environ.pop("ADCME_MPI_THREAD", None)
+    for k, v in run_across_hosts(pytest_args, timeout, junit).items():
+        total[k] += v
     plain = [
         ("unit", "tests/unit (no mpiexec)", timeout),
         ("launch", "tests/launch (one mpiexec per case)", 3 * timeout),

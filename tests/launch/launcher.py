@@ -1,5 +1,6 @@
 """Run a script under `mpiexec -n N` with a timeout and capture everything."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,6 +30,22 @@ def _mpich_segments():
         return set()
 
 
+@contextlib.contextmanager
+def removing_new_mpich_segments():
+    """MPICH leaves its shared-memory segments behind when a job is aborted
+    (many cases here abort on purpose); the jobs run one at a time, so the
+    segments that appear during one are its own: remove them after it."""
+    before = _mpich_segments()
+    try:
+        yield
+    finally:
+        for name in _mpich_segments() - before:
+            try:
+                os.remove(os.path.join(SHM, name))
+            except OSError:
+                pass
+
+
 def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
     """`script_or_args`: a path (relative to the repo) plus arguments, or None
     with `code` (Python source run with -c)."""
@@ -39,18 +56,8 @@ def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
         args = [sys.executable, os.path.join(ROOT, parts[0])] + parts[1:]
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     start = time.time()
-    before = _mpich_segments()
-    try:
+    with removing_new_mpich_segments():
         return _run(mpiexec(n) + args, cwd, full_env, timeout, start)
-    finally:
-        # MPICH leaves its shared-memory segments behind when a job is aborted
-        # (many cases here abort on purpose); the jobs run one at a time, so
-        # the segments that appeared during this one are its own
-        for name in _mpich_segments() - before:
-            try:
-                os.remove(os.path.join(SHM, name))
-            except OSError:
-                pass
 
 
 def _run(cmd, cwd, full_env, timeout, start):
