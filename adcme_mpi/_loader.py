@@ -7,13 +7,43 @@ linker resolves the op library's dependencies to exactly those copies.
 """
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
 import sys
 
-try:
-    from . import _build_info
-except ImportError:  # a source tree without a build
-    _build_info = None
+LIBRARY_NAME = "libadcme_mpi_ops.so"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _built_dir():
+    """Where the op library and _build_info.py are: this package's directory,
+    or, when this is the source tree without a build (`python -m adcme_mpi`
+    or `python -c` run from the checkout puts it first on sys.path), the
+    installed package's directory."""
+    if os.path.exists(os.path.join(HERE, LIBRARY_NAME)):
+        return HERE
+    try:
+        installed = importlib.metadata.distribution("adcme_mpi").locate_file("adcme_mpi")
+    except importlib.metadata.PackageNotFoundError:
+        return HERE
+    return str(installed) if os.path.exists(os.path.join(installed, LIBRARY_NAME)) else HERE
+
+
+BUILT_DIR = _built_dir()
+
+
+def _read_build_info():
+    path = os.path.join(BUILT_DIR, "_build_info.py")
+    if not os.path.exists(path):
+        return None  # a source tree without a build
+    spec = importlib.util.spec_from_file_location("adcme_mpi._build_info", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_build_info = _read_build_info()
 
 
 def _preload_libmpi():
@@ -44,8 +74,6 @@ except ImportError as err:
         "pip install --no-build-isolation --force-reinstall ."
     ) from err
 
-LIBRARY_NAME = "libadcme_mpi_ops.so"
-
 
 class MPILibraryMismatchError(ImportError):
     """The op library and mpi4py ended up on different MPI libraries."""
@@ -58,7 +86,7 @@ def _library_path():
     override = os.environ.get("ADCME_MPI_OPS_LIBRARY")
     if override:
         return override
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    return os.path.join(BUILT_DIR, LIBRARY_NAME)
 
 
 def _mapped_mpi_libraries():

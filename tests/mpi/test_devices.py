@@ -59,6 +59,11 @@ def test_ops_pinned_to_gpu_run_on_host(mode):
         check(*run_graph(build))
         return
 
+    # TF's eager context can report soft placement on and still run with it off
+    # ("enable_soft_placement=0", tensorflow/tensorflow#48559; seen here with
+    # TF 2.20 after the rest of the suite ran): set it as README advises
+    tf.config.set_soft_device_placement(True)
+
     def eager_or_traced():
         with tf.device("/GPU:0"):
             x = tf.constant(x0)
