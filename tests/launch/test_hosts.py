@@ -42,8 +42,8 @@ MPIEXEC = mpiexec(1)[0]
 JOB = os.path.join(ROOT, "tests", "launch", "hosts_job.py")
 PER_HOST = 2
 WATCHDOG = 10  # ADCME_MPI_TIMEOUT for the fault cases, seconds
-# When a job spans nodes, MPICH's nonblocking reduce first reduces within each
-# node ('sched_smp'), so float sums round differently from one host (by about
+# When a job spans nodes, MPICH's nonblocking reduce picks another algorithm
+# than on one node, so float sums round differently from one host (by about
 # 1e-16 relative). Pinning the algorithm pins the order; everything else
 # (bcast, gather, scatter, p2p, halo, allreduce here) is bitwise by itself.
 FIXED_ORDER = {"MPIR_CVAR_IREDUCE_INTRA_ALGORITHM": "sched_binomial"}
