@@ -28,10 +28,9 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-from mpiexec import mpiexec
+from mpiexec import TOOLS, hosts_unavailable, mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def junit_counts(path):
@@ -110,18 +109,13 @@ def run_across_hosts(pytest_args, timeout, junit):
     """ACROSS_HOSTS on 2 hosts x 2 ranks over TCP (tools/netns_hosts.py makes
     the hosts as network namespaces and removes them after); needs root."""
     label = "tests/mpi on 2 hosts x 2 ranks over TCP"
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import netns_hosts
-
-    reason = netns_hosts.why_not_available()
-    if os.environ.get("ADCME_MPI_SKIP_HOSTS") == "1":
-        reason = "ADCME_MPI_SKIP_HOSTS=1"
+    reason = hosts_unavailable()
     if reason:
         print(f"\n=== {label}: SKIPPED: {reason}", flush=True)
         return {}
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "tools", "netns_hosts.py"),
+        os.path.join(TOOLS, "netns_hosts.py"),
         "run",
         "--hosts=2",
         "--per-host=2",

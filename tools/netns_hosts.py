@@ -91,13 +91,7 @@ class Hosts:
 
     def __exit__(self, *exc):
         self.orphans = self.processes()
-        for pids in self.orphans.values():
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        down()
+        down()  # kills what is still alive in the hosts, then removes them
         return False
 
     def _up(self):
@@ -190,7 +184,7 @@ class Hosts:
         """{host: [pid, ...]} of the processes alive in each host's namespace."""
         found = {}
         for host in self.names:
-            pids = [int(p) for p in sh("ip", "netns", "pids", host, check=False).stdout.split()]
+            pids = pids_in(host)
             if pids:
                 found[host] = pids
         return found
@@ -203,14 +197,20 @@ class Hosts:
         return self.processes()
 
 
+def pids_in(host):
+    """The processes alive in `host`'s network namespace."""
+    return [int(p) for p in sh("ip", "netns", "pids", host, check=False).stdout.split()]
+
+
 def down(quiet=False):
-    """Remove every host, link, the bridge and the /etc/hosts lines this tool made."""
+    """Kill what still runs in the hosts, then remove every host, link, the
+    bridge and the /etc/hosts lines this tool made."""
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         if name.startswith(PREFIX):
-            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            for pid in pids_in(name):
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             sh("ip", "netns", "delete", name, check=False)

@@ -28,14 +28,12 @@ import pytest
 
 from launcher import ROOT, launch, removing_new_mpich_segments
 from test_examples import EXPECT
-from mpiexec import mpiexec
+from mpiexec import DEFAULT, TOOLS, hosts_unavailable, mpiexec
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, TOOLS)
 import netns_hosts  # noqa: E402
 
-REASON = netns_hosts.why_not_available()
-if os.environ.get("ADCME_MPI_SKIP_HOSTS") == "1":
-    REASON = "ADCME_MPI_SKIP_HOSTS=1"
+REASON = hosts_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"{REASON}")
 
 MPIEXEC = mpiexec(1)[0]
@@ -201,7 +199,7 @@ def test_documented_command(command, capsys):
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    if MPIEXEC != os.path.join(os.path.dirname(sys.executable), "mpiexec"):
+    if MPIEXEC != DEFAULT:
         args[3:3] = ["--mpiexec", MPIEXEC]  # the suite's other MPI (as the command's note says)
     with removing_new_mpich_segments():
         proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
