@@ -119,12 +119,10 @@ struct Operand {
   int count = 0;
 };
 
-absl::Status PrepareOperand(const CallSite& site, OpKind kind, const Tensor& a, int root,
-                            Operand* op) {
+absl::Status PrepareOperand(const CallSite& site, const Tensor& a, Operand* op) {
   op->tensor = &a;
   TF_RETURN_IF_ERROR(DatatypeArg(site, "a", a, &op->type));
-  TF_RETURN_IF_ERROR(CountOf(site, "a", a.NumElements(), &op->count));
-  return CheckSameAcrossRanks(site, kind, "a", a, root);
+  return CountOf(site, "a", a.NumElements(), &op->count);
 }
 
 // A collective with a root rank (input 1).
@@ -137,8 +135,14 @@ class RootedKernel : public MpiKernel {
     int root = 0;
     TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 1, "root", 0, site.size - 1, site, &root));
     Operand a;
-    TF_RETURN_IF_ERROR(PrepareOperand(site, kind_, ctx->input(0), root, &a));
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
     return RunRooted(ctx, site, root, a);
+  }
+  // Subclasses call this before their collective (after allocating the
+  // output, so small data can travel with the check: see Carried).
+  absl::Status CheckAcrossRanks(const CallSite& site, int root, const Operand& a,
+                                Carried* carried = nullptr) const {
+    return CheckSameAcrossRanks(site, kind_, "a", *a.tensor, root, carried);
   }
   virtual absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                                  const Operand& a) = 0;
@@ -156,14 +160,21 @@ class SumKernel : public RootedKernel {
     const bool is_root = site.rank == root;
     // Root: reduce in place into the input's buffer when TF can hand it over.
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
-    const bool in_place = DataOf(*out) == DataOf(*a.tensor);
-    MPI_Request request;
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
-                               is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM, root,
-                               site.comm, &request),
-                   "MPI_Ireduce"));
-    TF_RETURN_IF_ERROR(WaitOne(site, request, "every rank to join the reduction"));
+    Carried carried;
+    carried.input = a.tensor;
+    carried.sum = true;
+    carried.output = DataOf(*out);
+    TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a, &carried));
+    if (!carried.done) {
+      const bool in_place = DataOf(*out) == DataOf(*a.tensor);
+      MPI_Request request;
+      TF_RETURN_IF_ERROR(
+          site.Check(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
+                                 is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM, root,
+                                 site.comm, &request),
+                     "MPI_Ireduce"));
+      TF_RETURN_IF_ERROR(WaitOne(site, request, "every rank to join the reduction"));
+    }
     if (!is_root) ZeroFill(out);
     return absl::OkStatus();
   }
@@ -175,7 +186,10 @@ class BcastKernel : public RootedKernel {
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
     char* buffer = nullptr;
-    if (site.rank == root) {
+    Carried carried;
+    carried.input = a.tensor;
+    carried.is_root = site.rank == root;
+    if (carried.is_root) {
       ctx->set_output(0, *a.tensor);  // zero copy: the root returns its own input
       buffer = DataOf(*a.tensor);     // and MPI only reads from it
     } else {
@@ -183,7 +197,10 @@ class BcastKernel : public RootedKernel {
       Tensor* out = nullptr;
       TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
       buffer = DataOf(*out);
+      carried.output = buffer;
     }
+    TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a, &carried));
+    if (carried.done) return absl::OkStatus();
     MPI_Request request;
     TF_RETURN_IF_ERROR(
         site.Check(MPI_Ibcast(buffer, a.count, a.type, root, site.comm, &request), "MPI_Ibcast"));
@@ -202,6 +219,7 @@ class GatherKernel : public RootedKernel {
     } else {
       shape.set_dim(0, shape.dim_size(0) * site.size);
     }
+    TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a));
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
     const bool is_root = site.rank == root;
@@ -221,6 +239,7 @@ class ScatterKernel : public RootedKernel {
   explicit ScatterKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kScatter) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
+    TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a));
     TensorShape shape = a.tensor->shape();
     if (shape.dims() == 0 || shape.dim_size(0) % site.size != 0)
       return site.InvalidArgument(absl::StrCat(
@@ -244,10 +263,17 @@ class AllreduceKernel : public MpiKernel {
   using MpiKernel::MpiKernel;
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
     Operand a;
-    TF_RETURN_IF_ERROR(PrepareOperand(site, OpKind::kAllreduce, ctx->input(0), -1, &a));
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
     Tensor* out = nullptr;
     // Reuse the input buffer when TF lets us (it is not needed elsewhere).
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+    Carried carried;
+    carried.input = a.tensor;
+    carried.sum = true;
+    carried.output = DataOf(*out);
+    TF_RETURN_IF_ERROR(
+        CheckSameAcrossRanks(site, OpKind::kAllreduce, "a", *a.tensor, -1, &carried));
+    if (carried.done) return absl::OkStatus();
     const bool in_place = DataOf(*out) == DataOf(*a.tensor);
     MPI_Request request;
     TF_RETURN_IF_ERROR(

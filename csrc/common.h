@@ -101,8 +101,9 @@ inline char* DataOf(const Tensor& t) { return const_cast<char*>(t.tensor_data().
 // Waits for all requests. With ADCME_MPI_TIMEOUT=<seconds> set, a wait longer
 // than that aborts the whole job with a message naming the op, the rank and
 // `waiting_for` (the peers). Polls politely so oversubscribed ranks progress.
+// `statuses`, if given, receives the requests' statuses (also when one failed).
 absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
-                     const std::string& waiting_for);
+                     const std::string& waiting_for, std::vector<MPI_Status>* statuses = nullptr);
 absl::Status WaitOne(const CallSite& site, MPI_Request request, const std::string& waiting_for);
 // Blocking matched probe with the same watchdog; returns the message handle.
 absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message* message,
@@ -125,18 +126,34 @@ enum class OpKind : int64_t {
   kHaloGrad,
   kEndOfProgram = 99,
 };
+// Data of at most kInlineBytes travels inside the check itself.
+constexpr int kInlineBytes = 256;
+// A collective small enough to ride in its check's reduction: mpi_sum and
+// mpi_allreduce (sum = true) or mpi_bcast (the root's value). `done` is set
+// when the data arrived that way, and the collective itself is skipped.
+struct Carried {
+  const Tensor* input = nullptr;  // this rank's contribution
+  bool sum = false;               // sum over ranks; else the root's input
+  bool is_root = false;
+  char* output = nullptr;  // where the result goes (may be input's buffer); null: keep
+  bool done = false;
+  static bool Fits(const Tensor& t);
+};
 // Every checked collective on a communicator family (the user's communicator,
 // its forward and gradient duplicates) gets the next sequence number. All
-// ranks allgather (op, direction, sequence number, payload); if they disagree
-// on the op or its number, every rank gets an error naming what each rank is
-// doing, instead of a hang. `rows` receives everyone's payload.
+// ranks reduce a digest of (op, direction, sequence number, `payload`); in
+// the common case that is all, and `rows`
+// stays empty. If any rank's digest differs, all allgather their full payload:
+// ranks at different collectives get an error naming what each rank is doing;
+// otherwise `rows` receives everyone's payload for the caller's own message.
 absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
                               const std::vector<int64_t>& payload,
-                              std::vector<std::vector<int64_t>>* rows);
+                              std::vector<std::vector<int64_t>>* rows, Carried* carried = nullptr);
 // The usual check for a collective's data argument: same dtype and shape
-// everywhere, and the same root (root < 0: none).
+// everywhere, and the same root (root < 0: none). With `carried`, small data
+// travels with the check (see Carried).
 absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char* arg,
-                                  const Tensor& t, int root);
+                                  const Tensor& t, int root, Carried* carried = nullptr);
 
 // ---- shape functions ----
 // Adds the ordering token to a shape function: the last input must be a

@@ -153,8 +153,10 @@ class HaloKernelBase : public MpiKernel {
 
  protected:
   // Checks the grid against the communicator and, unless ADCME_MPI_CHECK=0,
-  // that every rank agrees on m, n, width, dtype and shared edge lengths
-  // (one small allgather; every rank reaches the same verdict).
+  // that every rank agrees on m, n, width and dtype (the check's small
+  // reduction; every rank reaches the same verdict). Edge lengths differ
+  // legitimately between blocks: neighbours' agreement on them is checked
+  // by CheckBands from the halo messages themselves, at no cost.
   absl::Status CheckGrid(const CallSite& site, OpKind kind, DataType dtype, int rows,
                          int cols) const {
     if (m_ * n_ != site.size)
@@ -163,26 +165,52 @@ class HaloKernelBase : public MpiKernel {
     if (rows < width_ || cols < width_)
       return site.InvalidArgument(absl::StrCat("block of shape [", rows, ",", cols,
                                                "] is smaller than the halo width ", width_));
+    // `all` is filled only when some rank's differ, and then names who and how.
     std::vector<std::vector<int64_t>> all;
-    TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, {rows, cols, m_, n_, width_, dtype}, &all));
+    TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, {m_, n_, width_, dtype}, &all));
     for (int r = 0; r < static_cast<int>(all.size()); ++r) {
       const auto& row = all[r];
-      if (row[2] != m_ || row[3] != n_ || row[4] != width_ || row[5] != dtype)
+      if (row[0] != m_ || row[1] != n_ || row[2] != width_ || row[3] != dtype)
         return site.InvalidArgument(
-            absl::StrCat("rank ", r, " called with m=", row[2], ", n=", row[3], ", width=", row[4],
-                         ", dtype ", tensorflow::DataTypeString(static_cast<DataType>(row[5])),
+            absl::StrCat("rank ", r, " called with m=", row[0], ", n=", row[1], ", width=", row[2],
+                         ", dtype ", tensorflow::DataTypeString(static_cast<DataType>(row[3])),
                          " but rank ", site.rank, " with m=", m_, ", n=", n_, ", width=", width_,
                          ", dtype ", tensorflow::DataTypeString(dtype)));
-      if (r % n_ + 1 < n_ && all[r + 1][0] != row[0])
-        return site.InvalidArgument(
-            absl::StrCat("blocks of left/right neighbours must have the same number of rows: rank ",
-                         r, " has [", row[0], ",", row[1], "], rank ", r + 1, " has [",
-                         all[r + 1][0], ",", all[r + 1][1], "]"));
-      if (r + n_ < site.size && all[r + n_][1] != row[1])
-        return site.InvalidArgument(
-            absl::StrCat("blocks of up/down neighbours must have the same number of columns: rank ",
-                         r, " has [", row[0], ",", row[1], "], rank ", r + n_, " has [",
-                         all[r + n_][0], ",", all[r + n_][1], "]"));
+    }
+    return absl::OkStatus();
+  }
+
+  // A ghost band being received: from whom, and how many values it must hold.
+  struct Band {
+    Neighbour from;
+    int64_t values;
+    size_t request;  // index in the exchange's requests
+  };
+  // Blocks that share an edge must agree on its length. A neighbour whose
+  // edge is longer makes the receive fail (MPI_ERR_TRUNCATE), a shorter one
+  // fills less of the band: either names both ranks and the mismatch.
+  absl::Status CheckBands(const CallSite& site, const std::vector<Band>& bands,
+                          const std::vector<MPI_Status>& statuses, MPI_Datatype type, int rows,
+                          int cols) const {
+    for (const Band& band : bands) {
+      if (band.request >= statuses.size()) continue;
+      const MPI_Status& status = statuses[band.request];
+      int error_class = MPI_SUCCESS;
+      if (status.MPI_ERROR != MPI_SUCCESS && status.MPI_ERROR != MPI_ERR_PENDING)
+        MPI_Error_class(status.MPI_ERROR, &error_class);
+      int received = static_cast<int>(band.values);
+      if (error_class == MPI_SUCCESS && status.MPI_ERROR != MPI_ERR_PENDING)
+        MPI_Get_elements(&status, type, &received);
+      if (error_class != MPI_ERR_TRUNCATE && received == band.values) continue;
+      const bool side = band.from.di == 0;  // left/right neighbour: they share rows
+      const int mine = side ? rows : cols;
+      const std::string theirs = error_class == MPI_ERR_TRUNCATE ? absl::StrCat("more than ", mine)
+                                                                 : absl::StrCat(received / width_);
+      return site.InvalidArgument(
+          absl::StrCat("blocks of ", side ? "left/right" : "up/down",
+                       " neighbours must have the same number of ", side ? "rows" : "columns",
+                       ": rank ", site.rank, " has [", rows, ",", cols, "] but rank ",
+                       band.from.rank, " sent an edge of ", theirs, side ? " rows" : " columns"));
     }
     return absl::OkStatus();
   }
@@ -247,6 +275,7 @@ class HaloExchangeKernel : public HaloKernelBase {
 
     TypeArena types;
     std::vector<MPI_Request> requests;
+    std::vector<Band> bands;
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
     for (const Neighbour& nb : nbs) {
       const Region ghost = Ghost(nb, rows, cols);
@@ -262,6 +291,7 @@ class HaloExchangeKernel : public HaloKernelBase {
       TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &recv_type));
       TF_RETURN_IF_ERROR(
           types.Subarray(site, P, Q, Edge(nb, rows, cols).Shifted(w), type, &send_type));
+      bands.push_back({nb, ghost.size(), requests.size()});
       requests.emplace_back();
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Irecv(dst, 1, recv_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Irecv"));
@@ -269,7 +299,10 @@ class HaloExchangeKernel : public HaloKernelBase {
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Isend(dst, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
-    return WaitAll(site, &requests, Peers(nbs));
+    std::vector<MPI_Status> statuses;
+    const absl::Status waited = WaitAll(site, &requests, Peers(nbs), &statuses);
+    TF_RETURN_IF_ERROR(CheckBands(site, bands, statuses, type, rows, cols));
+    return waited;
   }
 };
 
@@ -321,6 +354,7 @@ class HaloExchangeGradKernel : public HaloKernelBase {
     std::vector<MPI_Request> requests;
     std::vector<std::vector<T>> incoming;
     std::vector<Region> incoming_region;
+    std::vector<Band> bands;
     incoming.reserve(8);
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
     for (const Neighbour& nb : nbs) {
@@ -334,6 +368,7 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       const Region edge = Edge(nb, rows, cols);
       incoming.emplace_back(edge.size());
       incoming_region.push_back(edge);
+      bands.push_back({nb, edge.size(), requests.size()});
       requests.emplace_back();
       TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(incoming.back().data(), static_cast<int>(edge.size()),
                                               type, nb.rank, tag, site.comm, &requests.back()),
@@ -344,7 +379,10 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Isend(g, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
-    TF_RETURN_IF_ERROR(WaitAll(site, &requests, Peers(nbs)));
+    std::vector<MPI_Status> statuses;
+    const absl::Status waited = WaitAll(site, &requests, Peers(nbs), &statuses);
+    TF_RETURN_IF_ERROR(CheckBands(site, bands, statuses, type, rows, cols));
+    TF_RETURN_IF_ERROR(waited);
     for (size_t k = 0; k < incoming.size(); ++k)
       AddRegion(incoming[k], incoming_region[k], gu, cols);
     grad_fill->scalar<T>()() = fill_sum;

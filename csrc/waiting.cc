@@ -69,7 +69,7 @@ std::vector<DetachedSend>& Detached() {
 }  // namespace
 
 absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
-                     const std::string& waiting_for) {
+                     const std::string& waiting_for, std::vector<MPI_Status>* statuses_out) {
   if (requests->empty()) return absl::OkStatus();
   std::vector<MPI_Status> statuses(requests->size());
   Poller poller(site, waiting_for);
@@ -77,6 +77,7 @@ absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
     int done = 0;
     const int rc =
         MPI_Testall(static_cast<int>(requests->size()), requests->data(), &done, statuses.data());
+    if (statuses_out != nullptr && (done || rc == MPI_ERR_IN_STATUS)) *statuses_out = statuses;
     if (rc == MPI_ERR_IN_STATUS) {
       for (const MPI_Status& st : statuses)
         if (st.MPI_ERROR != MPI_SUCCESS && st.MPI_ERROR != MPI_ERR_PENDING)

@@ -100,8 +100,18 @@ CASES = [
         "halo block edges disagree",
         4,
         "run(am.mpi_halo_exchange(tf.ones([3, 3 + (r == 1)]), 2, 2))",
+        # Found by the halo messages themselves: rank 1 receives a short edge
+        # from rank 3, rank 3 a long one from rank 1; whichever aborts first.
         r"mpi_halo_exchange \(rank \d of 4\): blocks of up/down neighbours must have the same number of "
-        r"columns: rank 1 has \[3,4\], rank 3 has \[3,3\]",
+        r"columns: rank (1 has \[3,4\] but rank 3 sent an edge of 3|3 has \[3,3\] but rank 1 sent an "
+        r"edge of more than 3) columns",
+    ),
+    (
+        "halo block edges disagree (left/right)",
+        2,
+        "run(am.mpi_halo_exchange(tf.ones([4 + r, 3]), 1, 2))",
+        r"blocks of left/right neighbours must have the same number of rows: rank (0 has \[4,3\] but "
+        r"rank 1 sent an edge of more than 4|1 has \[5,3\] but rank 0 sent an edge of 4) rows",
     ),
     (
         "halo block smaller than width",
