@@ -2,10 +2,13 @@
 buffers doing the same MPI call and (b) tf.numpy_function wrapping mpi4py
 (what a TF user writes without this library). Forward, and forward+backward.
 
-    mpiexec -n 2 python benchmarks/bench_ops.py --out benchmarks/out/ops.json
+    mpiexec -n 2 python benchmarks/bench_ops.py --out benchmarks/results/ops_check.json
 
-Each measurement runs REPS ops back to back (the ops of one graph are chained
-in program order) and reports the median over TRIALS runs, per op.
+Noise on a shared machine comes in bursts, so the implementations of one op
+and size are interleaved: every round times each of them once (REPS ops back
+to back, slowest rank), for at least 7 rounds. A ratio is taken within each
+round and the report gives the median of the per-round ratios with their
+[min..max] spread, not a ratio of medians measured minutes apart.
 """
 
 import argparse
@@ -23,17 +26,48 @@ tf.compat.v1.disable_eager_execution()
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 PEER = 1 - RANK if SIZE == 2 else None
+SESSIONS = []  # open until the row that uses them is done (close_sessions)
 
 
-def median_time(fn, reps, trials):
-    fn()  # warm up
-    times = []
-    for _ in range(trials):
-        COMM.Barrier()
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return COMM.allreduce(float(np.median(times)), op=MPI.MAX)
+def close_sessions():
+    while SESSIONS:
+        SESSIONS.pop().close()
+
+
+def round_time(fn, reps):
+    """One timed run of `fn` (reps ops), per op, on the slowest rank."""
+    COMM.Barrier()
+    t0 = time.perf_counter()
+    fn()
+    return COMM.allreduce((time.perf_counter() - t0) / reps, op=MPI.MAX)
+
+
+def interleaved(impls, reps, rounds):
+    """{name: [per-op time of each round]}; every round runs every implementation."""
+    for fn in impls.values():
+        fn()  # warm up (first runs allocate and build)
+    times = {name: [] for name in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            times[name].append(round_time(fn, reps))
+    return times
+
+
+def summary(times, base="mpi4py"):
+    """Median time of each implementation, and the median [min..max] of its
+    per-round ratio to `base` (and of fwd+bwd to fwd)."""
+    out = {name: float(np.median(t)) for name, t in times.items()}
+    pairs = [(name, base) for name in times if name != base]
+    if "adcme_fwd_bwd" in times:
+        pairs.append(("adcme_fwd_bwd", "adcme"))
+    if "numpy_function" in times:
+        pairs.append(("adcme", "numpy_function"))
+    for name, ref in pairs:
+        ratios = np.array(times[name]) / np.array(times[ref])
+        key = f"{name}/{ref}"
+        out[key] = [float(np.median(ratios)), float(ratios.min()), float(ratios.max())]
+    out["rounds"] = len(times[base])
+    return out
 
 
 # ---- the three implementations of each op --------------------------------
@@ -71,7 +105,8 @@ def numpy_function_op(kind, t):
     return tf.numpy_function(call, [t], t.dtype, stateful=True)
 
 
-def graph_time(build, reps, trials, grad=False):
+def graph_runner(build, reps, grad=False):
+    """A callable that runs `reps` chained ops (or their gradient) in a graph."""
     g = tf.Graph()
     with g.as_default():
         x = tf.Variable(np.ones(build.n, np.float64))
@@ -86,9 +121,10 @@ def graph_time(build, reps, trials, grad=False):
             target = tf.gradients(tf.add_n([tf.reduce_sum(o) for o in outs]), x)[0]
         else:
             target = tf.group(*outs)
-        with am.Session(graph=g) as sess:
-            sess.run(x.initializer)
-            return median_time(lambda: sess.run(target), reps, trials)
+        sess = am.Session(graph=g)
+        sess.run(x.initializer)
+    SESSIONS.append(sess)
+    return lambda: sess.run(target)
 
 
 class Build:
@@ -100,11 +136,10 @@ class Build:
 
 
 def halo_block(nbytes):
-    side = max(2, int(np.sqrt(nbytes / 8)))
-    return side
+    return max(2, int(np.sqrt(nbytes / 8)))
 
 
-def bench_halo(nbytes, reps, trials):
+def halo_impls(nbytes, reps):
     """1 x SIZE rank grid, square blocks of `side`^2 doubles (nbytes per block)."""
     side = halo_block(nbytes)
     u = np.random.default_rng(RANK).random((side, side))
@@ -115,28 +150,23 @@ def bench_halo(nbytes, reps, trials):
     def region(start_col):
         return MPI.DOUBLE.Create_subarray([side + 2, side + 2], [side, 1], [1, start_col]).Commit()
 
-    # the careful mpi4py user: subarray datatypes straight on the padded array, no packing
+    # the careful mpi4py user: subarray datatypes straight on the padded array,
+    # no packing; the block is copied into the padded array as the op does
     ghost_left, ghost_right = region(0), region(side + 1)
     edge_left, edge_right = region(1), region(side)
-    types = [ghost_left, ghost_right, edge_left, edge_right]
 
     def mpi4py_halo():
-        padded[1:-1, 1:-1] = u
-        reqs = [
-            COMM.Irecv([padded, 1, ghost_left], source=left),
-            COMM.Irecv([padded, 1, ghost_right], source=right),
-            COMM.Isend([padded, 1, edge_left], dest=left),
-            COMM.Isend([padded, 1, edge_right], dest=right),
-        ]
-        MPI.Request.Waitall(reqs)
-
-    def loop():
         for _ in range(reps):
-            mpi4py_halo()
+            padded[1:-1, 1:-1] = u
+            reqs = [
+                COMM.Irecv([padded, 1, ghost_left], source=left),
+                COMM.Irecv([padded, 1, ghost_right], source=right),
+                COMM.Isend([padded, 1, edge_left], dest=left),
+                COMM.Isend([padded, 1, edge_right], dest=right),
+            ]
+            MPI.Request.Waitall(reqs)
 
-    t_mpi4py = median_time(loop, reps, trials)
-
-    def op_time(grad):
+    def graph(grad):
         g = tf.Graph()
         with g.as_default():
             x = tf.Variable(u)
@@ -147,33 +177,42 @@ def bench_halo(nbytes, reps, trials):
                 if grad
                 else tf.group(*outs)
             )
-            with am.Session(graph=g) as sess:
-                sess.run(x.initializer)
-                return median_time(lambda: sess.run(target), reps, trials)
+            sess = am.Session(graph=g)
+            sess.run(x.initializer)
+        SESSIONS.append(sess)
+        return lambda: sess.run(target)
 
-    for t in types:
-        t.Free()
-    return {
-        "op": "halo",
-        "bytes": side * side * 8,
-        "side": side,
-        "mpi4py": t_mpi4py,
-        "adcme": op_time(False),
-        "adcme_fwd_bwd": op_time(True),
-    }
+    impls = {"mpi4py": mpi4py_halo, "adcme": graph(False), "adcme_fwd_bwd": graph(True)}
+    return side * side * 8, impls
+
+
+def show(row):
+    def ratio(key):
+        if key not in row:
+            return ""
+        med, lo, hi = row[key]
+        return f"{key} {med:5.2f} [{lo:4.2f}..{hi:4.2f}]  "
+
+    print(
+        f"{row['op']:10s} {row['bytes']:>8d} B  mpi4py {row['mpi4py'] * 1e6:9.1f} us  "
+        f"adcme {row['adcme'] * 1e6:9.1f} us  "
+        + ratio("adcme/mpi4py")
+        + ratio("numpy_function/mpi4py")
+        + ratio("adcme_fwd_bwd/adcme"),
+        flush=True,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="benchmarks/out/ops.json")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/ops.json")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--sizes", default="8,64,512,4096,32768,262144,1048576,8388608")
     args = parser.parse_args()
-    sizes = [8, 64, 512, 4096, 32768, 262144, 1 << 20, 8 << 20]
-    rows = []
-    for nbytes in sizes:
+    rows, last_side = [], None
+    for nbytes in [int(b) for b in args.sizes.split(",")]:
         n = max(1, nbytes // 8)
         reps = 200 if nbytes <= 4096 else 40 if nbytes <= 262144 else 8
-        trials = 5 if not args.quick else 2
         buf, out = np.ones(n), np.empty(n)
         for kind in ["bcast", "sum", "allreduce", "sendrecv"]:
             if kind == "sendrecv" and SIZE != 2:
@@ -183,34 +222,26 @@ def main():
                 for _ in range(reps):
                     mpi4py_call(kind, buf, out)
 
-            row = {
-                "op": kind,
-                "bytes": nbytes,
-                "mpi4py": median_time(loop, reps, trials),
-                "adcme": graph_time(Build(adcme_op, kind, n), reps, trials),
-                "numpy_function": graph_time(Build(numpy_function_op, kind, n), reps, trials),
-                "adcme_fwd_bwd": graph_time(Build(adcme_op, kind, n), reps, trials, grad=True),
+            impls = {
+                "mpi4py": loop,
+                "adcme": graph_runner(Build(adcme_op, kind, n), reps),
+                "numpy_function": graph_runner(Build(numpy_function_op, kind, n), reps),
+                "adcme_fwd_bwd": graph_runner(Build(adcme_op, kind, n), reps, grad=True),
             }
+            row = {"op": kind, "bytes": nbytes, **summary(interleaved(impls, reps, args.rounds))}
+            close_sessions()
             rows.append(row)
             if RANK == 0:
-                print(
-                    f"{kind:10s} {nbytes:>8d} B  mpi4py {row['mpi4py'] * 1e6:9.1f} us  "
-                    f"adcme {row['adcme'] * 1e6:9.1f} us ({row['adcme'] / row['mpi4py']:5.2f}x)  "
-                    f"numpy_function {row['numpy_function'] * 1e6:9.1f} us "
-                    f"(adcme/np_fn {row['adcme'] / row['numpy_function']:5.2f})  "
-                    f"fwd+bwd {row['adcme_fwd_bwd'] * 1e6:9.1f} us",
-                    flush=True,
-                )
-        if nbytes >= 512:
-            row = bench_halo(nbytes, reps, trials)
-            rows.append(row)
-            if RANK == 0:
-                print(
-                    f"{'halo':10s} {row['bytes']:>8d} B  mpi4py {row['mpi4py'] * 1e6:9.1f} us  "
-                    f"adcme {row['adcme'] * 1e6:9.1f} us ({row['adcme'] / row['mpi4py']:5.2f}x)  "
-                    f"fwd+bwd {row['adcme_fwd_bwd'] * 1e6:9.1f} us",
-                    flush=True,
-                )
+                show(row)
+        if halo_block(nbytes) == last_side:
+            continue  # the same 2x2 block as the previous size
+        last_side = halo_block(nbytes)
+        halo_bytes, impls = halo_impls(nbytes, reps)
+        row = {"op": "halo", "bytes": halo_bytes, **summary(interleaved(impls, reps, args.rounds))}
+        close_sessions()
+        rows.append(row)
+        if RANK == 0:
+            show(row)
     if RANK == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         meta = {
@@ -218,6 +249,7 @@ def main():
             "check": os.environ.get("ADCME_MPI_CHECK", "1"),
             "mpi": MPI.Get_library_version().splitlines()[0],
             "tf": tf.__version__,
+            "rounds": args.rounds,
         }
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
