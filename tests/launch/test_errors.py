@@ -114,6 +114,15 @@ CASES = [
         r"rank 1 sent an edge of more than 4|1 has \[5,3\] but rank 0 sent an edge of 4) rows",
     ),
     (
+        # m, n, width and dtype go into the check's digest; only on a mismatch
+        # do the ranks gather each other's grid for this message.
+        "halo width differs across ranks",
+        2,
+        "run(am.mpi_halo_exchange(tf.ones([4, 4]), 1, 2, width=1 + r))",
+        r"mpi_halo_exchange \(rank \d of 2\): rank \d called with m=1, n=2, width=[12], dtype float but "
+        r"rank \d with m=1, n=2, width=[12], dtype float",
+    ),
+    (
         "halo block smaller than width",
         2,
         "run(am.mpi_halo_exchange(tf.ones([1, 5]), 1, 2, width=2))",
