@@ -105,8 +105,84 @@ def numpy_function_op(kind, t):
     return tf.numpy_function(call, [t], t.dtype, stateful=True)
 
 
+# ---- the optional peer: mpi4jax (pip install '.[bench]'), the same libmpi ----
+jax = jnp = mpi4jax = None
+
+
+def load_mpi4jax():
+    """The peer, if installed (bash benchmarks/install_mpi4jax.sh)."""
+    global jax, jnp, mpi4jax
+    # One XLA thread: these ops do no arithmetic, and idle XLA worker threads
+    # would compete with the other columns for this machine's cores.
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    try:
+        import jax
+        import jax.numpy as jnp
+        import mpi4jax
+    except ImportError as error:  # one line, then the columns without it
+        if RANK == 0:
+            print(f"mpi4jax column skipped: {error}", flush=True)
+        jax = jnp = mpi4jax = None
+        return
+    jax.config.update("jax_enable_x64", True)  # float64 like the other columns
+
+
+def mpi4jax_runner(kind, n, reps):
+    """`reps` mpi4jax ops chained inside one jax.jit (ordered by their effects)."""
+
+    def one(y):
+        if kind == "bcast":
+            return mpi4jax.bcast(y, 0)
+        if kind == "sum":
+            return mpi4jax.reduce(y, MPI.SUM, 0)
+        if kind == "allreduce":
+            return mpi4jax.allreduce(y, MPI.SUM)
+        if RANK == 0:  # sendrecv: rank 0 sends, rank 1 receives
+            mpi4jax.send(y, 1)
+            return y
+        return mpi4jax.recv(y, 0)
+
+    @jax.jit
+    def chain(y):
+        for _ in range(reps):
+            y = one(y)
+        return y
+
+    x = jnp.ones(n)
+    chain(x).block_until_ready()
+    return lambda: chain(x).block_until_ready()
+
+
+def mpi4jax_halo_runner(u, reps):
+    """mpi4jax has no halo op: pad, then sendrecv the shared edge with the
+    neighbour, as its shallow-water example does (1 x 2 grid)."""
+    peer = 1 - RANK
+    edge, ghost = (-2, -1) if RANK == 0 else (1, 0)
+
+    @jax.jit
+    def chain(u):
+        # Every padded array is returned, so XLA must build each one (as the
+        # other columns do) instead of slicing the edge straight out of u.
+        padded = []
+        for _ in range(reps):
+            p = jnp.pad(u, 1)
+            received = mpi4jax.sendrecv(p[1:-1, edge], p[1:-1, edge], source=peer, dest=peer)
+            padded.append(p.at[1:-1, ghost].set(received))
+        return padded
+
+    x = jnp.asarray(u)
+    jax.block_until_ready(chain(x))
+    return lambda: jax.block_until_ready(chain(x))
+
+
+CHAIN = False  # --chain: each op takes the previous op's output
+
+
 def graph_runner(build, reps, grad=False):
-    """A callable that runs `reps` chained ops (or their gradient) in a graph."""
+    """A callable that runs `reps` chained ops (or their gradient) in a graph.
+    By default every op reads the same input tensor, so TF cannot hand an op
+    its input's buffer and each op allocates its output; with --chain each op
+    reads the previous op's output, which TF can forward."""
     g = tf.Graph()
     with g.as_default():
         x = tf.Variable(np.ones(build.n, np.float64))
@@ -114,7 +190,7 @@ def graph_runner(build, reps, grad=False):
         outs, prev = [], None
         for _ in range(reps):
             with tf.control_dependencies([prev] if prev is not None else []):
-                y = build(value)
+                y = build(prev if CHAIN and prev is not None else value)
             prev = y
             outs.append(y)
         if grad:
@@ -183,6 +259,8 @@ def halo_impls(nbytes, reps):
         return lambda: sess.run(target)
 
     impls = {"mpi4py": mpi4py_halo, "adcme": graph(False), "adcme_fwd_bwd": graph(True)}
+    if mpi4jax is not None and SIZE == 2:
+        impls["mpi4jax"] = mpi4jax_halo_runner(u, reps)
     return side * side * 8, impls
 
 
@@ -197,6 +275,7 @@ def show(row):
         f"{row['op']:10s} {row['bytes']:>8d} B  mpi4py {row['mpi4py'] * 1e6:9.1f} us  "
         f"adcme {row['adcme'] * 1e6:9.1f} us  "
         + ratio("adcme/mpi4py")
+        + ratio("mpi4jax/mpi4py")
         + ratio("numpy_function/mpi4py")
         + ratio("adcme_fwd_bwd/adcme"),
         flush=True,
@@ -208,7 +287,13 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/ops.json")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--sizes", default="8,64,512,4096,32768,262144,1048576,8388608")
+    parser.add_argument("--chain", action="store_true", help="feed each op the previous output")
+    parser.add_argument("--no-mpi4jax", action="store_true", help="leave jax out of the process")
     args = parser.parse_args()
+    global CHAIN
+    CHAIN = args.chain
+    if not args.no_mpi4jax:
+        load_mpi4jax()
     rows, last_side = [], None
     for nbytes in [int(b) for b in args.sizes.split(",")]:
         n = max(1, nbytes // 8)
@@ -228,6 +313,8 @@ def main():
                 "numpy_function": graph_runner(Build(numpy_function_op, kind, n), reps),
                 "adcme_fwd_bwd": graph_runner(Build(adcme_op, kind, n), reps, grad=True),
             }
+            if mpi4jax is not None:
+                impls["mpi4jax"] = mpi4jax_runner(kind, n, reps)
             row = {"op": kind, "bytes": nbytes, **summary(interleaved(impls, reps, args.rounds))}
             close_sessions()
             rows.append(row)
@@ -250,6 +337,7 @@ def main():
             "mpi": MPI.Get_library_version().splitlines()[0],
             "tf": tf.__version__,
             "rounds": args.rounds,
+            "chain": args.chain,
         }
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

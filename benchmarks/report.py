@@ -61,25 +61,34 @@ lines = [
     *(
         [
             f"*before* = adcme/mpi4py of the same script on {before['meta'].get('build', 'an earlier build')}, "
-            "run in the same sitting just before.",
+            "kept in `results/ops_before.json` (run.sh does not remake it).",
             "",
         ]
         if before
         else []
     ),
-    "| op | bytes | mpi4py us | adcme us | adcme/mpi4py | nocheck/mpi4py | adcme/np_fn | fwd+bwd/fwd |"
+    "*mpi4jax* = the same op chained inside one `jax.jit` (mpi4jax, same libmpi; "
+    "`bash benchmarks/install_mpi4jax.sh`); it has no halo op, so its halo column pads and "
+    "exchanges the shared edge with `mpi4jax.sendrecv`, as its shallow-water example does.",
+    "",
+    "| op | bytes | mpi4py us | adcme us | adcme/mpi4py | mpi4jax/mpi4py | nocheck/mpi4py | adcme/np_fn | fwd+bwd/fwd |"
     + (" before: adcme/mpi4py |" if before else ""),
-    "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if before else ""),
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if before else ""),
 ]
 for r in check["rows"]:
     f = fast.get(key(r), {})
     lines.append(
         f"| {r['op']} | {r['bytes']} | {us(r['mpi4py'])} | {us(r['adcme'])} | "
-        f"{spread(r, 'adcme/mpi4py')} | {spread(f, 'adcme/mpi4py')} | "
+        f"{spread(r, 'adcme/mpi4py')} | {spread(r, 'mpi4jax/mpi4py')} | {spread(f, 'adcme/mpi4py')} | "
         f"{spread(r, 'adcme/numpy_function')} | {spread(r, 'adcme_fwd_bwd/adcme')} |"
         + (f" {spread(old.get(key(r), {}), 'adcme/mpi4py')} |" if before else "")
     )
 
+lines += [
+    "",
+    "Which ops reuse their input's buffer, what TF's and glibc's allocator settings change "
+    "at 1-8 MiB, and why the mpi4py column is hard to match there: `LARGE_BUFFERS.md`.",
+]
 lines += [
     "",
     "## Applications",
@@ -117,17 +126,26 @@ for ax, op in zip(axes, ["bcast", "sum", "allreduce", "sendrecv", "halo"]):
     rows = [r for r in check["rows"] if r["op"] == op]
     b = [r["bytes"] for r in rows]
 
-    def bars(rs, k, style, label, ax=ax):
+    def bars(rs, k, style, label, color, ax=ax):
         rs = [r for r in rs if k in r]
         if not rs:
             return
         med = np.array([r[k][0] for r in rs])
         err = np.array([[r[k][0] - r[k][1] for r in rs], [r[k][2] - r[k][0] for r in rs]])
-        ax.errorbar([r["bytes"] for r in rs], med, yerr=err, fmt=style, capsize=3, label=label)
+        ax.errorbar(
+            [r["bytes"] for r in rs], med, yerr=err, fmt=style, color=color, capsize=3, label=label
+        )
 
-    bars(rows, "adcme/mpi4py", "s-", "adcme_mpi op")
-    bars([fast[key(r)] for r in rows if key(r) in fast], "adcme/mpi4py", "^--", "ADCME_MPI_CHECK=0")
-    bars(rows, "numpy_function/mpi4py", "x:", "tf.numpy_function + mpi4py")
+    bars(rows, "adcme/mpi4py", "s-", "adcme_mpi op", "C0")
+    bars(
+        [fast[key(r)] for r in rows if key(r) in fast],
+        "adcme/mpi4py",
+        "^--",
+        "ADCME_MPI_CHECK=0",
+        "C1",
+    )
+    bars(rows, "numpy_function/mpi4py", "x:", "tf.numpy_function + mpi4py", "C2")
+    bars(rows, "mpi4jax/mpi4py", "o-.", "mpi4jax in jax.jit", "C3")
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
