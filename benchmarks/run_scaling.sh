@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scaling measurements this machine allows (2 cores: 1 and 2 ranks on cores),
-# Poisson iteration counts on 1, 4 and 9 blocks, 2 hosts with injected link
-# latency (root only), then tables, plot and model:
+# Poisson iteration counts (1-16 blocks of 300 cells and of 32 cells;
+# block-Jacobi and two-level), 2 hosts with injected link latency (root
+# only), then tables, plot and model:
 #   bash benchmarks/run_scaling.sh     (from the repo, with the venv's python first on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +20,18 @@ for app in heat poisson; do
     done
   done
 done
-for k in 1 2 3; do
+for k in 1 2 3 4; do
   run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
     --out "$out/poisson_iterations_k$k.json"
+  run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
+    --preconditioner two-level --out "$out/poisson_iterations_two_level_k$k.json"
+done
+# Smaller blocks reach more of them: where the two-level count levels off
+for k in 1 2 3 4; do
+  for pc in block-jacobi two-level; do
+    run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 32 \
+      --preconditioner $pc --out "$out/poisson_iterations_${pc}_block32_k$k.json"
+  done
 done
 # 2 hosts x 1 rank over TCP with an injected one-way link latency (needs root:
 # tools/netns_hosts.py makes the hosts and removes them again; skipped otherwise)

@@ -109,7 +109,7 @@ def write_result(path, row):
 
 
 def count_iterations(args, N, grid):
-    problem = poisson.PoissonProblem(N=N, grid=grid)
+    problem = poisson.PoissonProblem(N=N, grid=grid, preconditioner=args.preconditioner)
     with tf.Graph().as_default() as graph:
         problem.solve(tf.constant(poisson.exact_kappa(problem.xb, problem.yb)))
         with am.Session(graph=graph) as sess:
@@ -121,6 +121,7 @@ def count_iterations(args, N, grid):
         "N": N,
         "block": [problem.patch.rows, problem.patch.cols],
         "iterations_to_tol": iterations,
+        "preconditioner": args.preconditioner,
     }
     write_result(args.out, row)
 
@@ -135,6 +136,12 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="heat: time steps")
     parser.add_argument("--iterations", type=int, default=30, help="poisson: CG iterations")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--preconditioner",
+        default="block-jacobi",
+        choices=["block-jacobi", "two-level"],
+        help="poisson --mode iterations",
+    )
     parser.add_argument("--no-comm", action="store_true")
     parser.add_argument(
         "--link-delay-us", type=float, default=None, help="recorded only (tools/netns_hosts.py)"

@@ -14,7 +14,9 @@ of latency L replaces alpha by alpha + L and caps beta at 10 Gbit/s. Heat: each
 step of the gradient does two halo exchanges (forward and adjoint) whose cost
 does not depend on P. Poisson: each CG iteration does one halo exchange and one
 allreduce (2 log2 P latencies), and block-Jacobi iterations grow with the
-number of blocks per side k = sqrt(P) as fitted to measured counts.
+number of blocks per side k = sqrt(P) as fitted to measured counts; with the
+two-level preconditioner they stop growing (the largest measured count is used),
+at the price of a coarse problem whose size grows with P.
 """
 
 import glob
@@ -91,6 +93,7 @@ def efficiency_table(rows, app, mode):
 
 
 CHECK_PACKET_BYTES = 64 + 256  # csrc/checks.cc: digest header + inline data
+CHOLESKY_FLOPS = 10e9  # an assumed rate for the dense coarse factorisation
 
 
 def check_cost(p, alpha, beta, check):
@@ -126,12 +129,23 @@ def model(rows, ops_json, iterations):
         return lines + ["(needs the 1-rank no-comm weak runs of both applications)"]
     heat_step = heat1["forward_gradient_s"] / heat1["steps"]
     pois_it = pois1["forward_gradient_s"] / (2 * pois1["iterations"])  # forward + adjoint solve
-    a_it, c_it, it_one = iterations
+    a_it, c_it, it_one, it_two_level = iterations
     lines += [
         f"Compute per heat step (fwd+grad, 1 rank, no comm): {heat_step * 1e3:.2f} ms; per "
         f"Poisson CG iteration: {pois_it * 1e3:.2f} ms. Block-Jacobi iterations to 1e-12 with "
         f"k x k blocks: {a_it:.1f} + {c_it:.1f} k (fitted to the counts above for k >= 2; "
         f"k = sqrt(P)). One block needs {it_one:g}: the preconditioner is then nearly the inverse.",
+        "",
+        f"Two-level (block-Jacobi plus the bilinear coarse space on block corners): the model "
+        f"takes the largest count measured for k >= 2 ({it_two_level:g}) as the count at every "
+        "P (the counts level off: 164, 199, 205 at k = 2, 3, 4 above, and 54, 64, 65 with 32-cell "
+        "blocks). "
+        "Its extra costs: per iteration, the dot-product allreduce also carries the P coarse "
+        "residuals (8 (P + 2) bytes, so it is checked separately); per solve, the coarse "
+        f"matrix is assembled by one dense allreduce of 8 P^2 bytes and factored (P^3 / 3 "
+        f"flops at {CHOLESKY_FLOPS / 1e9:g} GFLOP/s, on every rank). Both grow with P: the "
+        "dense assembly and factorisation are the next thing to replace (sparse, or a "
+        "coarse solve on a subset of ranks).",
         "",
         "| app | checks | link latency | " + " | ".join(f"{p} ranks" for p in RANKS) + " |",
         "|---|---|---:|" + "---:|" * len(RANKS),
@@ -140,19 +154,35 @@ def model(rows, ops_json, iterations):
         for latency in LATENCIES_US:
             alpha_h, alpha_r = a_halo + latency * 1e-6, a_ar + latency * 1e-6
             beta = min(b_halo, LINK_BYTES_PER_S)
-            heat, pois = [], []
+            heat, pois, two_level = [], [], []
             for p in RANKS:
                 halo = alpha_h + 4 * edge / beta + check_cost(p, alpha_r, beta, check)
                 heat.append(heat_step / (heat_step + 2 * halo))
                 allreduce = 2 * math.log2(p) * alpha_r  # a scalar: rides inside its check
                 it1, itp = it_one, a_it + c_it * math.sqrt(p)
                 pois.append(it1 * pois_it / (itp * (pois_it + halo + allreduce)))
+                coarse_bytes = 8 * (p + 2)
+                allreduce_2l = (
+                    2 * math.log2(p) * alpha_r
+                    + 2 * coarse_bytes / beta
+                    + check_cost(p, alpha_r, beta, check)
+                )
+                per_solve = (
+                    2 * math.log2(p) * alpha_r + 2 * 8 * p * p / beta + p**3 / 3 / CHOLESKY_FLOPS
+                )
+                solve_2l = it_two_level * (pois_it + halo + allreduce_2l) + per_solve
+                two_level.append(it1 * pois_it / solve_2l)
             on = "on" if check else "off"
             lines.append(
                 f"| heat | {on} | {latency} us | " + " | ".join(f"{e:.0%}" for e in heat) + " |"
             )
             lines.append(
                 f"| poisson | {on} | {latency} us | " + " | ".join(f"{e:.1%}" for e in pois) + " |"
+            )
+            lines.append(
+                f"| poisson, two-level | {on} | {latency} us | "
+                + " | ".join(f"{e:.1%}" for e in two_level)
+                + " |"
             )
     lines += ["", *measured_vs_predicted(rows)]
     return lines
@@ -225,8 +255,16 @@ def main():
     folder, ops_json, out_md, out_png = sys.argv[1:5]
     rows = load(folder)
     counted = [r for r in rows if "iterations_to_tol" in r]
-    counts = sorted((r["blocks_per_side"], r["iterations_to_tol"]) for r in counted)
-    block = counted[0]["block"][0] if counted else "?"
+    blocks = sorted({r["block"][0] for r in counted}, reverse=True)
+
+    def counts_for(preconditioner, block=300):
+        return sorted(
+            (r["blocks_per_side"], r["iterations_to_tol"])
+            for r in counted
+            if r.get("preconditioner", "block-jacobi") == preconditioner and r["block"][0] == block
+        )
+
+    counts, counts_two_level = counts_for("block-jacobi"), counts_for("two-level")
     rows = [r for r in rows if "iterations_to_tol" not in r]
     for r in rows:
         r.setdefault("link_delay_us", None)
@@ -237,21 +275,25 @@ def main():
         iterations = (a, c, dict(counts).get(1, float("nan")))
     else:
         iterations = (float("nan"),) * 3
+    plateau = [n for k, n in counts_two_level if k >= 2]
+    iterations += (max(plateau) if plateau else float("nan"),)
     lines = ["# Scaling", "", __doc__.split("\n\n", 2)[2].strip(), ""]
     for app in ("heat", "poisson"):
         for mode in ("weak", "strong"):
             lines += efficiency_table(rows, app, mode) + [""]
-    lines += (
-        [
-            "### Poisson: block-Jacobi CG iterations to 1e-12 with k x k blocks of "
-            f"{block} cells per side (weak scaling)",
-            "",
-            "| k | iterations |",
-            "|---:|---:|",
-        ]
-        + [f"| {k} | {n} |" for k, n in counts]
-        + [""]
-    )
+    for block in blocks:
+        bj, tl = dict(counts_for("block-jacobi", block)), dict(counts_for("two-level", block))
+        lines += (
+            [
+                "### Poisson: CG iterations to 1e-12 with k x k blocks of "
+                f"{block} cells per side (weak scaling)",
+                "",
+                "| k | block-Jacobi | two-level |",
+                "|---:|---:|---:|",
+            ]
+            + [f"| {k} | {bj.get(k, '-')} | {tl.get(k, '-')} |" for k in sorted({*bj, *tl})]
+            + [""]
+        )
     lines += model(rows, ops_json, iterations)
     with open(out_md, "w") as f:
         f.write("\n".join(lines) + "\n")

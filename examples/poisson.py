@@ -4,8 +4,11 @@ ADCME's 5-point scheme with averaged kappa, on an m x n patch grid.
 Manufactured solution u = x(1-x)y(1-y), kappa = 1 + x^2 + y^2. The linear
 system is solved by a matrix-free distributed conjugate gradient (halo
 exchange for the stencil, mpi_allreduce for dot products) inside one
-tf.while_loop. Its gradient is the adjoint method: one more CG solve with the
-same (symmetric) operator, not differentiation through CG iterations.
+tf.while_loop, preconditioned by block-Jacobi (default) or two-level
+(block-Jacobi plus a coarse space on the block corners, whose iteration count
+does not grow with the number of ranks). Its gradient is the adjoint method:
+one more CG solve with the same (symmetric) operator, not differentiation
+through CG iterations.
 
 kappa can be a small neural network whose weights are broadcast from rank 0;
 the inverse problem recovers kappa from u with mpi_optimize.
@@ -57,7 +60,7 @@ class BlockJacobi:
     block's mean kappa. Applied with two fast sine transforms per axis, local
     (no communication); symmetric positive definite, so PCG and its adjoint
     solve stay exact. Iterations then grow with the number of blocks, not
-    with the grid size N (no coarse space: see the closing note)."""
+    with the grid size N; TwoLevel adds the coarse space that stops that."""
 
     def __init__(self, rows, cols, h):
         i, j = np.arange(1, rows + 1), np.arange(1, cols + 1)
@@ -73,6 +76,69 @@ class BlockJacobi:
         return dst1(tf.transpose(dst1(spectral))) / kappa_mean
 
 
+def corner_hats(patch):
+    """The coarse space of the two-level preconditioner: bilinear hat
+    functions on the grid of block corners, one per interior corner (the
+    boundary ones are zero there). Returns this block's (and its one-cell
+    border's) values of every hat that is nonzero there, as numpy arrays
+    (count, rows + 2, cols + 2), their global indices, and how many there are
+    in all. Positions are in block units: node i of block bi sits at
+    bi + (i + 0.5) / rows."""
+    p = patch
+    t_row = p.bi + (np.arange(-1, p.rows + 1) + 0.5) / p.rows
+    t_col = p.bj + (np.arange(-1, p.cols + 1) + 0.5) / p.cols
+    hats, index = [], []
+    # a hat reaches this block or its border only from the corners within one block
+    for vi in range(max(1, p.bi - 1), min(p.m - 1, p.bi + 2) + 1):
+        for vj in range(max(1, p.bj - 1), min(p.n - 1, p.bj + 2) + 1):
+            hat_row = np.maximum(0, 1 - np.abs(t_row - vi))
+            hat = np.outer(hat_row, np.maximum(0, 1 - np.abs(t_col - vj)))
+            if hat.any():
+                hats.append(hat)
+                index.append((vi - 1) * (p.n - 1) + (vj - 1))
+    count = (p.m - 1) * (p.n - 1)
+    return np.array(hats).reshape(-1, p.rows + 2, p.cols + 2), np.array(index, int), count
+
+
+class TwoLevel:
+    """Block-Jacobi plus a coarse correction: M^-1 r = B^-1 r + Phi A0^-1 Phi^T r
+    with Phi the bilinear hats on the block corners (corner_hats) and
+    A0 = Phi^T K Phi (Galerkin), so the iteration count stops growing with the
+    number of blocks. Symmetric positive definite, so PCG and its adjoint
+    solve stay exact. A0 is assembled once per solve (one allreduce of a
+    corners x corners matrix); each iteration's Phi^T r rides in the
+    allreduce CG already does for its dot products."""
+
+    def __init__(self, patch):
+        self.block = BlockJacobi(patch.rows, patch.cols, patch.h)
+        hats, self.index, self.count = corner_hats(patch)
+        self.hats_padded = hats
+        self.hats = hats[:, 1:-1, 1:-1]  # on this block's own nodes
+
+    def coarse_matrix(self, problem, faces):
+        """A0 = Phi^T K Phi, summed over ranks."""
+        if len(self.index) == 0:
+            local = tf.zeros([self.count, self.count], tf.float64)
+        else:
+            k_hats = problem.stencil(tf.constant(self.hats_padded), faces)  # K phi_v, this block
+            local = tf.einsum("uij,vij->uv", tf.constant(self.hats), k_hats)
+            pairs = np.array([(u, v) for u in self.index for v in self.index])
+            local = tf.scatter_nd(pairs, tf.reshape(local, [-1]), [self.count, self.count])
+        return am.mpi_allreduce(local, comm=problem.comm)
+
+    def restrict(self, r):
+        """This rank's part of Phi^T r, as a vector over all corners."""
+        if len(self.index) == 0:
+            return tf.zeros([self.count], tf.float64)
+        part = tf.einsum("uij,ij->u", tf.constant(self.hats), r)
+        return tf.scatter_nd(self.index[:, None], part, [self.count])
+
+    def prolong(self, y0):
+        if len(self.index) == 0:
+            return 0.0
+        return tf.einsum("u,uij->ij", tf.gather(y0, self.index), tf.constant(self.hats))
+
+
 class PoissonProblem:
     def __init__(
         self, N=16, grid=None, comm=None, tol=1e-12, maxiter=None, preconditioner="block-jacobi"
@@ -81,9 +147,11 @@ class PoissonProblem:
         m, n = grid or default_grid(comm.Get_size())
         self.patch = p = Patch(N, m, n, comm)
         self.comm, self.tol, self.maxiter = comm, tol, maxiter or 10 * N
-        self.preconditioner = (
-            BlockJacobi(p.rows, p.cols, p.h) if preconditioner == "block-jacobi" else None
-        )
+        self.preconditioner = {
+            "block-jacobi": lambda: BlockJacobi(p.rows, p.cols, p.h),
+            "two-level": lambda: TwoLevel(p),
+            None: lambda: None,
+        }[preconditioner]()
         self.x, self.y = p.coordinates()
         self.xb, self.yb = p.coordinates(border=1)  # nodes plus one layer (kappa only)
         self.f = source(self.x, self.y)
@@ -108,12 +176,12 @@ class PoissonProblem:
     def stencil(self, up, faces):
         """K u from u padded with its neighbours' values (local arithmetic)."""
         e, w, nn, s = faces
-        c = up[1:-1, 1:-1]
+        c = up[..., 1:-1, 1:-1]
         return (
-            e * (c - up[1:-1, 2:])
-            + w * (c - up[1:-1, :-2])
-            + nn * (c - up[2:, 1:-1])
-            + s * (c - up[:-2, 1:-1])
+            e * (c - up[..., 1:-1, 2:])
+            + w * (c - up[..., 1:-1, :-2])
+            + nn * (c - up[..., 2:, 1:-1])
+            + s * (c - up[..., :-2, 1:-1])
         ) / self.patch.h**2
 
     def dot(self, a, b):
@@ -124,15 +192,35 @@ class PoissonProblem:
         ||r|| <= tol ||b||. One allreduce per iteration carries both <r, z>
         and <r, r>."""
         precondition = self.preconditioner
-        if precondition is None:
-            apply_m = lambda r: r  # noqa: E731
+        kappa_mean = tf.stop_gradient(tf.reduce_mean(faces[0]))
+        if isinstance(precondition, TwoLevel) and precondition.count == 0:
+            precondition = precondition.block  # a 1 x n grid has no interior corners
+        if isinstance(precondition, TwoLevel):
+            coarse = precondition
+            chol = tf.linalg.cholesky(coarse.coarse_matrix(self, faces))
+            apply_m = lambda r: coarse.block(r, kappa_mean)  # noqa: E731
         else:
-            kappa_mean = tf.stop_gradient(tf.reduce_mean(faces[0]))
-            apply_m = lambda r: precondition(r, kappa_mean)  # noqa: E731
-        z = apply_m(b)
-        sums = am.mpi_allreduce(
-            tf.stack([tf.reduce_sum(b * z), tf.reduce_sum(b * b)]), comm=self.comm
-        )
+            coarse = None
+            if precondition is None:
+                apply_m = lambda r: r  # noqa: E731
+            else:
+                apply_m = lambda r: precondition(r, kappa_mean)  # noqa: E731
+
+        def precondition_and_sum(r):
+            """z = M^-1 r and the global [<r, z>, <r, r>] in one allreduce.
+            Two-level: z = B^-1 r + Phi y0 with y0 = A0^-1 Phi^T r, so
+            <r, z> = <r, B^-1 r> + <Phi^T r, y0> and Phi^T r joins the same
+            allreduce."""
+            z = apply_m(r)
+            local = tf.stack([tf.reduce_sum(r * z), tf.reduce_sum(r * r)])
+            if coarse is None:
+                return z, am.mpi_allreduce(local, comm=self.comm)
+            sums = am.mpi_allreduce(tf.concat([local, coarse.restrict(r)], 0), comm=self.comm)
+            r0 = sums[2:]
+            y0 = tf.linalg.cholesky_solve(chol, r0[:, None])[:, 0]
+            return z + coarse.prolong(y0), tf.stack([sums[0] + tf.reduce_sum(r0 * y0), sums[1]])
+
+        z, sums = precondition_and_sum(b)
         stop2 = self.tol**2 * sums[1]
 
         def cond(k, x, r, p, rz, rr):
@@ -143,10 +231,7 @@ class PoissonProblem:
             alpha = rz / self.dot(p, Kp)
             x = x + alpha * p
             r = r - alpha * Kp
-            z = apply_m(r)
-            sums = am.mpi_allreduce(
-                tf.stack([tf.reduce_sum(r * z), tf.reduce_sum(r * r)]), comm=self.comm
-            )
+            z, sums = precondition_and_sum(r)
             return k + 1, x, r, z + (sums[0] / rz) * p, sums[0], sums[1]
 
         zero = tf.zeros_like(b)
@@ -282,7 +367,7 @@ if __name__ == "__main__":
     parser.add_argument("--maxiter", type=int, default=60)
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
-        "--preconditioner", default="block-jacobi", choices=["block-jacobi", "none"]
+        "--preconditioner", default="block-jacobi", choices=["block-jacobi", "two-level", "none"]
     )
     args = parser.parse_args()
     preconditioner = None if args.preconditioner == "none" else args.preconditioner

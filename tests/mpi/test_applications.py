@@ -95,8 +95,51 @@ def test_poisson_block_jacobi_same_solution_fewer_iterations():
     assert its_pc < its_cg / 2, (its_pc, its_cg)
 
 
-def test_poisson_gradient_matches_central_differences():
-    prob = poisson.PoissonProblem(N=N)
+def test_poisson_two_level_same_solution_iterations_flat():
+    """The coarse correction changes the path, not the answer; on a grid with
+    interior block corners it needs no more iterations than block-Jacobi."""
+
+    def solve(preconditioner):
+        prob = poisson.PoissonProblem(N=24, preconditioner=preconditioner)
+        u = prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
+        return [u, prob.iterations]
+
+    u_2l, its_2l = run_graph(lambda: solve("two-level"))
+    u_bj, its_bj = run_graph(lambda: solve("block-jacobi"))
+    np.testing.assert_allclose(u_2l, u_bj, rtol=0, atol=1e-10 * np.max(np.abs(u_bj)))
+    assert its_2l <= its_bj, (its_2l, its_bj)
+
+
+def test_poisson_two_level_coarse_matrix_is_galerkin():
+    """A0 assembled across ranks from each block's hats equals Phi^T K Phi
+    built serially from the whole grid (scipy) for the same kappa."""
+    prob = poisson.PoissonProblem(N=24, preconditioner="two-level")
+    two_level = prob.preconditioner
+    if two_level.count == 0:
+        pytest.skip("a 1 x n grid has no interior block corners")
+    A0 = run_graph(
+        lambda: two_level.coarse_matrix(
+            prob, prob.faces(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
+        )
+    )
+    serial = poisson.PoissonProblem(N=24, grid=(1, 1), comm=MPI.COMM_SELF)
+    K = poisson_matrix(24, poisson.exact_kappa(serial.xb, serial.yb))
+    p = prob.patch
+    Phi = np.zeros((24 * 24, two_level.count))
+    for rank, (hats, index) in enumerate(
+        MPI.COMM_WORLD.allgather((two_level.hats, two_level.index))
+    ):
+        bi, bj = divmod(rank, p.n)
+        for hat, v in zip(hats, index):
+            block = np.zeros((24, 24))
+            block[bi * p.rows : (bi + 1) * p.rows, bj * p.cols : (bj + 1) * p.cols] = hat
+            Phi[:, v] += block.ravel()
+    np.testing.assert_allclose(A0, Phi.T @ (K @ Phi), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("preconditioner", ["block-jacobi", "two-level"])
+def test_poisson_gradient_matches_central_differences(preconditioner):
+    prob = poisson.PoissonProblem(N=N, preconditioner=preconditioner)
     observed = poisson.exact_u(prob.x, prob.y)
     graph = tf.Graph()
     with graph.as_default():
