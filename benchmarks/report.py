@@ -93,7 +93,7 @@ lines += [
     "",
     "## Applications",
     "",
-    "| run | ranks | grid | forward s | forward+gradient s | steps/s | (fwd+grad - fwd) / fwd |",
+    "| run | ranks | grid | forward s | forward+gradient s | steps/s | (fwd+grad - fwd) / fwd, median of per-round ratios |",
     "|---|---:|---|---:|---:|---:|---:|",
 ]
 graph_ops = None
