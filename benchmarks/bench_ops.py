@@ -26,12 +26,21 @@ tf.compat.v1.disable_eager_execution()
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 PEER = 1 - RANK if SIZE == 2 else None
-SESSIONS = []  # open until the row that uses them is done (close_sessions)
+CLEANUPS = []  # sessions to close and MPI types to free once their row is done
 
 
-def close_sessions():
-    while SESSIONS:
-        SESSIONS.pop().close()
+def release():
+    while CLEANUPS:
+        CLEANUPS.pop()()
+
+
+def session_runner(graph, variable, target):
+    """A callable running `target` in a new session of `graph` (closed by release())."""
+    with graph.as_default():
+        sess = am.Session(graph=graph)
+        sess.run(variable.initializer)
+    CLEANUPS.append(sess.close)
+    return lambda: sess.run(target)
 
 
 def round_time(fn, reps):
@@ -105,7 +114,7 @@ def numpy_function_op(kind, t):
     return tf.numpy_function(call, [t], t.dtype, stateful=True)
 
 
-# ---- the optional peer: mpi4jax (pip install '.[bench]'), the same libmpi ----
+# ---- the optional peer: mpi4jax (benchmarks/install_mpi4jax.sh), the same libmpi ----
 jax = jnp = mpi4jax = None
 
 
@@ -197,10 +206,7 @@ def graph_runner(build, reps, grad=False):
             target = tf.gradients(tf.add_n([tf.reduce_sum(o) for o in outs]), x)[0]
         else:
             target = tf.group(*outs)
-        sess = am.Session(graph=g)
-        sess.run(x.initializer)
-    SESSIONS.append(sess)
-    return lambda: sess.run(target)
+    return session_runner(g, x, target)
 
 
 class Build:
@@ -230,6 +236,7 @@ def halo_impls(nbytes, reps):
     # no packing; the block is copied into the padded array as the op does
     ghost_left, ghost_right = region(0), region(side + 1)
     edge_left, edge_right = region(1), region(side)
+    CLEANUPS.extend(t.Free for t in (ghost_left, ghost_right, edge_left, edge_right))
 
     def mpi4py_halo():
         for _ in range(reps):
@@ -253,10 +260,7 @@ def halo_impls(nbytes, reps):
                 if grad
                 else tf.group(*outs)
             )
-            sess = am.Session(graph=g)
-            sess.run(x.initializer)
-        SESSIONS.append(sess)
-        return lambda: sess.run(target)
+        return session_runner(g, x, target)
 
     impls = {"mpi4py": mpi4py_halo, "adcme": graph(False), "adcme_fwd_bwd": graph(True)}
     if mpi4jax is not None and SIZE == 2:
@@ -316,7 +320,7 @@ def main():
             if mpi4jax is not None:
                 impls["mpi4jax"] = mpi4jax_runner(kind, n, reps)
             row = {"op": kind, "bytes": nbytes, **summary(interleaved(impls, reps, args.rounds))}
-            close_sessions()
+            release()
             rows.append(row)
             if RANK == 0:
                 show(row)
@@ -325,7 +329,7 @@ def main():
         last_side = halo_block(nbytes)
         halo_bytes, impls = halo_impls(nbytes, reps)
         row = {"op": "halo", "bytes": halo_bytes, **summary(interleaved(impls, reps, args.rounds))}
-        close_sessions()
+        release()
         rows.append(row)
         if RANK == 0:
             show(row)
