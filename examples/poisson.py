@@ -115,27 +115,22 @@ class TwoLevel:
         self.hats_padded = hats
         self.hats = hats[:, 1:-1, 1:-1]  # on this block's own nodes
 
+    # On an m x n grid with m, n >= 2 (see PoissonProblem) every block has a
+    # corner inside the domain, so each rank holds at least one hat.
     def coarse_matrix(self, problem, faces):
         """A0 = Phi^T K Phi, summed over ranks."""
-        if len(self.index) == 0:
-            local = tf.zeros([self.count, self.count], tf.float64)
-        else:
-            k_hats = problem.stencil(tf.constant(self.hats_padded), faces)  # K phi_v, this block
-            local = tf.einsum("uij,vij->uv", tf.constant(self.hats), k_hats)
-            pairs = np.array([(u, v) for u in self.index for v in self.index])
-            local = tf.scatter_nd(pairs, tf.reshape(local, [-1]), [self.count, self.count])
+        k_hats = problem.stencil(tf.constant(self.hats_padded), faces)  # K phi_v, this block
+        local = tf.einsum("uij,vij->uv", tf.constant(self.hats), k_hats)
+        pairs = np.array([(u, v) for u in self.index for v in self.index])
+        local = tf.scatter_nd(pairs, tf.reshape(local, [-1]), [self.count, self.count])
         return am.mpi_allreduce(local, comm=problem.comm)
 
     def restrict(self, r):
         """This rank's part of Phi^T r, as a vector over all corners."""
-        if len(self.index) == 0:
-            return tf.zeros([self.count], tf.float64)
         part = tf.einsum("uij,ij->u", tf.constant(self.hats), r)
         return tf.scatter_nd(self.index[:, None], part, [self.count])
 
     def prolong(self, y0):
-        if len(self.index) == 0:
-            return 0.0
         return tf.einsum("u,uij->ij", tf.gather(y0, self.index), tf.constant(self.hats))
 
 
@@ -147,6 +142,8 @@ class PoissonProblem:
         m, n = grid or default_grid(comm.Get_size())
         self.patch = p = Patch(N, m, n, comm)
         self.comm, self.tol, self.maxiter = comm, tol, maxiter or 10 * N
+        if preconditioner == "two-level" and min(m, n) == 1:
+            preconditioner = "block-jacobi"  # a 1 x n grid has no interior block corners
         self.preconditioner = {
             "block-jacobi": lambda: BlockJacobi(p.rows, p.cols, p.h),
             "two-level": lambda: TwoLevel(p),
@@ -193,8 +190,6 @@ class PoissonProblem:
         and <r, r>."""
         precondition = self.preconditioner
         kappa_mean = tf.stop_gradient(tf.reduce_mean(faces[0]))
-        if isinstance(precondition, TwoLevel) and precondition.count == 0:
-            precondition = precondition.block  # a 1 x n grid has no interior corners
         if isinstance(precondition, TwoLevel):
             coarse = precondition
             chol = tf.linalg.cholesky(coarse.coarse_matrix(self, faces))

@@ -115,7 +115,7 @@ def test_poisson_two_level_coarse_matrix_is_galerkin():
     built serially from the whole grid (scipy) for the same kappa."""
     prob = poisson.PoissonProblem(N=24, preconditioner="two-level")
     two_level = prob.preconditioner
-    if two_level.count == 0:
+    if not isinstance(two_level, poisson.TwoLevel):  # it fell back to block-Jacobi
         pytest.skip("a 1 x n grid has no interior block corners")
     A0 = run_graph(
         lambda: two_level.coarse_matrix(
