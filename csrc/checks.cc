@@ -41,7 +41,7 @@ struct Packet {
   int64_t from_root;  // kRootValue: data holds the root's value
   int64_t dtype;      // of the inline data (in the digest too)
   int64_t count;      // elements of the inline data
-  int64_t unused[2];
+  int64_t unused[2];  // pads the header to 64 bytes
   alignas(16) char data[kInlineBytes];
 };
 

@@ -142,8 +142,8 @@ struct Carried {
 // Every checked collective on a communicator family (the user's communicator,
 // its forward and gradient duplicates) gets the next sequence number. All
 // ranks reduce a digest of (op, direction, sequence number, `payload`); in
-// the common case that is all, and `rows`
-// stays empty. If any rank's digest differs, all allgather their full payload:
+// the common case that is all, and `rows` stays empty. If any rank's digest
+// differs, all allgather their full payload:
 // ranks at different collectives get an error naming what each rank is doing;
 // otherwise `rows` receives everyone's payload for the caller's own message.
 absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
