@@ -2,7 +2,7 @@
 # Scaling measurements this machine allows (2 cores: 1 and 2 ranks on cores),
 # Poisson iteration counts (1-16 blocks of 300 cells and of 32 cells;
 # block-Jacobi and two-level), 2 hosts with injected link latency (root
-# only), then tables, plot and model:
+# only), then tables, plot, model and the model against the injected latency:
 #   bash benchmarks/run_scaling.sh     (from the repo, with the venv's python first on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,12 +33,14 @@ for k in 1 2 3 4; do
       --preconditioner $pc --out "$out/poisson_iterations_${pc}_block32_k$k.json"
   done
 done
-# 2 hosts x 1 rank over TCP with an injected one-way link latency (needs root:
-# tools/netns_hosts.py makes the hosts and removes them again; skipped otherwise)
-for delay in 0 10 50; do
-  "$PY" tools/netns_hosts.py run --hosts 2 --per-host 1 --delay-us $delay --rate-gbit 10 -- \
-    "$PY" benchmarks/scaling.py --app heat --mode weak --link-delay-us $delay \
-    --out "$out/heat_weak_2hosts_${delay}us.json" || echo "netns run with ${delay} us skipped"
+# 2 hosts x 1 rank over TCP through a shaped link (needs root: tools/netns_hosts.py
+# makes the hosts and removes them again; skipped otherwise), every latency in
+# one job, interleaved round by round
+delays=0,1000,3000
+for app in heat poisson; do
+  "$PY" tools/netns_hosts.py run --hosts 2 --per-host 1 --delay-us $delays --rate-gbit 10 -- \
+    "$PY" benchmarks/scaling.py --app $app --mode weak --rounds 21 --link-delays-us $delays \
+    --out "$out/${app}_weak_2hosts_link.json" || echo "netns run of $app skipped"
 done
 "$PY" benchmarks/scaling_report.py "$out" benchmarks/results/ops_check.json \
   benchmarks/SCALING.md benchmarks/scaling.png

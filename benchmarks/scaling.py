@@ -12,12 +12,21 @@ strong: a fixed --global N x N grid. Heat runs --steps explicit steps; Poisson
 runs exactly --iterations CG iterations (tolerance 0), so runs with and
 without communication do the same arithmetic. benchmarks/scaling_report.py
 turns the results into tables, plots and the latency-bandwidth model.
+
+Across 2 hosts with shaped links (tools/netns_hosts.py --delay-us 0,10,...),
+--link-delays-us 0,10,... measures every latency in one job, round by round:
+rank 0 moves the link on to the next delay between measurements, and the
+extra time over the first delay is the median of per-round differences.
+
+    python tools/netns_hosts.py run --hosts 2 --delay-us 0,50,1000 -- python \
+        benchmarks/scaling.py --app heat --mode weak --link-delays-us 0,50,1000 --out X.json
 """
 
 import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -71,15 +80,24 @@ def build(args, N, grid):
     return problem, params, loss, grad, poisson.init_weights()
 
 
-def timed(sess, fetch, feed, rounds):
-    sess.run(fetch, feed)  # warm up
-    times = []
+def run_time(sess, fetch, feed):
+    """Seconds of one sess.run, on the slowest rank."""
+    COMM.Barrier()
+    start = time.perf_counter()
+    sess.run(fetch, feed)
+    return COMM.allreduce(time.perf_counter() - start, op=MPI.MAX)
+
+
+def forward_and_gradient_times(sess, loss, grad, feed, rounds):
+    """Forward and forward+gradient times, interleaved round by round."""
+    fetches = {"forward": loss, "forward_gradient": [loss, grad]}
+    for fetch in fetches.values():
+        sess.run(fetch, feed)  # warm up
+    times = {name: [] for name in fetches}
     for _ in range(rounds):
-        COMM.Barrier()
-        start = time.perf_counter()
-        sess.run(fetch, feed)
-        times.append(COMM.allreduce(time.perf_counter() - start, op=MPI.MAX))
-    return times
+        for name, fetch in fetches.items():
+            times[name].append(run_time(sess, fetch, feed))
+    return times["forward"], times["forward_gradient"]
 
 
 def op_shares(sess, fetch, feed):
@@ -98,6 +116,59 @@ def op_shares(sess, fetch, feed):
             if kind in MPI_TYPES:
                 per_type[kind] = per_type.get(kind, 0.0) + node.all_end_rel_micros * 1e-6
     return per_type, wall
+
+
+def half_round_trip_us(repeats):
+    """The link as MPI sees it: median half round trip of an 8-byte mpi4py
+    ping-pong between ranks 0 and 1 (the latency the model is then given for
+    the shaped link, whose user-space delay overshoots a little)."""
+    rank, buf, trips = COMM.Get_rank(), np.zeros(1), []
+    for _ in range(repeats):
+        COMM.Barrier()
+        start = time.perf_counter()
+        if rank == 0:
+            COMM.Send(buf, dest=1)
+            COMM.Recv(buf, source=1)
+        elif rank == 1:
+            COMM.Recv(buf, source=0)
+            COMM.Send(buf, dest=0)
+        trips.append(time.perf_counter() - start)
+    return COMM.bcast(float(np.median(trips)) / 2 * 1e6)
+
+
+def next_link_delay():
+    """Move the shaped link (tools/delay_link.c) on to its next delay."""
+    COMM.Barrier()
+    if COMM.Get_rank() == 0:
+        os.kill(int(os.environ["ADCME_DELAY_LINK_PID"]), signal.SIGUSR1)
+    COMM.Barrier()
+
+
+def across_link_delays(sess, loss, grad, feed, delays, rounds):
+    """Per delay: the link's half round trip, forward and forward+gradient
+    times, and their extra over delays[0] as medians of per-round differences."""
+    fetches = {"forward": loss, "forward_gradient": [loss, grad]}
+    for fetch in fetches.values():
+        sess.run(fetch, feed)  # warm up
+    times = {(d, name): [] for d in delays for name in [*fetches, "half_round_trip_us"]}
+    for _ in range(rounds):
+        for delay in delays:  # the link is at `delay` now; moved on at the end
+            times[delay, "half_round_trip_us"].append(half_round_trip_us(30))
+            for name, fetch in fetches.items():
+                times[delay, name].append(run_time(sess, fetch, feed))
+            next_link_delay()
+    rows = []
+    for delay in delays:
+        row = {"delay_us": delay}
+        for name in [*fetches, "half_round_trip_us"]:
+            values = np.array(times[delay, name])
+            extra = values - np.array(times[delays[0], name])
+            row[name] = float(np.median(values))
+            row[name + "_spread"] = [float(values.min()), float(values.max())]
+            row["extra_" + name] = float(np.median(extra))
+            row["extra_" + name + "_spread"] = [float(extra.min()), float(extra.max())]
+        rows.append(row)
+    return rows
 
 
 def write_result(path, row):
@@ -144,7 +215,9 @@ def main():
     )
     parser.add_argument("--no-comm", action="store_true")
     parser.add_argument(
-        "--link-delay-us", type=float, default=None, help="recorded only (tools/netns_hosts.py)"
+        "--link-delays-us",
+        default=None,
+        help="the shaped link's delays, in its order (tools/netns_hosts.py --delay-us)",
     )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -158,32 +231,37 @@ def main():
     with tf.Graph().as_default() as graph:
         problem, params, loss, grad, value = build(args, N, grid)
         feed = {params: value}
+        row = {
+            "app": args.app,
+            "mode": args.mode,
+            "ranks": size,
+            "grid": list(grid),
+            "N": N,
+            "block": [problem.patch.rows, problem.patch.cols],
+            "no_comm": args.no_comm,
+            "check": os.environ.get("ADCME_MPI_CHECK", "1") != "0",
+            "steps" if args.app == "heat" else "iterations": (
+                args.steps if args.app == "heat" else args.iterations
+            ),
+        }
         config = {"intra_op_parallelism_threads": 1}
         with am.Session(graph=graph, **config) as sess:
-            forward = timed(sess, loss, feed, args.rounds)
-            both = timed(sess, [loss, grad], feed, args.rounds)
+            if args.link_delays_us:
+                delays = [float(d) for d in args.link_delays_us.split(",")]
+                row["rounds"] = args.rounds
+                row["link"] = across_link_delays(sess, loss, grad, feed, delays, args.rounds)
+                return write_result(args.out, row)
+            forward, both = forward_and_gradient_times(sess, loss, grad, feed, args.rounds)
             shares, traced_wall = op_shares(sess, [loss, grad], feed)
     shares = {k: COMM.allreduce(v, op=MPI.MAX) for k, v in shares.items()}
-    row = {
-        "app": args.app,
-        "mode": args.mode,
-        "ranks": size,
-        "grid": list(grid),
-        "N": N,
-        "block": [problem.patch.rows, problem.patch.cols],
-        "no_comm": args.no_comm,
-        "check": os.environ.get("ADCME_MPI_CHECK", "1") != "0",
-        "link_delay_us": args.link_delay_us,
-        "steps" if args.app == "heat" else "iterations": (
-            args.steps if args.app == "heat" else args.iterations
-        ),
-        "forward_s": float(np.median(forward)),
-        "forward_spread": [float(min(forward)), float(max(forward))],
-        "forward_gradient_s": float(np.median(both)),
-        "forward_gradient_spread": [float(min(both)), float(max(both))],
-        "traced_wall_s": traced_wall,
-        "mpi_op_s": shares,
-    }
+    row.update(
+        forward_s=float(np.median(forward)),
+        forward_spread=[float(min(forward)), float(max(forward))],
+        forward_gradient_s=float(np.median(both)),
+        forward_gradient_spread=[float(min(both)), float(max(both))],
+        traced_wall_s=traced_wall,
+        mpi_op_s=shares,
+    )
     write_result(args.out, row)
 
 

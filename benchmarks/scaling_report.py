@@ -17,6 +17,11 @@ allreduce (2 log2 P latencies), and block-Jacobi iterations grow with the
 number of blocks per side k = sqrt(P) as fitted to measured counts; with the
 two-level preconditioner they stop growing (the largest measured count is used),
 at the price of a coarse problem whose size grows with P.
+
+The model's latency term is checked against 2 hosts joined by a link of
+injected latency (tools/netns_hosts.py, benchmarks/run_scaling.sh): the extra
+time over a 0-us link should be the latency-bound events on the critical
+path times the link's extra latency, as an MPI ping-pong measures it.
 """
 
 import glob
@@ -62,9 +67,9 @@ def efficiency_table(rows, app, mode):
     lines = [
         f"### {app}, {mode} scaling",
         "",
-        "| ranks | where | grid | block | fwd s | fwd+grad s [min..max] | fwd+grad no-comm s | "
+        "| ranks | grid | block | fwd s | fwd+grad s [min..max] | fwd+grad no-comm s | "
         "eff. vs 1 rank | eff. vs node limit | MPI ops share (fwd+grad) |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     base = lookup(rows, app=app, mode=mode, ranks=1, no_comm=False)
     for r in sorted(
@@ -72,7 +77,6 @@ def efficiency_table(rows, app, mode):
         key=lambda r: r["ranks"],
     ):
         nocomm = lookup(rows, app=app, mode=mode, ranks=r["ranks"], no_comm=True)
-        where = "1 host" if r.get("link_delay_us") is None else "2 hosts, TCP"
         t = r["forward_gradient_s"]
         vs1 = (base["forward_gradient_s"] / t) if base else float("nan")
         if mode == "strong":
@@ -83,7 +87,7 @@ def efficiency_table(rows, app, mode):
         )
         spread = r["forward_gradient_spread"]
         lines.append(
-            f"| {r['ranks']} | {where} | {r['grid'][0]}x{r['grid'][1]} | "
+            f"| {r['ranks']} | {r['grid'][0]}x{r['grid'][1]} | "
             f"{r['block'][0]}x{r['block'][1]} | "
             f"{r['forward_s']:.4f} | {t:.4f} [{spread[0]:.4f}..{spread[1]:.4f}] | "
             f"{nocomm['forward_gradient_s'] if nocomm else float('nan'):.4f} | {vs1:.2f} | "
@@ -184,36 +188,64 @@ def model(rows, ops_json, iterations):
                 + " | ".join(f"{e:.1%}" for e in two_level)
                 + " |"
             )
-    lines += ["", *measured_vs_predicted(rows)]
     return lines
 
 
+def latency_events(app, count, check):
+    """Latency-bound events on the critical path of one forward and one
+    forward+gradient (2 ranks, so an allreduce is one exchange). A checked
+    halo exchange is two (the check's reduction, then the exchange); a
+    collective of at most 256 bytes one (it rides in the check packet).
+    Heat, per step: one halo exchange forward, its adjoint backward; per
+    evaluation: the parameters' bcast and the loss's mpi_sum, and their
+    adjoints. Poisson, per CG iteration: one halo exchange and two dot-product
+    allreduces, plus the first preconditioned residual's allreduce per solve;
+    the gradient solves once more and exchanges u's halo once."""
+    halo = 2 if check else 1
+    if app == "heat":
+        forward = count * halo + 2
+        return forward, 2 * forward
+    solve = count * (halo + 2) + 1
+    forward = solve + 2
+    return forward, 2 * solve + halo + 4
+
+
 def measured_vs_predicted(rows):
-    """Runs on 2 hosts x 1 rank with an injected one-way link latency L
-    (tools/netns_hosts.py): the extra time over L = 0 against L times the
-    latency-bound events on the critical path (per heat step two halo
-    exchanges, each after a check reduction; per evaluation the loss's four
-    collectives)."""
-    netns = [r for r in rows if r.get("link_delay_us") is not None and not r["no_comm"]]
-    base = {r["app"]: r for r in netns if r["link_delay_us"] == 0}
-    lines = [
-        "### Injected latency: measured vs predicted (2 hosts x 1 rank, heat, 300x300-cell "
-        "blocks, TCP over veth)",
-        "",
-        "| link latency | fwd+grad s | extra s measured | extra s predicted |",
-        "|---:|---:|---:|---:|",
-    ]
-    for r in sorted(netns, key=lambda r: r["link_delay_us"]):
-        if r["app"] != "heat" or "heat" not in base:
-            continue
-        events = r["steps"] * 2 * (2 if r["check"] else 1) + 4
-        predicted = events * r["link_delay_us"] * 1e-6
-        measured = r["forward_gradient_s"] - base["heat"]["forward_gradient_s"]
-        lines.append(
-            f"| {r['link_delay_us']:g} us | {r['forward_gradient_s']:.4f} | {measured:.4f} | "
-            f"{predicted:.4f} |"
-        )
-    return lines if len(lines) > 4 else []
+    """2 hosts x 1 rank over a shaped link, every latency in one job, round by
+    round (benchmarks/scaling.py --link-delays-us): the extra time over the
+    first delay (median of per-round differences, [min..max]) against the
+    latency events times the link's extra half round trip, as MPI measured
+    it in the same rounds."""
+    lines = []
+    for r in sorted((r for r in rows if "link" in r), key=lambda r: r["app"]):
+        count = r["steps"] if r["app"] == "heat" else r["iterations"]
+        events = latency_events(r["app"], count, r["check"])
+        unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
+        lines += [
+            f"### Injected latency, measured vs predicted: {r['app']}, 2 hosts x 1 rank, "
+            f"{r['block'][0]}x{r['block'][1]} blocks, {count} {unit}, checks "
+            f"{'on' if r['check'] else 'off'}, {r['rounds']} interleaved rounds",
+            "",
+            f"Latency events: {events[0]} per forward, {events[1]} per forward+gradient.",
+            "",
+            "| link delay | MPI half round trip (extra) | fwd extra measured | fwd predicted | "
+            "fwd+grad extra measured | fwd+grad predicted | measured / predicted (fwd+grad) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for link in r["link"][1:]:
+            latency = link["extra_half_round_trip_us"] * 1e-6
+            cells = [f"{link['delay_us']:g} us", f"{link['half_round_trip_us']:.0f} us "
+                     f"(+{latency * 1e6:.0f} us)"]  # fmt: skip
+            for name, n in zip(("forward", "forward_gradient"), events):
+                lo, hi = link[f"extra_{name}_spread"]
+                cells += [
+                    f"{link['extra_' + name] * 1e3:.1f} ms [{lo * 1e3:.1f}..{hi * 1e3:.1f}]",
+                    f"{n * latency * 1e3:.1f} ms",
+                ]
+            cells.append(f"{link['extra_forward_gradient'] / (events[1] * latency):.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot(rows, path):
@@ -229,10 +261,7 @@ def plot(rows, path):
                 pts = sorted(
                     (r["ranks"], r["forward_gradient_s"], r["forward_gradient_spread"])
                     for r in rows
-                    if r["app"] == app
-                    and r["mode"] == mode
-                    and r["no_comm"] == no_comm
-                    and r.get("link_delay_us") is None
+                    if r["app"] == app and r["mode"] == mode and r["no_comm"] == no_comm
                 )
                 if not pts:
                     continue
@@ -265,9 +294,8 @@ def main():
         )
 
     counts, counts_two_level = counts_for("block-jacobi"), counts_for("two-level")
-    rows = [r for r in rows if "iterations_to_tol" not in r]
-    for r in rows:
-        r.setdefault("link_delay_us", None)
+    linked = [r for r in rows if "link" in r]
+    rows = [r for r in rows if "iterations_to_tol" not in r and "link" not in r]
     several = [(k, n) for k, n in counts if k >= 2]  # one block is solved exactly: its own case
     if len(several) >= 2:
         k, its = np.array(several, float).T
@@ -294,7 +322,7 @@ def main():
             + [f"| {k} | {bj.get(k, '-')} | {tl.get(k, '-')} |" for k in sorted({*bj, *tl})]
             + [""]
         )
-    lines += model(rows, ops_json, iterations)
+    lines += model(rows, ops_json, iterations) + [""] + measured_vs_predicted(linked)
     with open(out_md, "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, out_png)

@@ -1,8 +1,19 @@
 """Several "hosts" on one machine, for running MPI jobs over a real (virtual)
 network: each host is a network namespace with its own hostname and a veth
-link to a bridge; an optional netem qdisc gives each link the latency and
-rate you choose. Needs root. Everything it makes is removed again, also when
+link to a bridge. Needs root. Everything it makes is removed again, also when
 the job fails.
+
+A link of chosen latency and rate (--delay-us, --rate-gbit): the hosts' MPI
+traffic then leaves by a second link, eth1 on 10.214.<i>.0/24, to a router
+namespace that routes every packet between hosts through a TUN device served
+by tools/delay_link.c (compiled on first use). That program holds each packet
+for its time on a link of that rate plus the latency, in user space, because
+this machine's kernel has no netem qdisc. Its own cost (about 10-20 us per
+packet: two system calls and a wake-up) is there at --delay-us 0 as well, so
+compare against that run, not against the unshaped bridge. With several
+delays (--delay-us 0,1000) the link starts at the first and moves on to the
+next on SIGUSR1 to the pid in the job's ADCME_DELAY_LINK_PID, so one job can
+measure every latency round by round (benchmarks/scaling.py --link-delays-us).
 
     python tools/netns_hosts.py run --hosts 2 --per-host 2 [--mpiexec PATH] \\
         [--delay-us 10] [--rate-gbit 10] -- python script.py ...
@@ -16,9 +27,9 @@ The MPI is recognised from `mpiexec --version`. It then prints the bytes that
 crossed the first host's link, and any process still alive in a host after
 the job (an orphan: reported, then killed).
 
-Addresses are 10.213.0.0/24, used only inside the namespaces it creates (the
-bridge holds 10.213.0.254); /etc/hosts gets one line per host, tagged and
-removed after. As a library (the multi-host tests use it):
+Addresses are 10.213.0.0/24 and 10.214.0.0/16, used only inside the
+namespaces it creates (the bridge holds 10.213.0.254); /etc/hosts gets one
+line per host, tagged and removed after. As a library (the multi-host tests use it):
 
     with Hosts(2) as h:
         proc = subprocess.Popen(h.command(mpiexec, 2, argv), env=h.env(mpiexec))
@@ -28,24 +39,25 @@ removed after. As a library (the multi-host tests use it):
 
 import argparse
 import functools
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 PREFIX = "adcme-h"
 BRIDGE = "adcmebr0"
 SUBNET = "10.213.0"
+ROUTER = "adcme-router"  # the namespace of the shaped links' router
+DATA_NET = "10.214"  # host i's shaped link: 10.214.i.2, the router's end 10.214.i.1
+TUN = "delay0"
 TAG = "# adcme_mpi netns host"
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAUNCHER = os.path.join(HERE, "netns_launch.sh")
 SKIP = 77  # exit status of `run` when hosts cannot be made here (automake's "skipped")
-
-
-class NoNetem(RuntimeError):
-    """This kernel cannot delay or rate-limit the links (no netem qdisc)."""
 
 
 def sh(*cmd, check=True):
@@ -74,11 +86,17 @@ def mpi_kind(mpiexec):
 
 class Hosts:
     """n hosts adcme-h1..adcme-hn at 10.213.0.1..n, made on entry, removed on
-    exit (processes still alive in them are recorded in `orphans` and killed)."""
+    exit (processes still alive in them are recorded in `orphans` and killed).
+    With delay_us (0 included; a number or a list of them) MPI traffic crosses
+    the shaped links of the router namespace instead (see the module's
+    docstring)."""
 
-    def __init__(self, n, delay_us=0.0, rate_gbit=0.0):
+    def __init__(self, n, delay_us=None, rate_gbit=0.0):
         self.names = [f"{PREFIX}{i}" for i in range(1, n + 1)]
-        self.delay_us, self.rate_gbit = delay_us, rate_gbit
+        self.shaped = delay_us is not None
+        self.delays_us = list(delay_us) if isinstance(delay_us, (list, tuple)) else [delay_us]
+        self.rate_gbit = rate_gbit
+        self.data_device = "eth1" if self.shaped else "eth0"
         self.orphans = {}
 
     def __enter__(self):
@@ -91,8 +109,21 @@ class Hosts:
 
     def __exit__(self, *exc):
         self.orphans = self.processes()
+        self._stop_delay_link()
         down()  # kills what is still alive in the hosts, then removes them
         return False
+
+    def _stop_delay_link(self):
+        link = getattr(self, "delay_link", None)
+        if link is None:
+            return
+        link.terminate()
+        try:
+            self.delay_link_report = link.communicate(timeout=10)[0].strip()
+        except subprocess.TimeoutExpired:
+            link.kill()
+            link.wait()
+        shutil.rmtree(os.path.dirname(self.delay_link_binary), ignore_errors=True)
 
     def _up(self):
         down(quiet=True)
@@ -108,20 +139,55 @@ class Hosts:
             sh("ip", "-n", host, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
             sh("ip", "-n", host, "link", "set", "eth0", "up")
             sh("ip", "-n", host, "link", "set", "lo", "up")
-            if self.delay_us or self.rate_gbit:  # each host's outgoing side
-                netem = ["tc", "-n", host, "qdisc", "add", "dev", "eth0", "root", "netem"]
-                if self.delay_us:
-                    netem += ["delay", f"{self.delay_us:g}us"]
-                if self.rate_gbit:
-                    netem += ["rate", f"{self.rate_gbit:g}gbit"]
-                result = sh(*netem, check=False)
-                if result.returncode != 0:
-                    raise NoNetem(
-                        f"cannot shape the links: {' '.join(netem)}: {result.stderr.strip()}"
-                    )
             lines.append(f"{SUBNET}.{i} {host} {TAG}")
         with open("/etc/hosts", "a") as f:
             f.write("\n".join(lines) + "\n")
+        if self.shaped:
+            self._shaped_links()
+
+    def _shaped_links(self):
+        """Host i's eth1 (10.214.i.2) to the router's to-hi (10.214.i.1); the
+        router sends what arrives from a host into the TUN device, and what
+        delay_link writes back out of it on to the destination host."""
+        sh("ip", "netns", "add", ROUTER)
+        in_router = ["ip", "netns", "exec", ROUTER]
+        sh(*in_router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for scope in ("all", "default"):  # packets from the TUN device carry foreign sources
+            sh(*in_router, "sysctl", "-qw", f"net.ipv4.conf.{scope}.rp_filter=0")
+        sh("ip", "-n", ROUTER, "link", "set", "lo", "up")
+        sh("ip", "-n", ROUTER, "tuntap", "add", "dev", TUN, "mode", "tun")
+        sh("ip", "-n", ROUTER, "link", "set", TUN, "up")
+        sh("ip", "-n", ROUTER, "route", "add", "default", "dev", TUN, "table", "100")
+        for i, host in enumerate(self.names, start=1):
+            end = f"to-h{i}"
+            sh("ip", "link", "add", end, "netns", ROUTER, "type", "veth",
+               "peer", "name", "eth1", "netns", host)  # fmt: skip
+            sh("ip", "-n", ROUTER, "addr", "add", f"{DATA_NET}.{i}.1/24", "dev", end)
+            sh("ip", "-n", ROUTER, "link", "set", end, "up")
+            sh("ip", "-n", ROUTER, "rule", "add", "iif", end, "lookup", "100")
+            sh("ip", "-n", host, "addr", "add", f"{DATA_NET}.{i}.2/24", "dev", "eth1")
+            sh("ip", "-n", host, "link", "set", "eth1", "up")
+            sh("ip", "-n", host, "route", "add", f"{DATA_NET}.0.0/16", "via", f"{DATA_NET}.{i}.1")
+        wait_until_up([(host, "eth1") for host in self.names])
+        self.delay_link_binary = binary = compiled_delay_link()
+        self.delay_link = subprocess.Popen(
+            [
+                *in_router,
+                binary,
+                TUN,
+                ",".join(f"{d:g}" for d in self.delays_us),
+                f"{self.rate_gbit:g}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = self.delay_link.stdout.readline()
+        if "up" not in ready:
+            raise RuntimeError(f"netns_hosts: delay_link did not start: {ready!r}")
+
+    def address(self, i, data=False):
+        """Host i's (1-based) address: on the bridge, or on its shaped link."""
+        return f"{DATA_NET}.{i}.2" if data else f"{SUBNET}.{i}"
 
     def command(self, mpiexec, per_host, argv):
         """The launch command for `argv` on per_host ranks on every host, over TCP."""
@@ -129,11 +195,12 @@ class Hosts:
         slots = ",".join(f"{h}:{per_host}" for h in self.names)
         if mpi_kind(mpiexec) == "openmpi":
             subnet = f"{SUBNET}.0/24"
+            data_subnet = f"{DATA_NET}.0.0/16" if self.shaped else subnet
             return [
                 mpiexec,
                 "--mca", "plm_rsh_agent", LAUNCHER,
                 "--mca", "btl", "tcp,self",
-                "--mca", "btl_tcp_if_include", subnet,
+                "--mca", "btl_tcp_if_include", data_subnet,
                 "--mca", "oob_tcp_if_include", subnet,
                 "--host", slots,
                 "-n", str(n),
@@ -150,11 +217,14 @@ class Hosts:
         ]  # fmt: skip
 
     def env(self, mpiexec, base=None):
-        """Environment for the launch: MPICH's UCX over TCP on eth0; Open MPI's
-        runtime noticing a lost host within seconds."""
+        """Environment for the launch: MPICH's UCX over TCP on the data link
+        (eth0, or eth1 when shaped); Open MPI's runtime noticing a lost host
+        within seconds."""
         env = dict(os.environ if base is None else base)
+        if self.shaped:
+            env["ADCME_DELAY_LINK_PID"] = str(self.delay_link.pid)
         if mpi_kind(mpiexec) == "mpich":
-            env.update(UCX_TLS="tcp,self", UCX_NET_DEVICES="eth0")
+            env.update(UCX_TLS="tcp,self", UCX_NET_DEVICES=self.data_device)
         else:
             # mpirun learns that a node is gone only through TCP keepalive
             # (default: 300 s idle + 9 probes 20 s apart); with a link down
@@ -168,13 +238,11 @@ class Hosts:
         return env
 
     def link_bytes(self, host=None):
-        """Bytes sent + received on the bridge side of `host`'s link (default: the first)."""
+        """Bytes sent + received on `host`'s (default: the first's) data link."""
         host = host or self.names[0]
-        total = 0
-        for direction in ("rx_bytes", "tx_bytes"):
-            with open(f"/sys/class/net/{host}/statistics/{direction}") as f:
-                total += int(f.read())
-        return total
+        out = sh("ip", "-n", host, "-j", "-s", "link", "show", self.data_device).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return stats["rx"]["bytes"] + stats["tx"]["bytes"]
 
     def set_link(self, host, up):
         """Pull (up=False) or plug back `host`'s cable: its veth on the bridge side."""
@@ -202,12 +270,35 @@ def pids_in(host):
     return [int(p) for p in sh("ip", "netns", "pids", host, check=False).stdout.split()]
 
 
+def wait_until_up(links, seconds=10):
+    """Wait for each (namespace, device) to be operationally up: a veth end
+    reports its carrier a moment after both ends are set up, and UCX, asked
+    for a device that is not up yet, refuses it."""
+    deadline = time.time() + seconds
+    for host, device in links:
+        while True:
+            out = sh("ip", "-n", host, "-j", "link", "show", device).stdout
+            if json.loads(out)[0].get("operstate") == "UP":
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"netns_hosts: {device} in {host} is not up after {seconds} s")
+            time.sleep(0.05)
+
+
+def compiled_delay_link():
+    """tools/delay_link.c, compiled into a fresh temporary folder."""
+    folder = tempfile.mkdtemp(prefix="adcme-delay-link-")
+    binary = os.path.join(folder, "delay_link")
+    sh("gcc", "-O2", "-o", binary, os.path.join(HERE, "delay_link.c"))
+    return binary
+
+
 def down(quiet=False):
-    """Kill what still runs in the hosts, then remove every host, link, the
-    bridge and the /etc/hosts lines this tool made."""
+    """Kill what still runs in the hosts and the router, then remove every
+    host, link, the router, the bridge and the /etc/hosts lines this tool made."""
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(PREFIX):
+        if name.startswith(PREFIX) or name == ROUTER:
             for pid in pids_in(name):
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -230,24 +321,27 @@ def down(quiet=False):
 
 def run(args, argv):
     mpiexec = args.mpiexec or os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    hosts = Hosts(args.hosts, args.delay_us, args.rate_gbit)
-    try:
-        with hosts:
-            before = hosts.link_bytes()
-            cmd = hosts.command(mpiexec, args.per_host, argv)
-            print(f"netns_hosts: {mpi_kind(mpiexec)} over TCP: {' '.join(cmd)}", flush=True)
-            try:
-                code = subprocess.run(cmd, env=hosts.env(mpiexec), timeout=args.timeout).returncode
-            except subprocess.TimeoutExpired:
-                print(f"netns_hosts: the job did not finish within {args.timeout} s", flush=True)
-                code = 124
-            print(
-                f"netns_hosts: {hosts.link_bytes() - before} bytes crossed {hosts.names[0]}'s link",
-                flush=True,
-            )
-    except NoNetem as err:
-        print(f"netns_hosts: SKIPPED: {err}", flush=True)
-        return SKIP
+    delay_us = args.delay_us
+    if delay_us is not None:
+        delay_us = [float(d) for d in delay_us.split(",")]
+    elif args.rate_gbit:
+        delay_us = 0.0
+    hosts = Hosts(args.hosts, delay_us, args.rate_gbit)
+    with hosts:
+        before = hosts.link_bytes()
+        cmd = hosts.command(mpiexec, args.per_host, argv)
+        print(f"netns_hosts: {mpi_kind(mpiexec)} over TCP: {' '.join(cmd)}", flush=True)
+        try:
+            code = subprocess.run(cmd, env=hosts.env(mpiexec), timeout=args.timeout).returncode
+        except subprocess.TimeoutExpired:
+            print(f"netns_hosts: the job did not finish within {args.timeout} s", flush=True)
+            code = 124
+        print(
+            f"netns_hosts: {hosts.link_bytes() - before} bytes crossed {hosts.names[0]}'s link",
+            flush=True,
+        )
+    if hosts.shaped:
+        print(getattr(hosts, "delay_link_report", "netns_hosts: delay_link gave no report"))
     if hosts.orphans:
         print(f"netns_hosts: processes left after the job (killed): {hosts.orphans}", flush=True)
         code = code or 1
@@ -260,8 +354,12 @@ def main():
     r = sub.add_parser("run")
     r.add_argument("--hosts", type=int, default=2)
     r.add_argument("--per-host", type=int, default=1)
-    r.add_argument("--delay-us", type=float, default=0.0)
-    r.add_argument("--rate-gbit", type=float, default=0.0)
+    r.add_argument(
+        "--delay-us",
+        default=None,
+        help="shape the links: this one-way latency, or several (0,1000) switched by SIGUSR1",
+    )
+    r.add_argument("--rate-gbit", type=float, default=0.0, help="with --delay-us; 0: unlimited")
     r.add_argument("--timeout", type=float, default=600)
     r.add_argument("--mpiexec", default=None, help="default: the mpiexec next to this Python")
     sub.add_parser("down")

@@ -5,6 +5,8 @@ suite runs on (MPIEXEC: MPICH's hydra or Open MPI's mpirun).
 - The same computations (every op forward and backward, the optimizer, the
   heat and Poisson inverse problems) give bitwise the same arrays on every
   rank as on one host, and megabytes cross the hosts' links.
+- A shaped link (latency injected in user space, tools/delay_link.c) carries
+  the MPI traffic and delays it as asked.
 - Faults: a host's link going down mid-job, and a remote rank killed. Each
   ends the whole job within the watchdog time (ADCME_MPI_TIMEOUT) with a
   message, and leaves no process behind in any host.
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"{REASON}")
 
 MPIEXEC = mpiexec(1)[0]
 JOB = os.path.join(ROOT, "tests", "launch", "hosts_job.py")
+LINK_JOB = os.path.join(ROOT, "tests", "launch", "link_job.py")
 PER_HOST = 2
 WATCHDOG = 10  # ADCME_MPI_TIMEOUT for the fault cases, seconds
 # When a job spans nodes, MPICH's nonblocking reduce picks another algorithm
@@ -55,10 +58,10 @@ def report(capsys, line):
 class Job:
     """A job across `hosts` whose output is read as it comes."""
 
-    def __init__(self, hosts, argv, env=None):
+    def __init__(self, hosts, argv, env=None, per_host=PER_HOST):
         full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
         self.proc = subprocess.Popen(
-            hosts.command(MPIEXEC, PER_HOST, argv),
+            hosts.command(MPIEXEC, per_host, argv),
             env=hosts.env(MPIEXEC, full_env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -177,6 +180,28 @@ def test_killed_remote_rank_ends_job(capsys):
         )
 
     run_fault(capsys, "rank 3 on adcme-h2 killed (SIGKILL)", kill_rank_3, expected)
+
+
+def test_shaped_link_delays_mpi_and_switches(capsys):
+    """MPI traffic between hosts crosses the shaped link (tools/delay_link.c),
+    which holds it for the delay asked for and moves on to the next delay on
+    SIGUSR1; the router namespace is gone afterwards. One rank per host:
+    idle ranks sharing the 2 cores would time-slice the round trips. The
+    delay is long because Open MPI 4.1's TCP round trip here is 8 ms by
+    itself (MPICH's: 50 us)."""
+    delay_us = 20000
+    with removing_new_mpich_segments(), netns_hosts.Hosts(2, delay_us=[0, delay_us]) as hosts:
+        job = Job(hosts, [sys.executable, LINK_JOB, "2", "1"], per_host=1)
+        code = job.wait(120)
+    assert code == 0, f"exit {code}:\n{job.out[-4000:]}"
+    trips = [float(t) for t in re.findall(r"delay \d: round trip (\d+) us", job.out)]
+    assert len(trips) == 2, job.out[-4000:]
+    assert trips[0] < delay_us, f"unshaped round trip {trips[0]} us:\n{job.out[-4000:]}"
+    assert trips[1] >= 2 * delay_us, f"shaped round trip {trips[1]} us:\n{job.out[-4000:]}"
+    assert "delay_link:" in hosts.delay_link_report and " 0 dropped" in hosts.delay_link_report
+    assert netns_hosts.ROUTER not in netns_hosts.sh("ip", "netns", "list").stdout
+    report(capsys, f"shaped link: MPI round trip {trips[0]:.0f} us, then {trips[1]:.0f} us at "
+           f"{delay_us} us each way; {hosts.delay_link_report}")  # fmt: skip
 
 
 def documented_commands():
