@@ -8,7 +8,7 @@ tf.while_loop, preconditioned by block-Jacobi (default), two-level
 (block-Jacobi plus a coarse space on the block corners: its iteration count
 levels off as ranks are added) or multigrid (a geometric V-cycle across the
 ranks: about the same iteration count for any grid and any number of ranks,
-13 at N = 24 on 1-6 ranks). Its gradient is the adjoint method:
+11 at N = 24 on 1-6 ranks). Its gradient is the adjoint method:
 one more CG solve with the same (symmetric) operator, not differentiation
 through CG iterations.
 
@@ -173,16 +173,21 @@ def prolong_axis(coarse_padded, f, axis):
 
 def restrict_axis(fine_padded, f, axis):
     """The transpose of prolong_axis: f rc fine values with f ghost cells each
-    side -> rc coarse values (each fine value goes to the coarse cells that
-    interpolate to it, with the same weights)."""
+    side -> rc coarse values with one ghost cell each side (each fine value
+    goes to the coarse cells that interpolate to it, with the same weights;
+    a ghost collects what this block's fine cells owe the cell beyond)."""
     rc = fine_padded.shape[axis] // f - 2
     shape = fine_padded.shape.as_list()
     shape[axis : axis + 1] = [rc + 2, f]
     by_cell = tf.reshape(fine_padded, shape)  # [J + 1, k]: fine cell f J + k
+    pad = [[1, 1] if d == axis else [0, 0] for d in range(len(shape))]
+    by_cell = tf.pad(by_cell, pad)  # [J + 2, k]: one more (zero) cell each side
     total = 0
     for k, (shift, lo, hi) in enumerate(interpolation_weights(f)):
         part = by_cell[:, k] if axis == 0 else by_cell[:, :, k]
-        total += lo * _along(part, axis, 1 - shift, rc) + hi * _along(part, axis, -shift, rc)
+        total += lo * _along(part, axis, 1 - shift, rc + 2) + hi * _along(
+            part, axis, -shift, rc + 2
+        )
     return total
 
 
@@ -195,10 +200,12 @@ class Multigrid:
     the whole coarse grid on every rank, which is coarsened the same way down
     to at most DENSE cells and solved by Cholesky. Levels below the finest are
     rediscretised (kappa averaged over the coarse cell; each axis keeps its
-    own spacing). Transfer: bilinear interpolation between coarse cell
-    centres, restriction its transpose (over the fine cells per coarse cell),
-    damped Jacobi before and after: symmetric positive definite, so PCG and
-    its adjoint solve stay exact."""
+    own spacing; the Dirichlet boundary where it really is, (H + h) / 2 from
+    the first coarse centre, both in the operator and in the interpolation).
+    Transfer: bilinear interpolation between coarse cell centres, restriction
+    its transpose (over the fine cells per coarse cell), damped Jacobi before
+    and after: symmetric positive definite, so PCG and its adjoint solve stay
+    exact."""
 
     DENSE = 64
     SWEEPS, OMEGA = 2, 0.8
@@ -245,11 +252,20 @@ class Multigrid:
         """Face coefficients from cell kappa: the mean of the two cells, or the
         cell's own value at the physical boundary."""
         kp = self._halo(level, kappa, 1, -1.0)
+        h = self.patch.h
 
-        def face(neighbour):
-            return (kappa + tf.where(neighbour < 0, kappa, neighbour)) / 2
+        def face(neighbour, spacing):
+            # the Dirichlet boundary lies (H + h) / 2 from a coarse cell's centre, not H
+            boundary = kappa * (2 * spacing / (spacing + h))
+            return tf.where(neighbour < 0, boundary, (kappa + neighbour) / 2)
 
-        return face(kp[1:-1, 2:]), face(kp[1:-1, :-2]), face(kp[2:, 1:-1]), face(kp[:-2, 1:-1])
+        hr, hc = level["hr"], level["hc"]
+        return (
+            face(kp[1:-1, 2:], hc),
+            face(kp[1:-1, :-2], hc),
+            face(kp[2:, 1:-1], hr),
+            face(kp[:-2, 1:-1], hr),
+        )
 
     def _gather(self, block):
         """Every rank's block of the last distributed level into the whole
@@ -257,6 +273,60 @@ class Multigrid:
         p, (r, c) = self.patch, block.shape.as_list()
         placed = tf.pad(block, [[p.bi * r, (p.m - p.bi - 1) * r], [p.bj * c, (p.n - p.bj - 1) * c]])
         return am.mpi_allreduce(placed, comm=self.comm)
+
+    def _boundary(self, level):
+        """Which sides of this level's block are the physical boundary: top,
+        bottom, left, right."""
+        if level["gathered"]:
+            return True, True, True, True
+        p = self.patch
+        return p.bi == 0, p.bi == p.m - 1, p.bj == 0, p.bj == p.n - 1
+
+    def _ghost_ratio(self, spacing):
+        """A coarse cell's centre lies (H + h) / 2 from the Dirichlet boundary
+        (h: the finest spacing): linear interpolation through 0 there puts
+        -ratio times the first cell's value at the ghost cell, H beyond it."""
+        return (spacing - self.patch.h) / (spacing + self.patch.h)
+
+    def _boundary_ghosts(self, level, padded, transpose=False):
+        """G: the boundary's ghost cells of a padded coarse array from its first
+        cells (transpose=False; its other ghosts are the neighbours' cells), or
+        G^T: a padded array of contributions folded back onto the block
+        (transpose=True; ghosts of neighbours dropped, they count there)."""
+        top, bottom, left, right = self._boundary(level)
+        for axis, (first, last), spacing in (
+            (0, (top, bottom), level["hr"]),
+            (1, (left, right), level["hc"]),
+        ):
+            ratio = -self._ghost_ratio(spacing)
+            size = padded.shape[axis] - 2
+            lo, inner, hi = (
+                _along(padded, axis, 0, 1),
+                _along(padded, axis, 1, size),
+                _along(padded, axis, size + 1, 1),
+            )
+            if transpose:
+                pieces = [inner]
+                if first:
+                    pieces = [
+                        ratio * lo + _along(inner, axis, 0, 1),
+                        _along(inner, axis, 1, size - 1),
+                    ]
+                inner = tf.concat(pieces, axis)
+                if last:
+                    inner = tf.concat(
+                        [
+                            _along(inner, axis, 0, size - 1),
+                            _along(inner, axis, size - 1, 1) + ratio * hi,
+                        ],
+                        axis,
+                    )
+                padded = inner
+            else:
+                lo = ratio * _along(inner, axis, 0, 1) if first else lo
+                hi = ratio * _along(inner, axis, size - 1, 1) if last else hi
+                padded = tf.concat([lo, inner, hi], axis)
+        return padded
 
     def _own(self, whole, shape):
         p, r, c = self.patch, shape["rows"], shape["cols"]
@@ -319,7 +389,9 @@ class Multigrid:
             width - fr : width + level["rows"] + fr, width - fc : width + level["cols"] + fc
         ]
         restricted = restrict_axis(restrict_axis(fine, fr, 0), fc, 1) / (fr * fc)
+        restricted = self._boundary_ghosts(coarse, restricted, transpose=True)
         ep = self._halo(coarse, self._cycle(i + 1, restricted), 1, 0.0)
+        ep = self._boundary_ghosts(coarse, ep)
         return self._smooth(level, x + prolong_axis(prolong_axis(ep, fr, 0), fc, 1), b)
 
 
