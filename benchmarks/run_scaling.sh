@@ -20,15 +20,29 @@ for app in heat poisson; do
     done
   done
 done
+# Poisson with multigrid: the same at 1 and 2 ranks (without communication on 1
+# rank only: its coarse grid is gathered by an allreduce)
+for p in 1 2; do
+  for mode in weak strong; do
+    run -n $p "$PY" benchmarks/scaling.py --app poisson --preconditioner multigrid --mode $mode \
+      --out "$out/poisson_multigrid_${mode}_$p.json"
+  done
+done
+for mode in weak strong; do
+  run -n 1 "$PY" benchmarks/scaling.py --app poisson --preconditioner multigrid --mode $mode \
+    --no-comm --out "$out/poisson_multigrid_${mode}_1_nocomm.json"
+done
 for k in 1 2 3 4; do
   run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
     --out "$out/poisson_iterations_k$k.json"
   run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
     --preconditioner two-level --out "$out/poisson_iterations_two_level_k$k.json"
+  run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
+    --preconditioner multigrid --out "$out/poisson_iterations_multigrid_k$k.json"
 done
 # Smaller blocks reach more of them: where the two-level count levels off
 for k in 1 2 3 4; do
-  for pc in block-jacobi two-level; do
+  for pc in block-jacobi two-level multigrid; do
     run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 32 \
       --preconditioner $pc --out "$out/poisson_iterations_${pc}_block32_k$k.json"
   done

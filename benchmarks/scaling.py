@@ -49,8 +49,9 @@ MPI_TYPES = {"MPIHaloExchange", "MPIHaloExchangeGrad", "MPIAllreduce", "MPIBcast
 def without_communication():
     """Replace the ops the applications use by local stand-ins of the same shape."""
 
-    def halo(u, m, n, fill_value=0.0, comm=None, **_):
-        return tf.pad(u, [[1, 1], [1, 1]], constant_values=tf.cast(fill_value, u.dtype))
+    def halo(u, m, n, fill_value=0.0, comm=None, width=1, **_):
+        pad = [[width, width], [width, width]]
+        return tf.pad(u, pad, constant_values=tf.cast(fill_value, u.dtype))
 
     am.mpi_halo_exchange = halo
     am.mpi_allreduce = lambda a, comm=None, **_: tf.identity(a)
@@ -74,7 +75,9 @@ def build(args, N, grid):
         observed = tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
         params, loss, grad = heat.build_inverse(problem, observed)
         return problem, params, loss, grad, heat.TRUE_THETA
-    problem = poisson.PoissonProblem(N=N, grid=grid, tol=0.0, maxiter=args.iterations)
+    problem = poisson.PoissonProblem(
+        N=N, grid=grid, tol=0.0, maxiter=args.iterations, preconditioner=args.preconditioner
+    )
     observed = tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64)
     params, loss, grad = poisson.build_inverse(problem, observed)
     return problem, params, loss, grad, poisson.init_weights()
@@ -210,8 +213,8 @@ def main():
     parser.add_argument(
         "--preconditioner",
         default="block-jacobi",
-        choices=["block-jacobi", "two-level"],
-        help="poisson --mode iterations",
+        choices=["block-jacobi", "two-level", "multigrid"],
+        help="poisson",
     )
     parser.add_argument("--no-comm", action="store_true")
     parser.add_argument(
@@ -222,6 +225,10 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.no_comm:
+        if args.app == "poisson" and args.preconditioner == "multigrid" and COMM.Get_size() > 1:
+            # its coarse grid is gathered by an allreduce: without one, the other
+            # ranks' cells are zeros and the coarsest matrix is singular
+            parser.error("--no-comm with --preconditioner multigrid needs 1 rank")
         without_communication()
     size = COMM.Get_size()
     grid = default_grid(size)
@@ -244,6 +251,12 @@ def main():
                 args.steps if args.app == "heat" else args.iterations
             ),
         }
+        if args.app == "poisson":
+            row["preconditioner"] = args.preconditioner
+            if isinstance(problem.preconditioner, poisson.Multigrid):
+                mg = problem.preconditioner
+                row["multigrid_levels"] = [[lv["rows"], lv["cols"]] for lv in mg.levels]
+                row["multigrid_gathered"] = [[lv["rows"], lv["cols"]] for lv in mg.gathered_levels]
         config = {"intra_op_parallelism_threads": 1}
         with am.Session(graph=graph, **config) as sess:
             if args.link_delays_us:

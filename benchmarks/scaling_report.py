@@ -16,7 +16,9 @@ does not depend on P. Poisson: each CG iteration does one halo exchange and one
 allreduce (2 log2 P latencies), and block-Jacobi iterations grow with the
 number of blocks per side k = sqrt(P) as fitted to measured counts; with the
 two-level preconditioner they stop growing (the largest measured count is used),
-at the price of a coarse problem whose size grows with P.
+at the price of a coarse problem whose size grows with P. Multigrid keeps the
+count of one rank's solve nearly flat, and each V-cycle adds six halo exchanges
+per level, one gather, and a small serial coarse cycle on every rank.
 
 The model's latency term is checked against 2 hosts joined by a link of
 injected latency (tools/netns_hosts.py, benchmarks/run_scaling.sh): the extra
@@ -71,12 +73,12 @@ def efficiency_table(rows, app, mode):
         "eff. vs 1 rank | eff. vs node limit | MPI ops share (fwd+grad) |",
         "|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    base = lookup(rows, app=app, mode=mode, ranks=1, no_comm=False)
+    base = lookup(rows, label=app, mode=mode, ranks=1, no_comm=False)
     for r in sorted(
-        (r for r in rows if r["app"] == app and r["mode"] == mode and not r["no_comm"]),
+        (r for r in rows if r["label"] == app and r["mode"] == mode and not r["no_comm"]),
         key=lambda r: r["ranks"],
     ):
-        nocomm = lookup(rows, app=app, mode=mode, ranks=r["ranks"], no_comm=True)
+        nocomm = lookup(rows, label=app, mode=mode, ranks=r["ranks"], no_comm=True)
         t = r["forward_gradient_s"]
         vs1 = (base["forward_gradient_s"] / t) if base else float("nan")
         if mode == "strong":
@@ -97,6 +99,8 @@ def efficiency_table(rows, app, mode):
 
 
 CHECK_PACKET_BYTES = 64 + 256  # csrc/checks.cc: digest header + inline data
+TF_OP_S = 3e-6  # TensorFlow's cost per op launch (benchmarks/RESULTS.md, 8-byte ops)
+OPS_PER_LEVEL = 60  # ops in one multigrid level's share of a V-cycle (examples/poisson.py)
 CHOLESKY_FLOPS = 10e9  # an assumed rate for the dense coarse factorisation
 
 
@@ -114,8 +118,9 @@ def model(rows, ops_json, iterations):
     """Predicted weak-scaling efficiency of the gradient at 300x300 per rank."""
     a_halo, b_halo = fit_alpha_beta(ops_json, "halo")
     a_ar, _ = fit_alpha_beta(ops_json, "allreduce")
-    heat1 = lookup(rows, app="heat", mode="weak", ranks=1, no_comm=True)
-    pois1 = lookup(rows, app="poisson", mode="weak", ranks=1, no_comm=True)
+    heat1 = lookup(rows, label="heat", mode="weak", ranks=1, no_comm=True)
+    pois1 = lookup(rows, label="poisson", mode="weak", ranks=1, no_comm=True)
+    mg1 = lookup(rows, label="poisson, multigrid", mode="weak", ranks=1, no_comm=True)
     edge = 300 * 8  # bytes of one block edge
     lines = [
         "### Model (latency-bandwidth), weak scaling of the gradient at 300x300 per rank",
@@ -133,7 +138,7 @@ def model(rows, ops_json, iterations):
         return lines + ["(needs the 1-rank no-comm weak runs of both applications)"]
     heat_step = heat1["forward_gradient_s"] / heat1["steps"]
     pois_it = pois1["forward_gradient_s"] / (2 * pois1["iterations"])  # forward + adjoint solve
-    a_it, c_it, it_one, it_two_level = iterations
+    a_it, c_it, it_one, it_two_level, mg_one, mg_most = iterations
     lines += [
         f"Compute per heat step (fwd+grad, 1 rank, no comm): {heat_step * 1e3:.2f} ms; per "
         f"Poisson CG iteration: {pois_it * 1e3:.2f} ms. Block-Jacobi iterations to 1e-12 with "
@@ -151,6 +156,11 @@ def model(rows, ops_json, iterations):
         "dense assembly and factorisation are the next thing to replace (sparse, or a "
         "coarse solve on a subset of ranks).",
         "",
+    ]
+    multigrid = multigrid_model(mg1, mg_one, mg_most)
+    if multigrid:
+        lines += [multigrid.description, ""]
+    lines += [
         "| app | checks | link latency | " + " | ".join(f"{p} ranks" for p in RANKS) + " |",
         "|---|---|---:|" + "---:|" * len(RANKS),
     ]
@@ -158,7 +168,7 @@ def model(rows, ops_json, iterations):
         for latency in LATENCIES_US:
             alpha_h, alpha_r = a_halo + latency * 1e-6, a_ar + latency * 1e-6
             beta = min(b_halo, LINK_BYTES_PER_S)
-            heat, pois, two_level = [], [], []
+            heat, pois, two_level, mg = [], [], [], []
             for p in RANKS:
                 halo = alpha_h + 4 * edge / beta + check_cost(p, alpha_r, beta, check)
                 heat.append(heat_step / (heat_step + 2 * halo))
@@ -176,6 +186,8 @@ def model(rows, ops_json, iterations):
                 )
                 solve_2l = it_two_level * (pois_it + halo + allreduce_2l) + per_solve
                 two_level.append(it1 * pois_it / solve_2l)
+                if multigrid:
+                    mg.append(multigrid(p, alpha_h, alpha_r, beta, check, halo + allreduce))
             on = "on" if check else "off"
             lines.append(
                 f"| heat | {on} | {latency} us | " + " | ".join(f"{e:.0%}" for e in heat) + " |"
@@ -188,7 +200,63 @@ def model(rows, ops_json, iterations):
                 + " | ".join(f"{e:.1%}" for e in two_level)
                 + " |"
             )
+            if mg:
+                lines.append(
+                    f"| poisson, multigrid | {on} | {latency} us | "
+                    + " | ".join(f"{e:.0%}" for e in mg)
+                    + " |"
+                )
     return lines
+
+
+def multigrid_model(mg1, it_one, it_most):
+    """Predicted weak-scaling efficiency of Poisson with the multigrid
+    preconditioner, as a function (P, link) -> efficiency, or None without the
+    1-rank no-comm run. Per CG iteration: CG's own halo exchange and two
+    scalar allreduces (`cg_comm`), and per V-cycle, on each level that
+    smooths, six halo exchanges (two sweeps before, the residual, the
+    restriction with width f, the interpolation, two sweeps after), the
+    gather of one coarse cell per rank (one allreduce of 8 P bytes), and the
+    gathered grid's own V-cycle on every rank (its levels' op launches plus
+    the arithmetic of P more cells)."""
+    if mg1 is None or "multigrid_levels" not in mg1:
+        return None
+    t_it = mg1["forward_gradient_s"] / (2 * mg1["iterations"])  # forward + adjoint solve
+    levels = mg1["multigrid_levels"]
+    block_cells = levels[0][0] * levels[0][1]
+    smoothing = levels[:-1]  # the last one hands its cells on to the gathered grid
+    cells_last = levels[-1][0] * levels[-1][1]
+    t_cell = t_it / block_cells
+
+    def efficiency(p, alpha_h, alpha_r, beta, check, cg_comm):
+        exchanges = 0.0
+        for (rows, cols), (next_rows, _) in zip(smoothing, levels[1:]):
+            f = rows // next_rows
+            edge_bytes = 8 * 2 * (rows + cols)
+            exchanges += 6 * (alpha_h + check_cost(p, alpha_r, beta, check))
+            exchanges += (5 + f) * edge_bytes / beta
+        gathered_bytes = 8 * p * cells_last
+        gather = math.log2(p) * alpha_r + 2 * gathered_bytes / beta
+        if gathered_bytes > CHECK_PACKET_BYTES - 64:
+            gather += check_cost(p, alpha_r, beta, check)
+        gathered_levels = max(1, math.ceil(math.log2(max(p * cells_last / 64, 1))) + 1)
+        serial = gathered_levels * OPS_PER_LEVEL * TF_OP_S + p * cells_last * t_cell
+        per_iteration = t_it + cg_comm + exchanges + gather + serial
+        return it_one * t_it / (it_most * per_iteration)
+
+    efficiency.description = (
+        f"Multigrid (geometric V-cycle; levels per block {' > '.join(str(r) for r, _ in levels)}, "
+        "then one cell per rank gathered on every rank and coarsened there): compute per CG "
+        f"iteration {t_it * 1e3:.2f} ms (1 rank, no comm, fwd+grad). The model takes {it_one:g} "
+        f"iterations on 1 rank and the largest count measured on k x k blocks ({it_most:g}) at "
+        "every P. Per iteration it adds CG's halo exchange and two scalar allreduces; per "
+        f"V-cycle six halo exchanges on each of the {len(smoothing)} smoothing levels (each "
+        "after a check when checks are on), the gather (8 P bytes, checked when over 256), and "
+        f"the gathered grid's V-cycle on every rank ({OPS_PER_LEVEL} op launches of "
+        f"{TF_OP_S * 1e6:g} us per level, and the arithmetic of P more cells at the measured "
+        "cost per cell)."
+    )
+    return efficiency
 
 
 def latency_events(app, count, check):
@@ -256,12 +324,12 @@ def plot(rows, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, mode in zip(axes, ["weak", "strong"]):
-        for app, style in (("heat", "o"), ("poisson", "s")):
+        for app, style in (("heat", "o"), ("poisson", "s"), ("poisson, multigrid", "^")):
             for no_comm, dash in ((False, "-"), (True, "--")):
                 pts = sorted(
                     (r["ranks"], r["forward_gradient_s"], r["forward_gradient_spread"])
                     for r in rows
-                    if r["app"] == app and r["mode"] == mode and r["no_comm"] == no_comm
+                    if r["label"] == app and r["mode"] == mode and r["no_comm"] == no_comm
                 )
                 if not pts:
                     continue
@@ -294,8 +362,12 @@ def main():
         )
 
     counts, counts_two_level = counts_for("block-jacobi"), counts_for("two-level")
+    counts_multigrid = dict(counts_for("multigrid"))
     linked = [r for r in rows if "link" in r]
     rows = [r for r in rows if "iterations_to_tol" not in r and "link" not in r]
+    for r in rows:  # block-Jacobi is Poisson's default; other preconditioners are named
+        pc = r.get("preconditioner", "block-jacobi")
+        r["label"] = r["app"] if pc == "block-jacobi" else f"{r['app']}, {pc}"
     several = [(k, n) for k, n in counts if k >= 2]  # one block is solved exactly: its own case
     if len(several) >= 2:
         k, its = np.array(several, float).T
@@ -305,21 +377,28 @@ def main():
         iterations = (float("nan"),) * 3
     plateau = [n for k, n in counts_two_level if k >= 2]
     iterations += (max(plateau) if plateau else float("nan"),)
+    iterations += (
+        counts_multigrid.get(1, float("nan")),
+        max(counts_multigrid.values(), default=float("nan")),
+    )
     lines = ["# Scaling", "", __doc__.split("\n\n", 2)[2].strip(), ""]
-    for app in ("heat", "poisson"):
+    for app in ("heat", "poisson", "poisson, multigrid"):
         for mode in ("weak", "strong"):
             lines += efficiency_table(rows, app, mode) + [""]
     for block in blocks:
-        bj, tl = dict(counts_for("block-jacobi", block)), dict(counts_for("two-level", block))
+        found = [dict(counts_for(pc, block)) for pc in ("block-jacobi", "two-level", "multigrid")]
         lines += (
             [
                 "### Poisson: CG iterations to 1e-12 with k x k blocks of "
                 f"{block} cells per side (weak scaling)",
                 "",
-                "| k | block-Jacobi | two-level |",
-                "|---:|---:|---:|",
+                "| k | block-Jacobi | two-level | multigrid |",
+                "|---:|---:|---:|---:|",
             ]
-            + [f"| {k} | {bj.get(k, '-')} | {tl.get(k, '-')} |" for k in sorted({*bj, *tl})]
+            + [
+                "| " + " | ".join([str(k)] + [str(c.get(k, "-")) for c in found]) + " |"
+                for k in sorted(set().union(*found))
+            ]
             + [""]
         )
     lines += model(rows, ops_json, iterations) + [""] + measured_vs_predicted(linked)
