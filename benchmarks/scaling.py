@@ -91,11 +91,17 @@ def run_time(sess, fetch, feed):
     return COMM.allreduce(time.perf_counter() - start, op=MPI.MAX)
 
 
-def forward_and_gradient_times(sess, loss, grad, feed, rounds):
-    """Forward and forward+gradient times, interleaved round by round."""
+def warmed_up_fetches(sess, loss, grad, feed):
+    """The forward and the forward+gradient fetches, each run once."""
     fetches = {"forward": loss, "forward_gradient": [loss, grad]}
     for fetch in fetches.values():
-        sess.run(fetch, feed)  # warm up
+        sess.run(fetch, feed)
+    return fetches
+
+
+def forward_and_gradient_times(sess, loss, grad, feed, rounds):
+    """Forward and forward+gradient times, interleaved round by round."""
+    fetches = warmed_up_fetches(sess, loss, grad, feed)
     times = {name: [] for name in fetches}
     for _ in range(rounds):
         for name, fetch in fetches.items():
@@ -150,9 +156,7 @@ def next_link_delay():
 def across_link_delays(sess, loss, grad, feed, delays, rounds):
     """Per delay: the link's half round trip, forward and forward+gradient
     times, and their extra over delays[0] as medians of per-round differences."""
-    fetches = {"forward": loss, "forward_gradient": [loss, grad]}
-    for fetch in fetches.values():
-        sess.run(fetch, feed)  # warm up
+    fetches = warmed_up_fetches(sess, loss, grad, feed)
     times = {(d, name): [] for d in delays for name in [*fetches, "half_round_trip_us"]}
     for _ in range(rounds):
         for delay in delays:  # the link is at `delay` now; moved on at the end

@@ -306,13 +306,11 @@ class Multigrid:
                 _along(padded, axis, size + 1, 1),
             )
             if transpose:
-                pieces = [inner]
                 if first:
-                    pieces = [
-                        ratio * lo + _along(inner, axis, 0, 1),
-                        _along(inner, axis, 1, size - 1),
-                    ]
-                inner = tf.concat(pieces, axis)
+                    inner = tf.concat(
+                        [ratio * lo + _along(inner, axis, 0, 1), _along(inner, axis, 1, size - 1)],
+                        axis,
+                    )
                 if last:
                     inner = tf.concat(
                         [
@@ -339,22 +337,19 @@ class Multigrid:
         finest["diag"] = (e + w + n + s) / self.patch.h**2
         plan = [finest]
         kappa = (e + w + n + s) / 4  # a cell value of kappa on the finest level
-        for i in range(1, len(self.levels) + len(self.gathered_levels)):
-            gathered = i >= len(self.levels)
+        coarser = [(False, shape) for shape in self.levels[1:]]
+        coarser += [(True, shape) for shape in self.gathered_levels]
+        for gathered, shape in coarser:
             before = plan[-1]
+            level = dict(shape, gathered=gathered)
             if gathered and not before["gathered"]:
                 kappa = self._gather(kappa)
-                level = dict(self.gathered_levels[0], gathered=True)
             else:
-                shape = (
-                    self.levels[i] if not gathered else self.gathered_levels[i - len(self.levels)]
-                )
-                level = dict(shape, gathered=gathered)
                 fr, fc = before["fr"], before["fc"]
                 kappa = tf.reduce_mean(
                     tf.reshape(kappa, [level["rows"], fr, level["cols"], fc]), axis=[1, 3]
                 )
-            if gathered or i + 1 < len(self.levels):  # the last distributed one only hands on
+            if gathered or shape is not self.levels[-1]:  # the last distributed one only hands on
                 level["faces"] = e, w, n, s = self._faces(level, kappa)
                 level["diag"] = (e + w) / level["hc"] ** 2 + (n + s) / level["hr"] ** 2
             plan.append(level)

@@ -103,6 +103,7 @@ class Hosts:
         try:
             self._up()
         except BaseException:
+            self._stop_delay_link()
             down()
             raise
         return self
@@ -114,16 +115,19 @@ class Hosts:
         return False
 
     def _stop_delay_link(self):
+        """Stop delay_link (keeping its report) and remove its binary, also
+        when the hosts failed to come up."""
         link = getattr(self, "delay_link", None)
-        if link is None:
-            return
-        link.terminate()
-        try:
-            self.delay_link_report = link.communicate(timeout=10)[0].strip()
-        except subprocess.TimeoutExpired:
-            link.kill()
-            link.wait()
-        shutil.rmtree(os.path.dirname(self.delay_link_binary), ignore_errors=True)
+        if link is not None:
+            link.terminate()
+            try:
+                self.delay_link_report = link.communicate(timeout=10)[0].strip()
+            except subprocess.TimeoutExpired:
+                link.kill()
+                link.wait()
+        binary = getattr(self, "delay_link_binary", None)
+        if binary is not None:
+            shutil.rmtree(os.path.dirname(binary), ignore_errors=True)
 
     def _up(self):
         down(quiet=True)
@@ -184,10 +188,6 @@ class Hosts:
         ready = self.delay_link.stdout.readline()
         if "up" not in ready:
             raise RuntimeError(f"netns_hosts: delay_link did not start: {ready!r}")
-
-    def address(self, i, data=False):
-        """Host i's (1-based) address: on the bridge, or on its shaped link."""
-        return f"{DATA_NET}.{i}.2" if data else f"{SUBNET}.{i}"
 
     def command(self, mpiexec, per_host, argv):
         """The launch command for `argv` on per_host ranks on every host, over TCP."""
