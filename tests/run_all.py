@@ -16,7 +16,8 @@
 Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
 ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
-ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200).
+ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FILES
+(only these files of tests/launch), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1.
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
@@ -161,7 +162,15 @@ def main():
     for folder, label, limit in plain:
         if os.environ.get(f"ADCME_MPI_SKIP_{folder.upper()}") == "1":
             continue
-        cmd = [sys.executable, "-m", "pytest", *pytest_args, os.path.join(HERE, folder)]
+        # ADCME_MPI_LAUNCH_FILES: a representative part of tests/launch for a
+        # stage that repeats stage 1's (e.g. "test_errors.py test_hosts.py")
+        chosen = os.environ.get(f"ADCME_MPI_{folder.upper()}_FILES", "").split()
+        where = [os.path.join(HERE, folder, name) for name in chosen] or [
+            os.path.join(HERE, folder)
+        ]
+        # the slowest cases, so CI logs show where a stage's time goes
+        durations = ["--durations=8"] if folder == "launch" else []
+        cmd = [sys.executable, "-m", "pytest", *pytest_args, *durations, *where]
         for k, v in run(label, cmd, limit, junit).items():
             total[k] += v
     print(
