@@ -202,6 +202,11 @@ def _at_exit():
         problem = end_of_program_check()
         if problem:
             _abort_with(problem)
+    if mpi_initialized():
+        # the checks' persistent requests, before mpi4py's MPI_Finalize (which
+        # warns about any left); no op runs after this
+        with _lock:
+            _loader.capi.adcme_mpi_forget_comms()
 
 
 def mpi_rank(comm=None):

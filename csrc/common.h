@@ -17,6 +17,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -102,8 +103,17 @@ inline char* DataOf(const Tensor& t) { return const_cast<char*>(t.tensor_data().
 // than that aborts the whole job with a message naming the op, the rank and
 // `waiting_for` (the peers). Polls politely so oversubscribed ranks progress.
 // `statuses`, if given, receives the requests' statuses (also when one failed).
+// `between_polls`, if given, runs after each unsuccessful poll; an error from
+// it ends the wait (the requests stay active: see AbandonRequests).
 absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
-                     const std::string& waiting_for, std::vector<MPI_Status>* statuses = nullptr);
+                     const std::string& waiting_for, std::vector<MPI_Status>* statuses = nullptr,
+                     const std::function<absl::Status()>& between_polls = nullptr);
+// Requests a failed op leaves behind: the receives (indices `receives`) are
+// cancelled, so they cannot take a later op's message, and all are left to
+// complete later (as detached sends do) with `buffers` kept alive, so MPI
+// never writes into or reads from memory TF has freed.
+void AbandonRequests(std::vector<MPI_Request>* requests, const std::vector<size_t>& receives,
+                     const std::vector<Tensor>& buffers);
 absl::Status WaitOne(const CallSite& site, MPI_Request request, const std::string& waiting_for);
 // Blocking matched probe with the same watchdog; returns the message handle.
 absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message* message,
@@ -154,6 +164,20 @@ absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
 // travels with the check (see Carried).
 absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char* arg,
                                   const Tensor& t, int root, Carried* carried = nullptr);
+
+// Deferred checks (the halo exchange; see checks.cc): the op's check is
+// posted and left in flight; its verdict arrives while later ops wait, or
+// before any blocking check. `explain` turns every rank's payload into the
+// op's message when they differ. `sequence` receives the check's number
+// (-1: no check was posted). Unregistered communicators check at once.
+using ExplainRows = std::function<absl::Status(const std::vector<std::vector<int64_t>>&)>;
+absl::Status PostDeferredCheck(const CallSite& site, OpKind kind,
+                               const std::vector<int64_t>& payload, ExplainRows explain,
+                               int64_t* sequence);
+// Completes the deferred checks of `site`'s family: those already complete,
+// or (block) all of them. A disagreement comes back as the posting op's
+// message, prefixed with `site` unless it is check number `own_sequence`.
+absl::Status SettleDeferredChecks(const CallSite& site, bool block, int64_t own_sequence);
 
 // ---- shape functions ----
 // Adds the ordering token to a shape function: the last input must be a

@@ -129,7 +129,7 @@ CommRoute RouteOf(MPI_Comm comm) {
   std::lock_guard<std::mutex> lock(registry_mu);
   auto it = Routes().find(comm);
   if (it != Routes().end()) return it->second;
-  return CommRoute{comm, false, nullptr};
+  return CommRoute{comm, false, nullptr, nullptr};
 }
 
 int64_t NextSequenceNumber(const CommRoute& route) {
@@ -272,13 +272,17 @@ extern "C" __attribute__((visibility("default"))) void adcme_mpi_register_comms(
   std::lock_guard<std::mutex> lock(registry_mu);
   auto* sequence = new int64_t(0);  // shared by the family; leaked when forgotten (a few bytes)
   const MPI_Comm check_comm = MPI_Comm_f2c(static_cast<MPI_Fint>(check));
-  Routes()[MPI_Comm_f2c(static_cast<MPI_Fint>(forward))] = CommRoute{check_comm, false, sequence};
-  Routes()[MPI_Comm_f2c(static_cast<MPI_Fint>(backward))] = CommRoute{check_comm, true, sequence};
-  Routes()[check_comm] = CommRoute{check_comm, false, sequence};
+  CheckQueue* deferred = NewCheckQueue(check_comm);
+  Routes()[MPI_Comm_f2c(static_cast<MPI_Fint>(forward))] =
+      CommRoute{check_comm, false, sequence, deferred};
+  Routes()[MPI_Comm_f2c(static_cast<MPI_Fint>(backward))] =
+      CommRoute{check_comm, true, sequence, deferred};
+  Routes()[check_comm] = CommRoute{check_comm, false, sequence, deferred};
 }
 
 extern "C" __attribute__((visibility("default"))) void adcme_mpi_forget_comms() {
   std::lock_guard<std::mutex> lock(adcme_mpi::registry_mu);
+  adcme_mpi::FreeCheckQueues();
   adcme_mpi::Routes().clear();
 }
 

@@ -10,6 +10,7 @@
 // subarray types, no packing), then waits: no grid shape can deadlock. The
 // backward op runs on the gradient communicator, so its messages never match
 // the forward pass's whatever the tags.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -152,40 +153,71 @@ class HaloKernelBase : public MpiKernel {
   }
 
  protected:
-  // Checks the grid against the communicator and, unless ADCME_MPI_CHECK=0,
-  // that every rank agrees on m, n, width and dtype (the check's small
-  // reduction; every rank reaches the same verdict). Edge lengths differ
-  // legitimately between blocks: neighbours' agreement on them is checked
-  // by CheckBands from the halo messages themselves, at no cost.
-  absl::Status CheckGrid(const CallSite& site, OpKind kind, DataType dtype, int rows,
-                         int cols) const {
-    if (m_ * n_ != site.size)
-      return site.InvalidArgument(absl::StrCat("m * n = ", m_, " * ", n_, " = ", m_ * n_,
-                                               " must equal the communicator size ", site.size));
-    if (rows < width_ || cols < width_)
-      return site.InvalidArgument(absl::StrCat("block of shape [", rows, ",", cols,
-                                               "] is smaller than the halo width ", width_));
-    // `all` is filled only when some rank's differ, and then names who and how.
-    std::vector<std::vector<int64_t>> all;
-    TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, {m_, n_, width_, dtype}, &all));
-    for (int r = 0; r < static_cast<int>(all.size()); ++r) {
-      const auto& row = all[r];
-      if (row[0] != m_ || row[1] != n_ || row[2] != width_ || row[3] != dtype)
-        return site.InvalidArgument(
-            absl::StrCat("rank ", r, " called with m=", row[0], ", n=", row[1], ", width=", row[2],
-                         ", dtype ", tensorflow::DataTypeString(static_cast<DataType>(row[3])),
-                         " but rank ", site.rank, " with m=", m_, ", n=", n_, ", width=", width_,
-                         ", dtype ", tensorflow::DataTypeString(dtype)));
-    }
-    return absl::OkStatus();
-  }
-
   // A ghost band being received: from whom, and how many values it must hold.
   struct Band {
     Neighbour from;
     int64_t values;
     size_t request;  // index in the exchange's requests
   };
+  // Checks the grid against the communicator and, unless ADCME_MPI_CHECK=0,
+  // posts the check that every rank agrees on m, n, width and dtype. It is
+  // deferred (checks.cc): the exchange does not wait for it, only watches it
+  // (WaitWatching). Edge lengths differ legitimately between blocks:
+  // neighbours' agreement on them is checked by CheckBands from the halo
+  // messages themselves, at no cost. `sequence` receives the check's number.
+  absl::Status CheckGrid(const CallSite& site, OpKind kind, DataType dtype, int rows, int cols,
+                         int64_t* sequence) const {
+    if (m_ * n_ != site.size)
+      return site.InvalidArgument(absl::StrCat("m * n = ", m_, " * ", n_, " = ", m_ * n_,
+                                               " must equal the communicator size ", site.size));
+    if (rows < width_ || cols < width_)
+      return site.InvalidArgument(absl::StrCat("block of shape [", rows, ",", cols,
+                                               "] is smaller than the halo width ", width_));
+    // Every rank's grid, only when some rank's differ: names who and how.
+    const int64_t m = m_, n = n_, width = width_;
+    auto explain = [site, m, n, width, dtype](const std::vector<std::vector<int64_t>>& all) {
+      for (int r = 0; r < static_cast<int>(all.size()); ++r) {
+        const auto& row = all[r];
+        if (row[0] != m || row[1] != n || row[2] != width || row[3] != dtype)
+          return site.InvalidArgument(absl::StrCat(
+              "rank ", r, " called with m=", row[0], ", n=", row[1], ", width=", row[2], ", dtype ",
+              tensorflow::DataTypeString(static_cast<DataType>(row[3])), " but rank ", site.rank,
+              " with m=", m, ", n=", n, ", width=", width, ", dtype ",
+              tensorflow::DataTypeString(dtype)));
+      }
+      return absl::OkStatus();
+    };
+    return PostDeferredCheck(site, kind, {m_, n_, width_, dtype}, explain, sequence);
+  }
+
+  // Waits for the exchange while completing the checks in flight. If a check
+  // fails first, the exchange's requests are abandoned (`buffers` are kept
+  // alive for them) and its error returned. Then, if a band is wrong, the
+  // checks are completed first: a disagreement on m, n, width or dtype is
+  // the cause to name, not the bands it garbled.
+  absl::Status WaitWatching(const CallSite& site, std::vector<MPI_Request>* requests,
+                            const std::vector<Band>& bands, const std::vector<Neighbour>& nbs,
+                            MPI_Datatype type, int rows, int cols, int64_t sequence,
+                            const std::vector<Tensor>& buffers) const {
+    std::vector<MPI_Status> statuses;
+    const absl::Status waited = WaitAll(site, requests, Peers(nbs), &statuses, [&] {
+      return SettleDeferredChecks(site, /*block=*/false, sequence);
+    });
+    if (!waited.ok() && statuses.empty()) {  // ended by a check, or MPI failed: not complete
+      std::vector<size_t> receives;
+      for (const Band& band : bands) receives.push_back(band.request);
+      AbandonRequests(requests, receives, buffers);
+      return waited;
+    }
+    const absl::Status bands_ok = CheckBands(site, bands, statuses, type, rows, cols);
+    if (!bands_ok.ok()) {
+      TF_RETURN_IF_ERROR(SettleDeferredChecks(site, /*block=*/true, sequence));
+      return bands_ok;
+    }
+    TF_RETURN_IF_ERROR(waited);
+    return SettleDeferredChecks(site, /*block=*/false, sequence);
+  }
+
   // Blocks that share an edge must agree on its length. A neighbour whose
   // edge is longer makes the receive fail (MPI_ERR_TRUNCATE), a shorter one
   // fills less of the band: either names both ranks and the mismatch.
@@ -261,7 +293,8 @@ class HaloExchangeKernel : public HaloKernelBase {
     const int rows = u.dim_size(0), cols = u.dim_size(1), w = width_;
     int unused = 0;
     TF_RETURN_IF_ERROR(CountOf(site, "u", (rows + 2 * w) * int64_t{cols + 2 * w}, &unused));
-    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHalo, u.dtype(), rows, cols));
+    int64_t sequence = -1;
+    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHalo, u.dtype(), rows, cols, &sequence));
 
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
@@ -299,15 +332,12 @@ class HaloExchangeKernel : public HaloKernelBase {
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Isend(dst, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
-    std::vector<MPI_Status> statuses;
-    const absl::Status waited = WaitAll(site, &requests, Peers(nbs), &statuses);
-    TF_RETURN_IF_ERROR(CheckBands(site, bands, statuses, type, rows, cols));
-    return waited;
+    return WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence, {*out});
   }
 };
 
 template <typename T>
-void AddRegion(const std::vector<T>& from, const Region& region, T* grad, int cols) {
+void AddRegion(const T* from, const Region& region, T* grad, int cols) {
   size_t k = 0;
   for (int i = 0; i < region.rows.length; ++i)
     for (int j = 0; j < region.cols.length; ++j)
@@ -336,7 +366,8 @@ class HaloExchangeGradKernel : public HaloKernelBase {
                                                3 * w, " in each dimension, got shape ",
                                                dy.shape().DebugString()));
     const int P = dy.dim_size(0), Q = dy.dim_size(1), rows = P - 2 * w, cols = Q - 2 * w;
-    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHaloGrad, dy.dtype(), rows, cols));
+    int64_t sequence = -1;
+    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHaloGrad, dy.dtype(), rows, cols, &sequence));
     MPI_Datatype type;
     TF_RETURN_IF_ERROR(DatatypeArg(site, "grad_padded", dy, &type));
 
@@ -352,11 +383,21 @@ class HaloExchangeGradKernel : public HaloKernelBase {
     T fill_sum = 0;
     TypeArena types;
     std::vector<MPI_Request> requests;
-    std::vector<std::vector<T>> incoming;
-    std::vector<Region> incoming_region;
+    std::vector<Region> incoming_region;  // where each received edge adds in
+    std::vector<int64_t> incoming_offset;
     std::vector<Band> bands;
-    incoming.reserve(8);
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
+    int64_t incoming_total = 0;
+    for (const Neighbour& nb : nbs) {
+      if (nb.rank == MPI_PROC_NULL) continue;
+      incoming_offset.push_back(incoming_total);
+      incoming_total += Edge(nb, rows, cols).size();
+    }
+    // one tensor for all received edges: kept alive if the exchange is abandoned
+    Tensor incoming;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        dy.dtype(), TensorShape({std::max<int64_t>(incoming_total, 1)}), &incoming));
+    T* incoming_data = incoming.flat<T>().data();
     for (const Neighbour& nb : nbs) {
       const Region ghost = Ghost(nb, rows, cols);
       if (nb.rank == MPI_PROC_NULL) {
@@ -366,12 +407,12 @@ class HaloExchangeGradKernel : public HaloKernelBase {
         continue;
       }
       const Region edge = Edge(nb, rows, cols);
-      incoming.emplace_back(edge.size());
+      T* into = incoming_data + incoming_offset[incoming_region.size()];
       incoming_region.push_back(edge);
       bands.push_back({nb, edge.size(), requests.size()});
       requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(incoming.back().data(), static_cast<int>(edge.size()),
-                                              type, nb.rank, tag, site.comm, &requests.back()),
+      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(into, static_cast<int>(edge.size()), type, nb.rank,
+                                              tag, site.comm, &requests.back()),
                                     "MPI_Irecv"));
       MPI_Datatype send_type;
       TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &send_type));
@@ -379,12 +420,10 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Isend(g, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
     }
-    std::vector<MPI_Status> statuses;
-    const absl::Status waited = WaitAll(site, &requests, Peers(nbs), &statuses);
-    TF_RETURN_IF_ERROR(CheckBands(site, bands, statuses, type, rows, cols));
-    TF_RETURN_IF_ERROR(waited);
-    for (size_t k = 0; k < incoming.size(); ++k)
-      AddRegion(incoming[k], incoming_region[k], gu, cols);
+    TF_RETURN_IF_ERROR(
+        WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence, {dy, incoming}));
+    for (size_t k = 0; k < incoming_region.size(); ++k)
+      AddRegion(incoming_data + incoming_offset[k], incoming_region[k], gu, cols);
     grad_fill->scalar<T>()() = fill_sum;
     return absl::OkStatus();
   }

@@ -9,11 +9,20 @@
 
 namespace adcme_mpi {
 
+struct CheckQueue;  // checks.cc: the family's checks still in flight
+
 struct CommRoute {
-  MPI_Comm check;     // the family's check communicator
-  bool backward;      // this communicator carries gradient messages
-  int64_t* sequence;  // the family's count of checked collectives (null: unregistered)
+  MPI_Comm check;        // the family's check communicator
+  bool backward;         // this communicator carries gradient messages
+  int64_t* sequence;     // the family's count of checked collectives (null: unregistered)
+  CheckQueue* deferred;  // the family's deferred checks (null: unregistered)
 };
+
+// A family's queue of deferred checks, on its check communicator (checks.cc;
+// kept for the process, like the sequence counter).
+CheckQueue* NewCheckQueue(MPI_Comm check);
+// Frees every family's check requests (before the communicators are freed).
+void FreeCheckQueues();
 
 // Unregistered communicators route checks to themselves, without numbers.
 CommRoute RouteOf(MPI_Comm comm);

@@ -57,8 +57,8 @@ class Poller {
 
 struct DetachedSend {
   MPI_Request request;
-  Tensor keep_alive;  // holds the buffer until the send completes
-  std::string what;   // for the message if it is never received
+  std::vector<Tensor> keep_alive;  // hold the buffers until the request completes
+  std::string what;                // for the message if it is never received
 };
 std::mutex detached_mu;
 std::vector<DetachedSend>& Detached() {
@@ -69,14 +69,18 @@ std::vector<DetachedSend>& Detached() {
 }  // namespace
 
 absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
-                     const std::string& waiting_for, std::vector<MPI_Status>* statuses_out) {
+                     const std::string& waiting_for, std::vector<MPI_Status>* statuses_out,
+                     const std::function<absl::Status()>& between_polls) {
   if (requests->empty()) return absl::OkStatus();
   std::vector<MPI_Status> statuses(requests->size());
   Poller poller(site, waiting_for);
   for (;;) {
     int done = 0;
-    const int rc =
-        MPI_Testall(static_cast<int>(requests->size()), requests->data(), &done, statuses.data());
+    // one request: MPI_Test (MPICH 5.0.2's MPI_Testall reports MPI_ERR_IN_STATUS,
+    // with no error in the status, for a completed persistent collective)
+    const int rc = requests->size() == 1 ? MPI_Test(requests->data(), &done, statuses.data())
+                                         : MPI_Testall(static_cast<int>(requests->size()),
+                                                       requests->data(), &done, statuses.data());
     if (statuses_out != nullptr && (done || rc == MPI_ERR_IN_STATUS)) *statuses_out = statuses;
     if (rc == MPI_ERR_IN_STATUS) {
       for (const MPI_Status& st : statuses)
@@ -85,6 +89,7 @@ absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
     }
     TF_RETURN_IF_ERROR(site.Check(rc, "MPI_Testall"));
     if (done) return absl::OkStatus();
+    if (between_polls) TF_RETURN_IF_ERROR(between_polls());
     poller.Pause();
   }
 }
@@ -108,7 +113,18 @@ absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message
 
 void DetachSend(MPI_Request request, const Tensor& keep_alive, const std::string& what) {
   std::lock_guard<std::mutex> lock(detached_mu);
-  Detached().push_back({request, keep_alive, what});
+  Detached().push_back({request, {keep_alive}, what});
+}
+
+void AbandonRequests(std::vector<MPI_Request>* requests, const std::vector<size_t>& receives,
+                     const std::vector<Tensor>& buffers) {
+  for (size_t i : receives)
+    if (i < requests->size() && (*requests)[i] != MPI_REQUEST_NULL) MPI_Cancel(&(*requests)[i]);
+  std::lock_guard<std::mutex> lock(detached_mu);
+  for (MPI_Request& request : *requests)
+    if (request != MPI_REQUEST_NULL)
+      Detached().push_back({request, buffers, "a message of an op that failed"});
+  requests->clear();
 }
 
 namespace {

@@ -137,6 +137,28 @@ CASES = [
         r"programs differ\): rank 0 is at mpi_sum \(checked collective #1\); rank 1 is at mpi_bcast",
     ),
     (
+        # the halo's check is deferred (it does not delay the exchange), but a
+        # rank in a halo exchange still watches it, so it meets the other
+        # rank's check and both get the error instead of waiting forever
+        "one rank in a halo exchange, the other in a collective",
+        2,
+        "run(am.mpi_halo_exchange(tf.ones([4, 4]), 1, 2) if r == 0 else am.mpi_sum(tf.ones(2)))",
+        r"mpi_(halo_exchange|sum) \(rank \d of 2\): ranks disagree on which collective comes next "
+        r"\(their programs differ\): rank 0 is at mpi_halo_exchange \(checked collective #1\); "
+        r"rank 1 is at mpi_sum \(checked collective #1\)",
+    ),
+    (
+        # 1x2 and 2x1 grids exchange edges of the same size, so the exchange
+        # itself succeeds; the deferred check then reports the grids, in the
+        # halo op or, when its verdict arrives later, in the op that completes
+        # it (here the end of the program), naming the halo op
+        "halo grids differ but the exchange succeeds",
+        2,
+        "run(am.mpi_halo_exchange(tf.ones([4, 4]), 1 + r, 2 - r))",
+        r"mpi_halo_exchange \(rank \d of 2\): rank \d called with m=[12], n=[12], width=1, "
+        r"dtype float but rank \d with m=[12], n=[12], width=1, dtype float",
+    ),
+    (
         "one rank builds no backward pass",
         4,
         "x = tf.constant(2.0); y = am.mpi_allreduce(x)\nrun(y if r == 0 else tf.gradients(y, x)[0])",

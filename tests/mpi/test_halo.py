@@ -145,3 +145,46 @@ def test_halo_tags_and_repeat():
     # each interior cell appears once in its own block and once in each
     # neighbour's ghost band that covers it; the count is at least 1, times 3
     assert np.all(g >= 3.0) and np.all(np.mod(g, 3.0) == 0)
+
+
+@pytest.mark.skipif(SIZE != 2, reason="1x2 and 2x1 grids have same-sized edges on 2 ranks only")
+def test_deferred_check_reports_a_grid_mismatch_the_exchange_survives():
+    """The halo's check is deferred: with a 1x2 grid on rank 0 and a 2x1 grid
+    on rank 1 the exchange itself succeeds, and the mismatch is reported on
+    both ranks, by the halo op or by the next checked op (which names the
+    halo). The ranks' checks stay in step: the next collective works."""
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"mpi_halo_exchange \(rank \d of 2\): rank \d called with m=[12], n=[12]",
+    ):
+        run_graph(lambda: am.mpi_halo_exchange(tf.ones([4, 4]), 1 + RANK, 2 - RANK))
+        run_graph(lambda: am.mpi_sum(tf.ones(2)))
+    total = run_graph(lambda: am.mpi_allreduce(tf.constant([1.0 + RANK])))
+    assert_close(total, np.array([3.0]), np.float32)
+
+
+def test_checks_left_in_flight_agree_with_collectives_between_them():
+    """36 halo exchanges in a row (each leaves its check in flight: more than
+    the queue's 32, so the oldest are completed as new ones are posted), then
+    collectives, which complete all earlier checks first, between more
+    exchanges: the values are the NumPy reference's."""
+    m, n = grids()[-1]
+    x = random((3, 4), np.float64, 130)
+    row_off = np.arange(m + 1) * 3
+    col_off = np.arange(n + 1) * 4
+    G = global_padded(every_rank(x), m, n, 1, 0.0, row_off, col_off, np.float64)
+    padded_sums = [G[window(r, n, 1, row_off, col_off)].sum() for r in range(SIZE)]
+
+    def build():
+        u = tf.constant(x)
+        total = tf.constant(0.0, tf.float64)
+        for k in range(44):
+            total += tf.reduce_sum(am.mpi_halo_exchange(u, m, n, tag=k % 5))
+            if k in (35, 39):
+                total = am.mpi_allreduce(total)
+        return total
+
+    first = 36 * sum(padded_sums)  # every rank's 36 sums, added by the first allreduce
+    second = SIZE * first + 4 * sum(padded_sums)
+    expected = second + 4 * padded_sums[RANK]
+    assert_close(np.array(run_graph(build)), np.array(expected), np.float64)
