@@ -368,7 +368,10 @@ absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
   if (!GetSettings().check || site.size == 1) return absl::OkStatus();
   const CommRoute route = RouteOf(site.comm);
   // a registered family: its deferred checks first (verdicts in order),
-  // then this one in the next slot; otherwise a packet of its own
+  // then this one in the next slot; otherwise a packet of its own. Waiting
+  // for them before posting this one costs at most log2 P latencies once per
+  // blocking check (not per halo), and keeps the ranks' checks in step after
+  // a reported disagreement: no rank has posted a check past the failed one.
   std::unique_lock<std::mutex> lock;
   CheckSlot own;
   CheckSlot* slot = &own;
