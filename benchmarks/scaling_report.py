@@ -23,7 +23,13 @@ per level, one gather, and a small serial coarse cycle on every rank.
 The model's latency term is checked against 2 hosts joined by a link of
 injected latency (tools/netns_hosts.py, benchmarks/run_scaling.sh): the extra
 time over a 0-us link should be the latency-bound events on the critical
-path times the link's extra latency, as an MPI ping-pong measures it.
+path times the link's extra latency, as an MPI ping-pong measures it. Since
+51cec46 a halo exchange's cross-rank check is deferred (it no longer adds a
+latency before each exchange); the injected-latency runs say which way their
+halo check ran, and keep the last runs of the blocking check (build 0c53d2c,
+measured in the same sitting) for comparison. The 1-2 rank tables and the
+iteration counts were measured before that change: on shared memory the
+blocking check cost one round trip of a few microseconds per exchange.
 """
 
 import glob
@@ -107,10 +113,14 @@ CHOLESKY_FLOPS = 10e9  # an assumed rate for the dense coarse factorisation
 
 
 def check_cost(p, alpha, beta, check):
-    """The cross-rank check before a halo exchange or a large collective: one
+    """The cross-rank check before a collective of more than 256 bytes: one
     allreduce of a fixed-size packet (recursive doubling: log2 p latencies,
     the same bytes at any p). Collectives of at most 256 bytes, such as CG's
-    dot products, travel inside it and pay nothing extra."""
+    dot products, travel inside it and pay nothing extra. A halo exchange's
+    check is deferred (csrc/checks.cc): posted with the exchange and completed
+    while later ops wait, so it adds only its posting, which the halo's alpha,
+    fitted with checks on, already holds. A blocking check first completes the
+    deferred ones: at most this cost once more, per blocking check."""
     if not check or p == 1:
         return 0.0
     return math.log2(p) * (alpha + CHECK_PACKET_BYTES / beta)
@@ -130,10 +140,14 @@ def model(rows, ops_json, iterations):
         f"Fitted on the 2-rank op benchmarks: halo alpha = {a_halo * 1e6:.1f} us, "
         f"beta = {b_halo / 1e9:.2f} GB/s; allreduce alpha = {a_ar * 1e6:.1f} us. A link of "
         f"latency L adds L to alpha and caps beta at {LINK_BYTES_PER_S / 1e9:.2f} GB/s. With "
-        "checks on (the default), every halo exchange and every collective of more than 256 "
-        f"bytes is preceded by one allreduce of a {CHECK_PACKET_BYTES}-byte packet (log2 P "
-        "latencies, the same bytes at any P); smaller collectives (CG's dot products) travel "
-        "inside that packet at no extra cost.",
+        "checks on (the default), every collective of more than 256 bytes is preceded by one "
+        f"allreduce of a {CHECK_PACKET_BYTES}-byte packet (log2 P latencies, the same bytes at "
+        "any P); smaller collectives (CG's dot products) travel inside that packet at no extra "
+        "cost. A halo exchange's check is deferred: posted with the exchange, completed while "
+        "later ops wait (up to 15 in flight), so it costs its posting (inside the fitted halo "
+        "alpha, measured with checks on) and no latency. The first blocking check after them "
+        "completes them first: the model charges Poisson log2 P latencies more per CG "
+        "iteration for it (heat has no blocking check inside its time loop).",
         "",
     ]
     if heat1 is None or pois1 is None:
@@ -172,9 +186,11 @@ def model(rows, ops_json, iterations):
             beta = min(b_halo, LINK_BYTES_PER_S)
             heat, pois, two_level, mg = [], [], [], []
             for p in RANKS:
-                halo = alpha_h + 4 * edge / beta + check_cost(p, alpha_r, beta, check)
+                halo = alpha_h + 4 * edge / beta  # its check deferred: posting is in alpha_h
                 heat.append(heat_step / (heat_step + 2 * halo))
-                allreduce = 2 * math.log2(p) * alpha_r  # a scalar: rides inside its check
+                # two scalars (each rides inside its check); the first also completes
+                # the iteration's deferred halo checks
+                allreduce = 2 * math.log2(p) * alpha_r + check_cost(p, alpha_r, beta, check)
                 it1, itp = it_one, a_it + c_it * math.sqrt(p)
                 pois.append(it1 * pois_it / (itp * (pois_it + halo + allreduce)))
                 coarse_bytes = 8 * (p + 2)
@@ -235,7 +251,7 @@ def multigrid_model(mg1, it_one, it_most):
         for (rows, cols), (next_rows, _) in zip(smoothing, levels[1:]):
             f = rows // next_rows
             edge_bytes = 8 * 2 * (rows + cols)
-            exchanges += 6 * (alpha_h + check_cost(p, alpha_r, beta, check))
+            exchanges += 6 * alpha_h  # their checks deferred (see check_cost)
             exchanges += (5 + f) * edge_bytes / beta
         gathered_bytes = 8 * p * cells_last
         gather = math.log2(p) * alpha_r + 2 * gathered_bytes / beta
@@ -253,8 +269,8 @@ def multigrid_model(mg1, it_one, it_most):
         f"iteration {t_it * 1e3:.2f} ms (1 rank, no comm, fwd+grad). The model takes {it_one:g} "
         f"iterations on 1 rank and the largest count measured on k x k blocks ({it_most:g}) at "
         "every P. Per iteration it adds CG's halo exchange and two scalar allreduces; per "
-        f"V-cycle six halo exchanges on each of the {len(smoothing)} smoothing levels (each "
-        "after a check when checks are on), the gather (8 P bytes, checked when over 256), and "
+        f"V-cycle six halo exchanges on each of the {len(smoothing)} smoothing levels (their "
+        "checks deferred), the gather (8 P bytes, checked when over 256), and "
         f"the gathered grid's V-cycle on every rank ({TINY_LEVEL_S * 1e3:g} ms of op launches "
         "per level, as a 24 x 24 solve measures it, and the arithmetic of P more cells at the "
         "measured cost per cell)."
@@ -262,17 +278,20 @@ def multigrid_model(mg1, it_one, it_most):
     return efficiency
 
 
-def latency_events(app, count, check):
+def latency_events(app, count, halo_check):
     """Latency-bound events on the critical path of one forward and one
-    forward+gradient (2 ranks, so an allreduce is one exchange). A checked
-    halo exchange is two (the check's reduction, then the exchange); a
-    collective of at most 256 bytes one (it rides in the check packet).
+    forward+gradient (2 ranks, so an allreduce is one exchange). A halo
+    exchange is one (its check is deferred: posted with the exchange, its
+    single reduction step travels alongside it), or two with the blocking
+    halo check of builds before 51cec46 (`halo_check` "blocking": the
+    check's reduction, then the exchange); a collective of at most 256 bytes
+    one (it rides in the check packet).
     Heat, per step: one halo exchange forward, its adjoint backward; per
     evaluation: the parameters' bcast and the loss's mpi_sum, and their
     adjoints. Poisson, per CG iteration: one halo exchange and two dot-product
     allreduces, plus the first preconditioned residual's allreduce per solve;
     the gradient solves once more and exchanges u's halo once."""
-    halo = 2 if check else 1
+    halo = 2 if halo_check == "blocking" else 1
     if app == "heat":
         forward = count * halo + 2
         return forward, 2 * forward
@@ -288,14 +307,17 @@ def measured_vs_predicted(rows):
     latency events times the link's extra half round trip, as MPI measured
     it in the same rounds."""
     lines = []
-    for r in sorted((r for r in rows if "link" in r), key=lambda r: r["app"]):
+    linked = [r for r in rows if "link" in r]
+    for r in sorted(linked, key=lambda r: (r["app"], r.get("halo_check", "blocking"))):
         count = r["steps"] if r["app"] == "heat" else r["iterations"]
-        events = latency_events(r["app"], count, r["check"])
+        halo_check = r.get("halo_check", "blocking")
+        events = latency_events(r["app"], count, halo_check)
         unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
         lines += [
             f"### Injected latency, measured vs predicted: {r['app']}, 2 hosts x 1 rank, "
             f"{r['block'][0]}x{r['block'][1]} blocks, {count} {unit}, checks "
-            f"{'on' if r['check'] else 'off'}, {r['rounds']} interleaved rounds",
+            f"{'on' if r['check'] else 'off'} (halo check {halo_check}"
+            f"{', ' + r['build'] if 'build' in r else ''}), {r['rounds']} interleaved rounds",
             "",
             f"Latency events: {events[0]} per forward, {events[1]} per forward+gradient.",
             "",
