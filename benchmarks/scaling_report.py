@@ -307,10 +307,12 @@ def measured_vs_predicted(rows):
     latency events times the link's extra half round trip, as MPI measured
     it in the same rounds."""
     lines = []
+    for r in rows:  # runs from before 51cec46 recorded no halo_check
+        r.setdefault("halo_check", "blocking")
     linked = [r for r in rows if "link" in r]
-    for r in sorted(linked, key=lambda r: (r["app"], r.get("halo_check", "blocking"))):
+    for r in sorted(linked, key=lambda r: (r["app"], r["halo_check"])):
         count = r["steps"] if r["app"] == "heat" else r["iterations"]
-        halo_check = r.get("halo_check", "blocking")
+        halo_check = r["halo_check"]
         events = latency_events(r["app"], count, halo_check)
         unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
         lines += [

@@ -39,6 +39,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -280,12 +281,13 @@ CheckSlot* TakeSlot(CheckQueue* queue, const std::vector<int64_t>& mine) {
   return slot;
 }
 
-absl::Status StartSlot(const CallSite& site, CheckQueue* queue, CheckSlot* slot) {
+// Starts the slot's reduction on the check communicator `check`.
+absl::Status StartSlot(const CallSite& site, MPI_Comm check, CheckSlot* slot) {
   if (slot->persistent) return site.Check(MPI_Start(&slot->request), "MPI_Start");
   const PacketMpi& mpi = PacketTypes();
-  return site.Check(MPI_Iallreduce(MPI_IN_PLACE, &slot->packet, 1, mpi.type, mpi.op, queue->check,
-                                   &slot->request),
-                    "MPI_Iallreduce");
+  return site.Check(
+      MPI_Iallreduce(MPI_IN_PLACE, &slot->packet, 1, mpi.type, mpi.op, check, &slot->request),
+      "MPI_Iallreduce");
 }
 }  // namespace
 
@@ -314,12 +316,16 @@ void FreeCheckQueues() {
   for (CheckQueue* queue : AllQueues()) {
     std::lock_guard<std::mutex> queue_lock(queue->mu);
     // an active request must not be freed (a check still in flight after a
-    // failed program): those slots are left to MPI_Finalize
-    for (const PendingCheck& check : queue->pending) check.slot->persistent = false;
-    for (auto& slot : queue->slots)
-      if (slot->persistent) MPI_Request_free(&slot->request);
-    for (auto& slot : queue->slots)
-      if (slot->request != MPI_REQUEST_NULL) slot.release();  // in flight: keep its packet
+    // failed program): those slots, packet and request, are left to MPI_Finalize
+    std::set<CheckSlot*> in_flight;
+    for (const PendingCheck& check : queue->pending) in_flight.insert(check.slot);
+    for (auto& slot : queue->slots) {
+      if (in_flight.count(slot.get())) {
+        slot.release();
+      } else if (slot->persistent) {
+        MPI_Request_free(&slot->request);
+      }
+    }
     queue->pending.clear();
     queue->slots.clear();
   }
@@ -346,7 +352,7 @@ absl::Status PostDeferredCheck(const CallSite& site, OpKind kind,
   check.slot = TakeSlot(queue, check.mine);
   check.site = site;
   check.explain = std::move(explain);
-  TF_RETURN_IF_ERROR(StartSlot(site, queue, check.slot));
+  TF_RETURN_IF_ERROR(StartSlot(site, queue->check, check.slot));
   *sequence = check.mine[2];
   queue->pending.push_back(std::move(check));
   return absl::OkStatus();
@@ -397,14 +403,7 @@ absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
       packet.from_root = carried->is_root;
     }
   }
-  if (route.deferred != nullptr) {
-    TF_RETURN_IF_ERROR(StartSlot(site, route.deferred, slot));
-  } else {
-    const PacketMpi& mpi = PacketTypes();
-    TF_RETURN_IF_ERROR(site.Check(
-        MPI_Iallreduce(MPI_IN_PLACE, &packet, 1, mpi.type, mpi.op, route.check, &slot->request),
-        "MPI_Iallreduce"));
-  }
+  TF_RETURN_IF_ERROR(StartSlot(site, route.check, slot));
   TF_RETURN_IF_ERROR(WaitSlot(site, slot));
   if (packet.disagree) return GatherRows(site, route.check, mine, rows);
   if (inline_data) {

@@ -121,7 +121,8 @@ absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message
 // Sends that must never block (the backward of a receive) are started and
 // left here; they complete as later ops poll, and all at mpi_finalize.
 // `what` says what was sent, for the end-of-program report if it is never received.
-void DetachSend(MPI_Request request, const Tensor& keep_alive, const std::string& what);
+void DetachSend(MPI_Request request, const std::vector<Tensor>& keep_alive,
+                const std::string& what);
 void ProgressDetachedSends();
 
 // ---- checks.cc ----

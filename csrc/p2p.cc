@@ -88,7 +88,7 @@ class SendKernel : public PointToPointKernel {
       // a send nobody receives is seen (and reported) at the end of the program.
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Issend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Issend"));
-      DetachSend(request, a,
+      DetachSend(request, {a},
                  absl::StrCat(site.Describe(), " sent a gradient to rank ", dest, " (tag ", tag,
                               ") that rank ", dest,
                               " never received: its backward pass did not include the matching "

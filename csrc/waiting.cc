@@ -87,7 +87,7 @@ absl::Status WaitAll(const CallSite& site, std::vector<MPI_Request>* requests,
         if (st.MPI_ERROR != MPI_SUCCESS && st.MPI_ERROR != MPI_ERR_PENDING)
           return site.Check(st.MPI_ERROR, "MPI_Testall");
     }
-    TF_RETURN_IF_ERROR(site.Check(rc, "MPI_Testall"));
+    TF_RETURN_IF_ERROR(site.Check(rc, requests->size() == 1 ? "MPI_Test" : "MPI_Testall"));
     if (done) return absl::OkStatus();
     if (between_polls) TF_RETURN_IF_ERROR(between_polls());
     poller.Pause();
@@ -111,19 +111,18 @@ absl::Status ProbeMessage(const CallSite& site, int source, int tag, MPI_Message
   }
 }
 
-void DetachSend(MPI_Request request, const Tensor& keep_alive, const std::string& what) {
+void DetachSend(MPI_Request request, const std::vector<Tensor>& keep_alive,
+                const std::string& what) {
   std::lock_guard<std::mutex> lock(detached_mu);
-  Detached().push_back({request, {keep_alive}, what});
+  Detached().push_back({request, keep_alive, what});
 }
 
 void AbandonRequests(std::vector<MPI_Request>* requests, const std::vector<size_t>& receives,
                      const std::vector<Tensor>& buffers) {
   for (size_t i : receives)
     if (i < requests->size() && (*requests)[i] != MPI_REQUEST_NULL) MPI_Cancel(&(*requests)[i]);
-  std::lock_guard<std::mutex> lock(detached_mu);
   for (MPI_Request& request : *requests)
-    if (request != MPI_REQUEST_NULL)
-      Detached().push_back({request, buffers, "a message of an op that failed"});
+    if (request != MPI_REQUEST_NULL) DetachSend(request, buffers, "a message of an op that failed");
   requests->clear();
 }
 

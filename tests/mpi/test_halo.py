@@ -165,7 +165,8 @@ def test_deferred_check_reports_a_grid_mismatch_the_exchange_survives():
 
 def test_checks_left_in_flight_agree_with_collectives_between_them():
     """36 halo exchanges in a row (each leaves its check in flight: more than
-    the queue's 32, so the oldest are completed as new ones are posted), then
+    the 15 a family's ring of 16 slots allows, so the oldest are completed as
+    new ones are posted), then
     collectives, which complete all earlier checks first, between more
     exchanges: the values are the NumPy reference's."""
     m, n = grids()[-1]
