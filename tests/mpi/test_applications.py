@@ -130,12 +130,15 @@ def test_poisson_multigrid_same_solution_iterations_as_one_rank():
     assert its_one < 22, its_one
 
 
+@pytest.mark.parametrize("N", [24, 30])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_poisson_multigrid_is_symmetric_positive_definite(dtype):
+def test_poisson_multigrid_is_symmetric_positive_definite(dtype, N):
     """The V-cycle M^-1 as CG needs it: <M^-1 a, b> = <a, M^-1 b> and
     <a, M^-1 a> > 0 summed over ranks, for vectors that differ per rank
-    (restriction is exactly the transpose of interpolation, across blocks)."""
-    prob = poisson.PoissonProblem(N=24, preconditioner="multigrid")
+    (restriction is exactly the transpose of interpolation, across blocks;
+    N = 30 gives odd blocks on 2-4 ranks, 15 -> 8 -> 4: coarse cells that
+    are not whole fine cells, across block edges)."""
+    prob = poisson.PoissonProblem(N=N, preconditioner="multigrid")
     rng = np.random.default_rng(RANK)
     a, b = rng.standard_normal((2, prob.patch.rows, prob.patch.cols)).astype(dtype)
 
@@ -151,25 +154,35 @@ def test_poisson_multigrid_is_symmetric_positive_definite(dtype):
     assert aa > 0, aa
 
 
-@pytest.mark.parametrize("f", [1, 2, 3, 5])
-@pytest.mark.parametrize("axis", [0, 1])
-def test_multigrid_restriction_is_interpolation_transposed(f, axis):
-    """<P e, r> = <e, R r> on one block: e on 4 coarse cells and their two
-    ghosts, r on the 4 f fine cells (zero beyond: R's fine ghosts), along
-    either axis. Across blocks and boundaries, the multi-rank test above
-    checks the same through M^-1."""
-    rng = np.random.default_rng(10 * f + axis)
-    coarse, other = 4, 3
-    e = rng.standard_normal([coarse + 2, other] if axis == 0 else [other, coarse + 2])
-    r = rng.standard_normal([f * coarse, other] if axis == 0 else [other, f * coarse])
-    r_ghosts = np.pad(r, [(f, f), (0, 0)] if axis == 0 else [(0, 0), (f, f)])
-    Pe = poisson.prolong_axis(tf.constant(e), f, axis).numpy()
-    Rr = poisson.restrict_axis(tf.constant(r_ghosts), f, axis).numpy()
-    assert Pe.shape == r.shape and Rr.shape == e.shape
-    np.testing.assert_allclose(np.sum(Pe * r), np.sum(e * Rr), rtol=1e-13)
-    if f > 1:  # linear interpolation reproduces constants
-        ones = poisson.prolong_axis(tf.ones(e.shape, tf.float64), f, axis).numpy()
-        np.testing.assert_allclose(ones, 1.0)
+@pytest.mark.parametrize("fine", [1, 2, 3, 5, 8, 15, 75, 300])
+def test_multigrid_interpolation_is_linear_and_reaches_as_far_as_the_halo(fine):
+    """Along one axis of `fine` cells halved (75 -> 38: coarse cells of 75/38
+    fine widths): interpolation reproduces every linear function of position
+    from the coarse centres (ghosts included) at the fine centres, also on the
+    neighbours' fine cells a restriction collects from; a fine cell one past
+    that reach takes nothing from this block's coarse cells, so a halo of
+    `reach` cells is enough and no wider than needed. Restriction is the
+    literal transpose of the same matrix; the multi-rank SPD test above
+    checks it across blocks and boundaries."""
+    coarse = poisson.halved(fine)
+    reach = poisson.restriction_reach(fine, coarse)
+    assert reach <= 1 and (coarse < fine) == (reach == 1), (fine, coarse, reach)
+    H = fine / coarse
+    coarse_x = (np.arange(-1, coarse + 1) + 0.5) * H  # in fine widths
+    beyond = reach + 1
+    P = poisson.linear_interpolation(fine, coarse, beyond)
+    fine_x = np.arange(-beyond, fine + beyond) + 0.5
+    for a, b in [(1.0, 0.0), (0.3, -1.7)]:
+        inside = P[1 : fine + 2 * beyond - 1]  # every row but the ones one past the reach
+        np.testing.assert_allclose(inside @ (a + b * coarse_x), (a + b * fine_x)[1:-1], atol=1e-12)
+    own = slice(1, coarse + 1)
+    assert not P[[0, -1]][:, own].any(), "a cell past the reach takes this block's coarse cells"
+    if reach:
+        assert P[[1, -2]][:, own].any(), "the reach is wider than needed"
+    np.testing.assert_array_equal(poisson.linear_interpolation(fine, coarse), P[beyond:-beyond])
+    average = poisson.cell_average(fine, coarse)
+    np.testing.assert_allclose(average.sum(axis=1), 1.0)
+    assert ((average > 0).sum(axis=0) == 1).all(), "a fine cell in two coarse cells"
 
 
 def test_poisson_two_level_coarse_matrix_is_galerkin():
