@@ -263,6 +263,7 @@ def main():
             if isinstance(problem.preconditioner, poisson.Multigrid):
                 mg = problem.preconditioner
                 row["multigrid_levels"] = [[lv["rows"], lv["cols"]] for lv in mg.levels]
+                row["multigrid_exchanges"] = [mg.halo_exchanges(lv) for lv in mg.levels]
                 row["multigrid_gathered"] = [[lv["rows"], lv["cols"]] for lv in mg.gathered_levels]
         config = {"intra_op_parallelism_threads": 1}
         with am.Session(graph=graph, **config) as sess:

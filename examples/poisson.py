@@ -145,22 +145,29 @@ def halved(size):
     return (size + 1) // 2
 
 
-def linear_interpolation(fine, coarse, reach=0):
+def linear_interpolation(fine, coarse, reach=0, ghosts=1):
     """1-D linear interpolation between cell centres, from `coarse` cells with
-    one ghost cell each side to `fine` cells covering the same interval, with
-    `reach` more fine cells each side (the neighbours' cells a restriction
-    needs): a (fine + 2 reach) x (coarse + 2) NumPy matrix. A weight on a
-    coarse cell beyond the ghosts (only the outer reach rows have one) is
-    dropped: that cell's owner collects it."""
+    `ghosts` ghost cells each side to `fine` cells covering the same interval,
+    with `reach` more fine cells each side (the neighbours' cells a
+    restriction needs, or a smoother computes on): a (fine + 2 reach) x
+    (coarse + 2 ghosts) NumPy matrix. A weight on a coarse cell beyond the
+    ghosts is dropped: that cell's owner collects it (interpolation_ghosts
+    says how many ghosts leave none out)."""
     ratio = fine / coarse  # coarse width in fine widths, at most 2
-    weights = np.zeros((fine + 2 * reach, coarse + 2))
+    weights = np.zeros((fine + 2 * reach, coarse + 2 * ghosts))
     for i in range(-reach, fine + reach):
         s = (i + 0.5) / ratio - 0.5  # from coarse cell 0's centre, in coarse widths
         j = math.floor(s)
         for cell, w in ((j, 1 - (s - j)), (j + 1, s - j)):
-            if -1 <= cell <= coarse and w != 0:
-                weights[i + reach, cell + 1] = w
+            if -ghosts <= cell < coarse + ghosts and w != 0:
+                weights[i + reach, cell + ghosts] = w
     return weights
+
+
+def interpolation_ghosts(fine, coarse, reach):
+    """How many coarse ghost cells each side interpolation to `reach` fine
+    cells beyond the block needs (the farthest one lies below coarse cell -g)."""
+    return -math.floor((0.5 - reach) * coarse / fine - 0.5)
 
 
 def restriction_reach(fine, coarse):
@@ -177,6 +184,11 @@ def cell_average(fine, coarse):
     average = np.zeros((coarse, fine))
     average[owner, np.arange(fine)] = 1.0
     return average / average.sum(axis=1, keepdims=True)
+
+
+def ring(x, cells):
+    """x without `cells` rows and columns each side (last two axes)."""
+    return x[..., cells:-cells, cells:-cells] if cells else x
 
 
 def sparse(matrix, dtype):
@@ -216,6 +228,13 @@ class Multigrid:
 
     DENSE = 64
     SWEEPS, OMEGA = 2, 0.8
+    # A level of at least RING cells a side smooths on its neighbours' cells
+    # too: one halo exchange of b, RING wide, lets the pre-smoothing sweeps
+    # and the residual run without exchanging (each sweep is valid one cell
+    # less far out), and one exchange of the coarse correction, wide enough
+    # to interpolate to SWEEPS rings, lets the post-smoothing run without
+    # either: 2 exchanges per level, not 6 (each a latency across a network)
+    RING = SWEEPS + 1
 
     def __init__(self, problem):
         p = self.patch = problem.patch
@@ -225,6 +244,14 @@ class Multigrid:
         self.gathered_levels = self._coarsening(
             p.m * last["rows"], p.n * last["cols"], last["hr"], last["hc"], gathered=True
         )
+
+    def halo_exchanges(self, level):
+        """Halo exchanges per V-cycle on a distributed level: on rings, b's and
+        the coarse correction's; otherwise one before every sweep but the first,
+        the residual, its restriction and the coarse correction."""
+        if "reach" not in level:  # the last: it hands its cells to the gathered grid
+            return 0
+        return 2 if level["on_rings"] else 2 * self.SWEEPS + 2
 
     def _coarsening(self, rows, cols, hr, hc, gathered):
         """The levels from a rows x cols block (spacings hr, hc) down to one
@@ -236,9 +263,17 @@ class Multigrid:
             fine = levels[-1]
             pairs = (fine["rows"], halved(rows)), (fine["cols"], halved(cols))
             reach = max(restriction_reach(*pair) for pair in pairs)
+            ghosts = max(interpolation_ghosts(*pair, self.SWEEPS) for pair in pairs)
+            coarse_side = min(halved(rows), halved(cols))
+            on_rings = not gathered and min(rows, cols) >= self.RING and coarse_side >= ghosts
             fine.update(
                 reach=reach,
-                interpolate=[linear_interpolation(*pair) for pair in pairs],
+                on_rings=on_rings,
+                ghosts=ghosts if on_rings else 1,
+                interpolate=[
+                    linear_interpolation(*pair, *((self.SWEEPS, ghosts) if on_rings else ()))
+                    for pair in pairs
+                ],
                 restrict=[linear_interpolation(*pair, reach).T for pair in pairs],
                 average=[cell_average(*pair) for pair in pairs],
             )
@@ -256,8 +291,11 @@ class Multigrid:
 
     def _apply(self, level, u):
         """This level's operator, -div(kappa grad u), with its spacings."""
-        up = self._halo(level, u, 1, 0.0)
-        e, w, n, s = level["faces"]
+        return self._stencil(level, self._halo(level, u, 1, 0.0), level["faces"])
+
+    def _stencil(self, level, up, faces):
+        """The operator on the cells of `up` but its outermost ring."""
+        e, w, n, s = faces
         c = up[..., 1:-1, 1:-1]
         across = e * (c - up[..., 1:-1, 2:]) + w * (c - up[..., 1:-1, :-2])
         along = n * (c - up[..., 2:, 1:-1]) + s * (c - up[..., :-2, 1:-1])
@@ -303,22 +341,24 @@ class Multigrid:
         -ratio times the first cell's value at the ghost cell, H beyond it."""
         return (spacing - self.patch.h) / (spacing + self.patch.h)
 
-    def _boundary_ghosts(self, level, padded, transpose=False):
+    def _boundary_ghosts(self, level, padded, transpose=False, ghosts=1):
         """G: the boundary's ghost cells of a padded coarse array from its first
-        cells (transpose=False; its other ghosts are the neighbours' cells), or
-        G^T: a padded array of contributions folded back onto the block
-        (transpose=True; ghosts of neighbours dropped, they count there)."""
+        cells (transpose=False; its other ghosts are the neighbours' cells;
+        with more than one ghost cell a side, the ones farther out are zero:
+        they only interpolate to cells beyond the boundary), or G^T: a padded
+        array of contributions folded back onto the block (transpose=True;
+        ghosts of neighbours dropped, they count there)."""
         top, bottom, left, right = self._boundary(level)
         for axis, (first, last), spacing in (
             (0, (top, bottom), level["hr"]),
             (1, (left, right), level["hc"]),
         ):
             ratio = -self._ghost_ratio(spacing)
-            size = padded.shape[axis] - 2
+            size = padded.shape[axis] - 2 * ghosts
             lo, inner, hi = (
-                _along(padded, axis, 0, 1),
-                _along(padded, axis, 1, size),
-                _along(padded, axis, size + 1, 1),
+                _along(padded, axis, 0, ghosts),
+                _along(padded, axis, ghosts, size),
+                _along(padded, axis, size + ghosts, ghosts),
             )
             if transpose:
                 if first:
@@ -336,8 +376,11 @@ class Multigrid:
                     )
                 padded = inner
             else:
-                lo = ratio * _along(inner, axis, 0, 1) if first else lo
-                hi = ratio * _along(inner, axis, size - 1, 1) if last else hi
+                farther = tf.zeros_like(_along(lo, axis, 0, ghosts - 1))
+                if first:
+                    lo = tf.concat([farther, ratio * _along(inner, axis, 0, 1)], axis)
+                if last:
+                    hi = tf.concat([ratio * _along(inner, axis, size - 1, 1), farther], axis)
                 padded = tf.concat([lo, inner, hi], axis)
         return padded
 
@@ -366,6 +409,9 @@ class Multigrid:
                 level["faces"] = e, w, n, s = self._faces(level, kappa)
                 level["diag"] = (e + w) / level["hc"] ** 2 + (n + s) / level["hr"] ** 2
             plan.append(level)
+        for level in plan:
+            if level.get("on_rings"):
+                self._prepare_rings(level)
         bottom = plan[-1]
         cells = bottom["rows"] * bottom["cols"]
         basis = tf.reshape(
@@ -375,6 +421,25 @@ class Multigrid:
             tf.reshape(self._apply(bottom, basis), [cells, cells])
         )
         return lambda r: self._cycle(plan, 0, r)
+
+    def _prepare_rings(self, level):
+        """The level's faces and diagonal on RING rings of its neighbours'
+        cells too (zero faces, unit diagonal beyond the physical boundary),
+        and where the domain is: four halo exchanges per solve."""
+        level["ring_faces"] = [self._halo(level, f, self.RING, 0.0) for f in level["faces"]]
+        e, w, n, s = level["ring_faces"]
+        diag = (e + w) / level["hc"] ** 2 + (n + s) / level["hr"] ** 2
+        level["inside"] = tf.cast(diag > 0, diag.dtype)
+        level["ring_diag"] = diag + (1 - level["inside"])
+
+    def _sweep_on_rings(self, level, x, b, rings):
+        """One damped Jacobi sweep from x on `rings` rings to rings - 1 (b on
+        RING rings). Beyond the physical boundary x stays zero: b, the faces
+        and so the step are zero there."""
+        out = self.RING - rings + 1
+        faces = [ring(f, out) for f in level["ring_faces"]]
+        step = (ring(b, out) - self._stencil(level, x, faces)) / ring(level["ring_diag"], out)
+        return ring(x, 1) + self.OMEGA * step
 
     def _smooth(self, level, x, b):
         for _ in range(self.SWEEPS):
@@ -392,18 +457,36 @@ class Multigrid:
         coarse = plan[i + 1]
         if coarse["gathered"] and not level["gathered"]:  # the same cells, on every rank
             return self._own(self._cycle(plan, i + 1, self._gather(b)), level)
-        x = self._smooth(level, None, b)
-        reach, (along_rows, along_cols) = level["reach"], level["restrict"]
-        fine = self._halo(level, b - self._apply(level, x), reach, 0.0)
+        reach = level["reach"]
+        if level["on_rings"]:
+            b_rings = self._halo(level, b, self.RING, 0.0)
+            x = self.OMEGA * b_rings / level["ring_diag"]  # the first sweep from x = 0
+            for rings in range(self.RING, self.RING - self.SWEEPS + 1, -1):
+                x = self._sweep_on_rings(level, x, b_rings, rings)
+            # x is on SWEEPS rings now: the residual on one, then on `reach`
+            faces = [ring(f, self.RING - 1) for f in level["ring_faces"]]
+            residual = ring(b_rings, self.RING - 1) - self._stencil(level, x, faces)
+            fine = ring(residual, 1 - reach)
+        else:
+            x = self._smooth(level, None, b)
+            fine = self._halo(level, b - self._apply(level, x), reach, 0.0)
         # the transpose of interpolation, over this block's fine cells and the
         # neighbours' within reach; divided by the fine cells per coarse cell
+        along_rows, along_cols = level["restrict"]
         scale = (level["rows"] / coarse["rows"]) * (level["cols"] / coarse["cols"])
         restricted = two_sided(along_rows, fine, along_cols) / scale
         restricted = self._boundary_ghosts(coarse, restricted, transpose=True)
-        ep = self._halo(coarse, self._cycle(plan, i + 1, restricted), 1, 0.0)
-        ep = self._boundary_ghosts(coarse, ep)
+        ghosts = level["ghosts"]
+        ep = self._halo(coarse, self._cycle(plan, i + 1, restricted), ghosts, 0.0)
+        ep = self._boundary_ghosts(coarse, ep, ghosts=ghosts)
         along_rows, along_cols = level["interpolate"]
-        return self._smooth(level, x + two_sided(along_rows, ep, along_cols), b)
+        x = x + two_sided(along_rows, ep, along_cols)
+        if not level["on_rings"]:
+            return self._smooth(level, x, b)
+        x = x * ring(level["inside"], self.RING - self.SWEEPS)  # zero beyond the boundary
+        for rings in range(self.SWEEPS, 0, -1):
+            x = self._sweep_on_rings(level, x, b_rings, rings)
+        return x
 
 
 class PoissonProblem:

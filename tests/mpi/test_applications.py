@@ -154,6 +154,53 @@ def test_poisson_multigrid_is_symmetric_positive_definite(dtype, N):
     assert aa > 0, aa
 
 
+@pytest.mark.parametrize("N", [24, 30, 48])
+def test_poisson_multigrid_on_rings_is_the_same_v_cycle(N):
+    """Smoothing on the neighbours' cells (one exchange of b, one of the
+    coarse correction per level) computes the same M^-1 r as exchanging before
+    every sweep, on every rank: at the block edges, the physical boundary
+    and the corners the redundant values are the neighbours' own."""
+
+    class ExchangingEverySweep(poisson.Multigrid):
+        RING = 10**6  # no level is that large: none smooths on rings
+
+    prob = poisson.PoissonProblem(N=N, preconditioner="multigrid")
+    on_rings = [level.get("on_rings", False) for level in prob.preconditioner.levels]
+    assert any(on_rings) == (min(prob.patch.rows, prob.patch.cols) >= 3), on_rings
+    r = np.random.default_rng(RANK).standard_normal((prob.patch.rows, prob.patch.cols))
+
+    def build():
+        faces = prob.faces(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
+        return [
+            multigrid.prepare(faces)(tf.constant(r))
+            for multigrid in (prob.preconditioner, ExchangingEverySweep(prob))
+        ]
+
+    rings, every_sweep = run_graph(build)
+    np.testing.assert_allclose(rings, every_sweep, rtol=0, atol=1e-12 * np.max(np.abs(every_sweep)))
+
+
+def test_poisson_multigrid_halo_exchanges_per_cycle_are_what_the_model_counts():
+    """benchmarks/scaling.py records halo_exchanges per level for the scaling
+    model: one V-cycle adds exactly that many halo exchange ops to the graph
+    (N = 48: levels on rings and, on 4 ranks, small ones exchanging every sweep)."""
+    prob = poisson.PoissonProblem(N=48, preconditioner="multigrid")
+    multigrid = prob.preconditioner
+
+    def exchanges(cycles):
+        with tf.Graph().as_default() as graph:
+            precondition = multigrid.prepare(
+                prob.faces(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
+            )
+            r = tf.zeros([prob.patch.rows, prob.patch.cols], tf.float64)
+            for _ in range(cycles):
+                r = precondition(r)
+        return sum(op.type == "MPIHaloExchange" for op in graph.get_operations())
+
+    counted = sum(multigrid.halo_exchanges(level) for level in multigrid.levels)
+    assert exchanges(2) - exchanges(1) == counted > 0, (exchanges(2) - exchanges(1), counted)
+
+
 @pytest.mark.parametrize("fine", [1, 2, 3, 5, 8, 15, 75, 300])
 def test_multigrid_interpolation_is_linear_and_reaches_as_far_as_the_halo(fine):
     """Along one axis of `fine` cells halved (75 -> 38: coarse cells of 75/38
