@@ -32,6 +32,11 @@ for mode in weak strong; do
   run -n 1 "$PY" benchmarks/scaling.py --app poisson --preconditioner multigrid --mode $mode \
     --no-comm --out "$out/poisson_multigrid_${mode}_1_nocomm.json"
 done
+# the gathered coarse grid's V-cycle that every rank runs at 64, 1,024 and 4,096 ranks
+for k in 8 32 64; do
+  run -n 1 "$PY" benchmarks/scaling.py --app poisson --mode vcycle --block $k --rounds 21 \
+    --out "$out/poisson_multigrid_vcycle_k$k.json"
+done
 for k in 1 2 3 4; do
   run -n $((k * k)) "$PY" benchmarks/scaling.py --app poisson --mode iterations --block 300 \
     --out "$out/poisson_iterations_k$k.json"

@@ -204,11 +204,49 @@ def count_iterations(args, N, grid):
     write_result(args.out, row)
 
 
+def time_v_cycle(args):
+    """The V-cycle every rank runs on the gathered coarse grid at P = block^2
+    ranks (one cell per rank): the same grid gathered on one rank at once and
+    cycled there (the median of --rounds, each 20 V-cycles in a
+    tf.while_loop, per V-cycle; its one-rank gather included)."""
+    k = args.block
+    problem = poisson.PoissonProblem(N=k, grid=(1, 1), comm=MPI.COMM_SELF, preconditioner=None)
+    problem.preconditioner = poisson.Multigrid(problem, coarsen_blocks=False)
+    cycles = 20
+    with tf.Graph().as_default() as graph:
+        kappa = tf.constant(poisson.exact_kappa(problem.xb, problem.yb))
+        precondition = problem.preconditioner.prepare(problem.faces(kappa))
+
+        def body(i, z):
+            z = precondition(z)
+            return i + 1, z / tf.reduce_max(tf.abs(z))  # keep it finite
+
+        r = tf.constant(np.random.default_rng(0).standard_normal((k, k)))
+        _, z = tf.while_loop(lambda i, z: i < cycles, body, [tf.constant(0), r])
+        with am.Session(graph=graph, intra_op_parallelism_threads=1) as sess:
+            sess.run(z)
+            times = []
+            for _ in range(args.rounds):
+                start = time.perf_counter()
+                sess.run(z)
+                times.append((time.perf_counter() - start) / cycles)
+    row = {
+        "app": "poisson",
+        "mode": "vcycle",
+        "block": k,
+        "v_cycle_s": float(np.median(times)),
+        "spread_s": [float(min(times)), float(max(times))],
+        "rounds": args.rounds,
+        "levels": [[lv["rows"], lv["cols"]] for lv in problem.preconditioner.gathered_levels],
+    }
+    write_result(args.out, row)
+
+
 def main():
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--app", choices=["heat", "poisson"], required=True)
-    parser.add_argument("--mode", choices=["weak", "strong", "iterations"], required=True)
+    parser.add_argument("--mode", choices=["weak", "strong", "iterations", "vcycle"], required=True)
     parser.add_argument("--block", type=int, default=300, help="weak: cells per rank per side")
     parser.add_argument("--global-size", type=int, default=600, help="strong: global N")
     parser.add_argument("--steps", type=int, default=20, help="heat: time steps")
@@ -239,6 +277,8 @@ def main():
     N = global_size(args, *grid)
     if args.mode == "iterations":  # Poisson: CG iterations to 1e-12 on k x k blocks of --block
         return count_iterations(args, N, grid)
+    if args.mode == "vcycle":  # Poisson: one multigrid V-cycle of --block x --block on one rank
+        return time_v_cycle(args)
     with tf.Graph().as_default() as graph:
         problem, params, loss, grad, value = build(args, N, grid)
         feed = {params: value}

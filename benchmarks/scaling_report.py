@@ -126,7 +126,7 @@ def check_cost(p, alpha, beta, check):
     return math.log2(p) * (alpha + CHECK_PACKET_BYTES / beta)
 
 
-def model(rows, ops_json, iterations):
+def model(rows, ops_json, iterations, v_cycles):
     """Predicted weak-scaling efficiency of the gradient at 300x300 per rank."""
     a_halo, b_halo = fit_alpha_beta(ops_json, "halo")
     a_ar, _ = fit_alpha_beta(ops_json, "allreduce")
@@ -173,7 +173,7 @@ def model(rows, ops_json, iterations):
         "coarse solve on a subset of ranks).",
         "",
     ]
-    multigrid = multigrid_model(mg1, mg_one, mg_most)
+    multigrid = multigrid_model(mg1, mg_one, mg_most, v_cycles)
     if multigrid:
         lines += [multigrid.description, ""]
     lines += [
@@ -227,53 +227,65 @@ def model(rows, ops_json, iterations):
     return lines
 
 
-def multigrid_model(mg1, it_one, it_most):
+def multigrid_model(mg1, it_one, it_most, v_cycles):
     """Predicted weak-scaling efficiency of Poisson with the multigrid
     preconditioner, as a function (P, link) -> efficiency, or None without the
     1-rank no-comm run. Per CG iteration: CG's own halo exchange and two
     scalar allreduces (`cg_comm`), and per V-cycle, on each level that
-    smooths, six halo exchanges (two sweeps before, the residual, the
-    restriction with width f, the interpolation, two sweeps after), the
-    gather of one coarse cell per rank (one allreduce of 8 P bytes), and the
-    gathered grid's own V-cycle on every rank (its levels' op launches plus
-    the arithmetic of P more cells)."""
+    smooths, the halo exchanges the run recorded (2 on levels that smooth on
+    rings: b 3 wide and the coarse correction 2 wide; 6 on the smaller ones),
+    the gather of one coarse cell per rank (one allreduce of 8 P bytes), and
+    the gathered grid's V-cycle on every rank: measured (`v_cycles`, seconds
+    by P; benchmarks/scaling.py --mode vcycle), else estimated from its
+    levels' op launches and the arithmetic of P more cells. Per solve
+    (amortised over its iterations): the faces on rings, four exchanges per
+    level that smooths on rings."""
     if mg1 is None or "multigrid_levels" not in mg1:
         return None
     t_it = mg1["forward_gradient_s"] / (2 * mg1["iterations"])  # forward + adjoint solve
     levels = mg1["multigrid_levels"]
+    counts = mg1.get("multigrid_exchanges") or [6] * (len(levels) - 1) + [0]
     block_cells = levels[0][0] * levels[0][1]
-    smoothing = levels[:-1]  # the last one hands its cells on to the gathered grid
     cells_last = levels[-1][0] * levels[-1][1]
     t_cell = t_it / block_cells
 
+    def gathered_v_cycle(p):
+        if p in v_cycles:
+            return v_cycles[p]
+        # halving both axes quarters the cells, down to at most 64 (dense)
+        gathered_levels = math.ceil(math.log(max(p * cells_last / 64, 1), 4)) + 1
+        return gathered_levels * TINY_LEVEL_S + p * cells_last * t_cell
+
     def efficiency(p, alpha_h, alpha_r, beta, check, cg_comm):
-        exchanges = 0.0
-        for (rows, cols), (next_rows, _) in zip(smoothing, levels[1:]):
-            f = rows // next_rows
+        exchanges = per_solve = 0.0
+        for (rows, cols), count in zip(levels, counts):
             edge_bytes = 8 * 2 * (rows + cols)
-            exchanges += 6 * alpha_h  # their checks deferred (see check_cost)
-            exchanges += (5 + f) * edge_bytes / beta
+            exchanges += count * alpha_h  # their checks deferred (see check_cost)
+            # on rings: b 3 cells wide, the correction 2 wide on a half-size edge
+            exchanges += (4 if count == 2 else count) * edge_bytes / beta
+            if count == 2:
+                per_solve += 4 * (alpha_h + 3 * edge_bytes / beta)
         gathered_bytes = 8 * p * cells_last
         gather = math.log2(p) * alpha_r + 2 * gathered_bytes / beta
         if gathered_bytes > CHECK_PACKET_BYTES - 64:
             gather += check_cost(p, alpha_r, beta, check)
-        # halving both axes quarters the cells, down to at most 64 (dense)
-        gathered_levels = math.ceil(math.log(max(p * cells_last / 64, 1), 4)) + 1
-        serial = gathered_levels * TINY_LEVEL_S + p * cells_last * t_cell
-        per_iteration = t_it + cg_comm + exchanges + gather + serial
+        per_iteration = t_it + cg_comm + exchanges + gather + gathered_v_cycle(p)
+        per_iteration += per_solve / it_most
         return it_one * t_it / (it_most * per_iteration)
 
+    measured = ", ".join(f"{v * 1e3:.2f} ms at P = {p}" for p, v in sorted(v_cycles.items()))
     efficiency.description = (
         f"Multigrid (geometric V-cycle; levels per block {' > '.join(str(r) for r, _ in levels)}, "
-        "then one cell per rank gathered on every rank and coarsened there): compute per CG "
-        f"iteration {t_it * 1e3:.2f} ms (1 rank, no comm, fwd+grad). The model takes {it_one:g} "
-        f"iterations on 1 rank and the largest count measured on k x k blocks ({it_most:g}) at "
-        "every P. Per iteration it adds CG's halo exchange and two scalar allreduces; per "
-        f"V-cycle six halo exchanges on each of the {len(smoothing)} smoothing levels (their "
-        "checks deferred), the gather (8 P bytes, checked when over 256), and "
-        f"the gathered grid's V-cycle on every rank ({TINY_LEVEL_S * 1e3:g} ms of op launches "
-        "per level, as a 24 x 24 solve measures it, and the arithmetic of P more cells at the "
-        "measured cost per cell)."
+        "each axis halved, rounded up; then one cell per rank gathered on every rank and "
+        f"coarsened there): compute per CG iteration {t_it * 1e3:.2f} ms (1 rank, no comm, "
+        f"fwd+grad). The model takes {it_one:g} iterations on 1 rank and the largest count "
+        f"measured on k x k blocks ({it_most:g}) at every P. Per iteration it adds CG's halo "
+        "exchange and two scalar allreduces; per V-cycle the halo exchanges of every level "
+        f"(recorded by the run: {', '.join(str(c) for c in counts if c)}; their checks "
+        "deferred), the gather (8 P bytes, checked when over 256), and the gathered grid's "
+        f"V-cycle on every rank ({measured or 'estimated'}, measured on one rank: "
+        "benchmarks/scaling.py --mode vcycle); per solve, spread over its iterations, "
+        "four exchanges per level that smooths on rings (their faces)."
     )
     return efficiency
 
@@ -391,7 +403,12 @@ def main():
     counts, counts_two_level = counts_for("block-jacobi"), counts_for("two-level")
     counts_multigrid = dict(counts_for("multigrid"))
     linked = [r for r in rows if "link" in r]
-    rows = [r for r in rows if "iterations_to_tol" not in r and "link" not in r]
+    v_cycles = {r["block"] ** 2: r["v_cycle_s"] for r in rows if r.get("mode") == "vcycle"}
+    rows = [
+        r
+        for r in rows
+        if "iterations_to_tol" not in r and "link" not in r and r.get("mode") != "vcycle"
+    ]
     for r in rows:  # block-Jacobi is Poisson's default; other preconditioners are named
         pc = r.get("preconditioner", "block-jacobi")
         r["label"] = r["app"] if pc == "block-jacobi" else f"{r['app']}, {pc}"
@@ -428,7 +445,7 @@ def main():
             ]
             + [""]
         )
-    lines += model(rows, ops_json, iterations) + [""] + measured_vs_predicted(linked)
+    lines += model(rows, ops_json, iterations, v_cycles) + [""] + measured_vs_predicted(linked)
     with open(out_md, "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, out_png)

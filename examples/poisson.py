@@ -236,10 +236,13 @@ class Multigrid:
     # either: 2 exchanges per level, not 6 (each a latency across a network)
     RING = SWEEPS + 1
 
-    def __init__(self, problem):
+    def __init__(self, problem, coarsen_blocks=True):
+        """coarsen_blocks=False gathers the finest grid at once (for timing the
+        gathered grid's V-cycle on its own: benchmarks/scaling.py --mode vcycle)."""
         p = self.patch = problem.patch
         self.comm = problem.comm
-        self.levels = self._coarsening(p.rows, p.cols, p.h, p.h, gathered=False)
+        self.levels = self._coarsening(p.rows, p.cols, p.h, p.h, gathered=not coarsen_blocks)
+        self.levels = self.levels if coarsen_blocks else self.levels[:1]
         last = self.levels[-1]
         self.gathered_levels = self._coarsening(
             p.m * last["rows"], p.n * last["cols"], last["hr"], last["hc"], gathered=True
