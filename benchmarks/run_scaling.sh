@@ -61,5 +61,9 @@ for app in heat poisson; do
     "$PY" benchmarks/scaling.py --app $app --mode weak --rounds 21 --link-delays-us $delays \
     --out "$out/${app}_weak_2hosts_link.json" || echo "netns run of $app skipped"
 done
+"$PY" tools/netns_hosts.py run --hosts 2 --per-host 1 --delay-us $delays --rate-gbit 10 -- \
+  "$PY" benchmarks/scaling.py --app poisson --preconditioner multigrid --mode weak --rounds 21 \
+  --iterations 12 --link-delays-us $delays --out "$out/poisson_multigrid_weak_2hosts_link.json" ||
+  echo "netns run of multigrid skipped"
 "$PY" benchmarks/scaling_report.py "$out" benchmarks/results/ops_check.json \
   benchmarks/SCALING.md benchmarks/scaling.png

@@ -17,8 +17,9 @@ allreduce (2 log2 P latencies), and block-Jacobi iterations grow with the
 number of blocks per side k = sqrt(P) as fitted to measured counts; with the
 two-level preconditioner they stop growing (the largest measured count is used),
 at the price of a coarse problem whose size grows with P. Multigrid keeps the
-count of one rank's solve nearly flat, and each V-cycle adds six halo exchanges
-per level, one gather, and a small serial coarse cycle on every rank.
+count of one rank's solve flat (12), and each V-cycle adds two halo exchanges
+per level (six on levels under 3 cells a side), one gather, and the gathered
+coarse grid's V-cycle on every rank (measured on its own).
 
 The model's latency term is checked against 2 hosts joined by a link of
 injected latency (tools/netns_hosts.py, benchmarks/run_scaling.sh): the extra
@@ -28,8 +29,9 @@ path times the link's extra latency, as an MPI ping-pong measures it. Since
 latency before each exchange); the injected-latency runs say which way their
 halo check ran, and keep the last runs of the blocking check (build 0c53d2c,
 measured in the same sitting) for comparison. The 1-2 rank tables and the
-iteration counts were measured before that change: on shared memory the
-blocking check cost one round trip of a few microseconds per exchange.
+multigrid counts are from the build of the multigrid on rings (after that
+change); the block-Jacobi and two-level counts are older (their code did not
+change).
 """
 
 import glob
@@ -290,7 +292,7 @@ def multigrid_model(mg1, it_one, it_most, v_cycles):
     return efficiency
 
 
-def latency_events(app, count, halo_check):
+def latency_events(app, count, halo_check, exchanges=None):
     """Latency-bound events on the critical path of one forward and one
     forward+gradient (2 ranks, so an allreduce is one exchange). A halo
     exchange is one (its check is deferred: posted with the exchange, its
@@ -302,12 +304,21 @@ def latency_events(app, count, halo_check):
     evaluation: the parameters' bcast and the loss's mpi_sum, and their
     adjoints. Poisson, per CG iteration: one halo exchange and two dot-product
     allreduces, plus the first preconditioned residual's allreduce per solve;
-    the gradient solves once more and exchanges u's halo once."""
+    the gradient solves once more and exchanges u's halo once. With multigrid
+    (`exchanges`: the run's halo exchanges per V-cycle and level), each
+    application of it adds those exchanges and the coarse gather (16 bytes:
+    one), once per iteration and once for the first residual; each solve
+    prepares the levels first: the faces on rings (four exchanges per level
+    on rings), each coarser level's kappa halo and the gather of kappa."""
     halo = 2 if halo_check == "blocking" else 1
     if app == "heat":
         forward = count * halo + 2
         return forward, 2 * forward
     solve = count * (halo + 2) + 1
+    if exchanges:
+        cycle = sum(exchanges) + 1
+        prepare = 4 * exchanges.count(2) + (len(exchanges) - 2) + 1
+        solve += (count + 1) * cycle + prepare
     forward = solve + 2
     return forward, 2 * solve + halo + 4
 
@@ -322,13 +333,15 @@ def measured_vs_predicted(rows):
     for r in rows:  # runs from before 51cec46 recorded no halo_check
         r.setdefault("halo_check", "blocking")
     linked = [r for r in rows if "link" in r]
-    for r in sorted(linked, key=lambda r: (r["app"], r["halo_check"])):
+    for r in sorted(linked, key=lambda r: (r["app"], r.get("preconditioner", ""), r["halo_check"])):
         count = r["steps"] if r["app"] == "heat" else r["iterations"]
         halo_check = r["halo_check"]
-        events = latency_events(r["app"], count, halo_check)
+        events = latency_events(r["app"], count, halo_check, r.get("multigrid_exchanges"))
         unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
         lines += [
-            f"### Injected latency, measured vs predicted: {r['app']}, 2 hosts x 1 rank, "
+            f"### Injected latency, measured vs predicted: {r['app']}"
+            f"{', ' + r['preconditioner'] if r.get('preconditioner') == 'multigrid' else ''}, "
+            "2 hosts x 1 rank, "
             f"{r['block'][0]}x{r['block'][1]} blocks, {count} {unit}, checks "
             f"{'on' if r['check'] else 'off'} (halo check {halo_check}"
             f"{', ' + r['build'] if 'build' in r else ''}), {r['rounds']} interleaved rounds",

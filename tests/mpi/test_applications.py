@@ -130,6 +130,23 @@ def test_poisson_multigrid_same_solution_iterations_as_one_rank():
     assert its_one < 22, its_one
 
 
+def test_poisson_multigrid_gathered_at_once_solves_the_same_problem():
+    """Multigrid(coarsen_blocks=False), the gathered grid's V-cycle alone that
+    benchmarks/scaling.py --mode vcycle times, is a working preconditioner
+    too: the same solution, in no more iterations than block-Jacobi needs."""
+    prob = poisson.PoissonProblem(N=24, preconditioner=None)
+    prob.preconditioner = poisson.Multigrid(prob, coarsen_blocks=False)
+    assert len(prob.preconditioner.levels) == 1
+    reference = poisson.PoissonProblem(N=24, preconditioner="block-jacobi")
+
+    def solve(p):
+        return [p.solve(tf.constant(poisson.exact_kappa(p.xb, p.yb))), p.iterations]
+
+    u, its, u_bj, its_bj = run_graph(lambda: solve(prob) + solve(reference))
+    np.testing.assert_allclose(u, u_bj, rtol=0, atol=1e-10 * np.max(np.abs(u_bj)))
+    assert its <= its_bj, (its, its_bj)
+
+
 @pytest.mark.parametrize("N", [24, 30])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_poisson_multigrid_is_symmetric_positive_definite(dtype, N):
