@@ -267,7 +267,7 @@ class Multigrid:
             pairs = (fine["rows"], halved(rows)), (fine["cols"], halved(cols))
             reach = max(restriction_reach(*pair) for pair in pairs)
             ghosts = max(interpolation_ghosts(*pair, self.SWEEPS) for pair in pairs)
-            coarse_side = min(halved(rows), halved(cols))
+            coarse_side = min(coarse for _, coarse in pairs)
             on_rings = not gathered and min(rows, cols) >= self.RING and coarse_side >= ghosts
             fine.update(
                 reach=reach,
