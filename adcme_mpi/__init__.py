@@ -6,7 +6,7 @@ op library and checks that it and mpi4py share one libmpi.
 
 from . import _loader  # noqa: F401  (first: picks the libmpi before mpi4py.MPI loads one)
 from . import _tf_private, ordering, runtime  # noqa: F401
-from ._loader import MPILibraryMismatch, MPILibraryMismatchError
+from ._loader import MPILibraryMismatch, MPILibraryMismatchError, PETScUnavailableError
 from .runtime import (
     Session,
     mpi_barrier,
@@ -23,12 +23,17 @@ from .runtime import (
     MPINotReadyError,
 )
 from .optimize import MPIOptimizeError, mpi_optimize
-from .ops import (
+from .wrappers import (
     mpi_allreduce,
     mpi_bcast,
     mpi_gather,
     mpi_halo_exchange,
     mpi_recv,
+    mpi_SparseTensor,
+    mpi_sparse_matvec,
+    mpi_sparse_solve,
+    petsc_info,
+    petsc_options,
     mpi_scatter,
     mpi_send,
     mpi_sendrecv,
@@ -61,6 +66,12 @@ __all__ = [
     "mpi_recv",
     "mpi_sendrecv",
     "mpi_halo_exchange",
+    "mpi_SparseTensor",
+    "mpi_sparse_matvec",
+    "mpi_sparse_solve",
+    "petsc_options",
+    "petsc_info",
+    "PETScUnavailableError",
     "mpi_optimize",
     "MPIOptimizeError",
     "MPINotReadyError",

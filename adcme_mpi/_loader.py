@@ -12,6 +12,8 @@ import importlib.util
 import os
 import sys
 
+from . import _c_api
+
 LIBRARY_NAME = "libadcme_mpi_ops.so"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -131,30 +133,12 @@ def _load():
     return module
 
 
-def _c_api(path):
-    """The op library's plain C entry points (communicator registry, detached
-    sends, the end-of-program check, the libmpi it uses)."""
-    lib = ctypes.CDLL(path)
-    lib.adcme_mpi_register_comms.argtypes = [ctypes.c_int64] * 3
-    lib.adcme_mpi_register_comms.restype = None
-    lib.adcme_mpi_forget_comms.restype = None
-    lib.adcme_mpi_complete_detached_sends.argtypes = [
-        ctypes.c_double,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    ]
-    lib.adcme_mpi_complete_detached_sends.restype = ctypes.c_int
-    lib.adcme_mpi_end_of_program.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int]
-    lib.adcme_mpi_end_of_program.restype = ctypes.c_int
-    return lib
-
-
 def check_same_libmpi(path):
-    info = ctypes.CDLL(path).adcme_mpi_libmpi_info
-    info.restype = ctypes.c_int
-    buf = ctypes.create_string_buffer(8192)
-    info(buf, len(buf))
-    ops_version, _, ops_libmpi = buf.value.decode(errors="replace").partition("\x1f")
+    """The op library at `path`, every libmpi mapped into this process (a
+    library loaded later, such as PETSc, brings its own if it was built
+    against another MPI) and mpi4py's must be one and the same."""
+    _, info = _c_api.text_call(_c_api.bind(path, _c_api.OPS_LIBRARY).adcme_mpi_libmpi_info)
+    ops_version, _, ops_libmpi = info.partition("\x1f")
     ops_libmpi = os.path.realpath(ops_libmpi)
     # (Open MPI counts the terminating NUL in the version string's length)
     ops_version = ops_version.replace("\x00", "").strip()
@@ -172,4 +156,55 @@ def check_same_libmpi(path):
 
 
 ops = _load()
-capi = _c_api(_library_path())
+capi = _c_api.bind(_library_path(), _c_api.OPS_LIBRARY)
+
+
+# ---- the sparse ops (PETSc), a library of their own, loaded on first use ----
+
+SPARSE_LIBRARY_NAME = "libadcme_mpi_sparse.so"
+
+
+class PETScUnavailableError(RuntimeError):
+    """The sparse ops were not built: no usable PETSc at build time."""
+
+
+_sparse = None
+
+
+def sparse_library():
+    """(op module, C API) of the sparse ops. Loads PETSc's shared object
+    first (the libraries carry no RPATH), then the ops, then checks again that
+    one libmpi serves everything, PETSc included."""
+    global _sparse
+    if _sparse is not None:
+        return _sparse
+    path = os.environ.get("ADCME_MPI_SPARSE_LIBRARY") or os.path.join(
+        BUILT_DIR, SPARSE_LIBRARY_NAME
+    )
+    petsc = getattr(_build_info, "PETSC_LIBRARY", "")
+    if not os.path.exists(path) or not petsc:
+        why = getattr(_build_info, "PETSC_MISSING", "") or "this build predates the sparse ops"
+        raise PETScUnavailableError(
+            "adcme_mpi: the sparse ops (mpi_SparseTensor products and solves) were not built: "
+            f"no usable PETSc when adcme_mpi was built ({why}). Install a PETSc built against "
+            "the same MPI and rebuild: `pip install petsc` into this environment (README "
+            "'Sparse matrices' gives the recipe), or name a PETSc with PETSC_DIR=... "
+            "[PETSC_ARCH=...], then `pip install --force-reinstall .`"
+        )
+    try:
+        ctypes.CDLL(petsc, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+    except OSError as err:
+        raise PETScUnavailableError(
+            f"adcme_mpi: cannot load PETSc ({petsc}), which the sparse ops were built "
+            f"against: {err}"
+        ) from err
+    module = tf.load_op_library(path)
+    check_same_libmpi(_library_path())
+    _sparse = (module, _c_api.bind(path, _c_api.SPARSE_LIBRARY))
+    return _sparse
+
+
+def finalize_sparse():
+    """PETSc's end, before MPI's (a no-op when the sparse ops were never used)."""
+    if _sparse is not None:
+        _sparse[1].adcme_mpi_petsc_finalize()

@@ -185,6 +185,7 @@ def mpi_finalize():
     problem = end_of_program_check()
     if problem:
         _abort_with(problem)
+    _loader.finalize_sparse()  # PETSc's objects live on the ops' communicators
     with _lock:
         _loader.capi.adcme_mpi_forget_comms()
         for pair in _pairs.values():
@@ -203,6 +204,7 @@ def _at_exit():
         if problem:
             _abort_with(problem)
     if mpi_initialized():
+        _loader.finalize_sparse()
         # the checks' persistent requests, before mpi4py's MPI_Finalize (which
         # warns about any left); no op runs after this
         with _lock:

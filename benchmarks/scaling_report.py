@@ -106,7 +106,7 @@ def efficiency_table(rows, app, mode):
     return lines
 
 
-CHECK_PACKET_BYTES = 64 + 256  # csrc/checks.cc: digest header + inline data
+CHECK_PACKET_BYTES = 64 + 256  # ops/checks.cc: digest header + inline data
 # One multigrid level on a tiny grid is all op-launch overhead: a 24 x 24 solve on
 # 1 rank (6 levels) takes 11 CG iterations in 17 ms, about 0.25 ms per level and
 # iteration, CG's own ops included (an upper bound for a gathered level).
@@ -119,7 +119,7 @@ def check_cost(p, alpha, beta, check):
     allreduce of a fixed-size packet (recursive doubling: log2 p latencies,
     the same bytes at any p). Collectives of at most 256 bytes, such as CG's
     dot products, travel inside it and pay nothing extra. A halo exchange's
-    check is deferred (csrc/checks.cc): posted with the exchange and completed
+    check is deferred (ops/checks.cc): posted with the exchange and completed
     while later ops wait, so it adds only its posting, which the halo's alpha,
     fitted with checks on, already holds. A blocking check first completes the
     deferred ones: at most this cost once more, per blocking check."""

@@ -13,7 +13,7 @@ SIZE = COMM.Get_size()
 
 FLOAT_DTYPES = [np.float32, np.float64]
 ALL_DTYPES = [np.float32, np.float64, np.int32, np.int64]
-# Collectives of at most 256 bytes travel inside their check (csrc/checks.cc,
+# Collectives of at most 256 bytes travel inside their check (ops/checks.cc,
 # kInlineBytes): (32,) and (64,) are exactly 256 bytes for 8- and 4-byte
 # dtypes, (64,) and (65,) are beyond it, so both paths run for every dtype.
 SHAPES = [(), (5,), (3, 4), (2, 3, 2), (32,), (64,), (65,)]

@@ -1,7 +1,7 @@
 // The communicator registry (execution.cc): which duplicates of a user
 // communicator carry gradient messages, and where their checks go.
-#ifndef ADCME_MPI_CSRC_REGISTRY_H_
-#define ADCME_MPI_CSRC_REGISTRY_H_
+#ifndef ADCME_MPI_OPS_REGISTRY_H_
+#define ADCME_MPI_OPS_REGISTRY_H_
 
 #include <mpi.h>
 
@@ -31,4 +31,4 @@ int64_t NextSequenceNumber(const CommRoute& route);
 
 }  // namespace adcme_mpi
 
-#endif  // ADCME_MPI_CSRC_REGISTRY_H_
+#endif  // ADCME_MPI_OPS_REGISTRY_H_

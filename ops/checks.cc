@@ -43,6 +43,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "c_api.h"
 #include "common.h"
 #include "registry.h"
 
@@ -125,12 +126,23 @@ uint64_t Digest(const std::vector<int64_t>& words) {
 }
 
 std::string Doing(const std::vector<int64_t>& row) {
-  static const char* types[] = {
-      "",          "MPISum",     "MPIAllreduce",    "MPIBcast",
-      "MPIGather", "MPIScatter", "MPIHaloExchange", "MPIHaloExchangeGrad"};
+  static const char* types[] = {"",
+                                "MPISum",
+                                "MPIAllreduce",
+                                "MPIBcast",
+                                "MPIGather",
+                                "MPIScatter",
+                                "MPIHaloExchange",
+                                "MPIHaloExchangeGrad",
+                                "MPISparseGather",
+                                "MPISparseScatterAdd",
+                                "MPISparseMatVec",
+                                "MPISparseSolve"};
+  constexpr int64_t kTypes = sizeof(types) / sizeof(types[0]);
   if (row[0] == static_cast<int64_t>(OpKind::kEndOfProgram))
     return "the end of its program (mpi_finalize or exit)";
-  const std::string type = row[0] > 0 && row[0] < 8 ? types[row[0]] : absl::StrCat("op ", row[0]);
+  const std::string type =
+      row[0] > 0 && row[0] < kTypes ? types[row[0]] : absl::StrCat("op ", row[0]);
   return absl::StrCat(UserFacingName(type, row[1] != 0), " (checked collective #", row[2], ")");
 }
 
@@ -458,8 +470,7 @@ absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char*
 // The end of the program (mpi_finalize, or interpreter exit) as a checked
 // collective on `forward_handle`'s family. Returns 0 when every rank ended
 // too; otherwise 1 with the message in `buffer`.
-extern "C" __attribute__((visibility("default"))) int adcme_mpi_end_of_program(
-    int64_t forward_handle, char* buffer, int length) {
+ADCME_MPI_C_API int adcme_mpi_end_of_program(int64_t forward_handle, char* buffer, int length) {
   using namespace adcme_mpi;
   CallSite site;
   site.op = "adcme_mpi end of program";

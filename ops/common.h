@@ -11,8 +11,8 @@
 // all MPI ops of a program (adcme_mpi/ordering.py), so data dependencies keep
 // MPI ops in program order in every mode, and the token's gradient runs the
 // backward ops in exact reverse order.
-#ifndef ADCME_MPI_CSRC_COMMON_H_
-#define ADCME_MPI_CSRC_COMMON_H_
+#ifndef ADCME_MPI_OPS_COMMON_H_
+#define ADCME_MPI_OPS_COMMON_H_
 
 #include <mpi.h>
 
@@ -135,6 +135,10 @@ enum class OpKind : int64_t {
   kScatter,
   kHalo,
   kHaloGrad,
+  kSparseGather,
+  kSparseScatterAdd,
+  kSparseMatVec,
+  kSparseSolve,
   kEndOfProgram = 99,
 };
 // Data of at most kInlineBytes travels inside the check itself.
@@ -203,4 +207,4 @@ absl::Status ScalarInputs(InferenceContext* c, int first, int last);
 #define ADCME_MPI_CPU_KERNEL(op) \
   Name(op).Device(::tensorflow::DEVICE_CPU).HostMemory("token").HostMemory("token_out")
 
-#endif  // ADCME_MPI_CSRC_COMMON_H_
+#endif  // ADCME_MPI_OPS_COMMON_H_

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "c_api.h"
 #include "common.h"
 
 namespace adcme_mpi {
@@ -153,8 +154,8 @@ void ProgressDetachedSends() {
 // will be posted any more: waits up to `grace_seconds` for the detached sends
 // still in flight, then reports the first one nobody received (the peer's
 // backward pass did not include the matching op). Returns how many.
-extern "C" __attribute__((visibility("default"))) int adcme_mpi_complete_detached_sends(
-    double grace_seconds, char* buffer, int length) {
+ADCME_MPI_C_API int adcme_mpi_complete_detached_sends(double grace_seconds, char* buffer,
+                                                      int length) {
   using namespace adcme_mpi;
   const auto until =
       std::chrono::steady_clock::now() + std::chrono::duration<double>(grace_seconds);

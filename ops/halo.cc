@@ -1,5 +1,5 @@
 // Halo exchange: MPIHaloExchange and its adjoint MPIHaloExchangeGrad
-// (adcme_mpi/ops/halo.py). Each is the other's adjoint: the gradient of the
+// (adcme_mpi/wrappers/halo.py). Each is the other's adjoint: the gradient of the
 // exchange sends ghost-cell gradients home; the gradient of that is the
 // exchange again (with the fill's gradient as fill value).
 //

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "c_api.h"
 #include "common.h"
 #include "registry.h"
 
@@ -106,6 +107,10 @@ std::string UserFacingName(const std::string& op_type, bool backward) {
       {"MPIRecv", {"mpi_recv", "mpi_send"}},
       {"MPIHaloExchange", {"mpi_halo_exchange", "mpi_halo_exchange (gradient)"}},
       {"MPIHaloExchangeGrad", {"mpi_halo_exchange (gradient)", "mpi_halo_exchange"}},
+      {"MPISparseGather", {"mpi_sparse_gather", "mpi_sparse_scatter_add"}},
+      {"MPISparseScatterAdd", {"mpi_sparse_scatter_add", "mpi_sparse_gather"}},
+      {"MPISparseMatVec", {"mpi_sparse_matvec", "mpi_sparse_matvec"}},
+      {"MPISparseSolve", {"mpi_sparse_solve", "mpi_sparse_solve"}},
   };
   auto it = names->find(op_type);
   if (it == names->end()) return op_type;
@@ -265,9 +270,7 @@ void MpiKernel::ComputeAsync(OpKernelContext* ctx, DoneCallback done) {
 // Registers the duplicates of one user communicator: forward messages,
 // gradient messages, and the one all their cross-rank checks share (so a
 // rank in a forward op and a rank in a gradient op see each other's op).
-extern "C" __attribute__((visibility("default"))) void adcme_mpi_register_comms(int64_t forward,
-                                                                                int64_t backward,
-                                                                                int64_t check) {
+ADCME_MPI_C_API void adcme_mpi_register_comms(int64_t forward, int64_t backward, int64_t check) {
   using namespace adcme_mpi;
   std::lock_guard<std::mutex> lock(registry_mu);
   auto* sequence = new int64_t(0);  // shared by the family; leaked when forgotten (a few bytes)
@@ -280,7 +283,7 @@ extern "C" __attribute__((visibility("default"))) void adcme_mpi_register_comms(
   Routes()[check_comm] = CommRoute{check_comm, false, sequence, deferred};
 }
 
-extern "C" __attribute__((visibility("default"))) void adcme_mpi_forget_comms() {
+ADCME_MPI_C_API void adcme_mpi_forget_comms() {
   std::lock_guard<std::mutex> lock(adcme_mpi::registry_mu);
   adcme_mpi::FreeCheckQueues();
   adcme_mpi::Routes().clear();
@@ -289,8 +292,7 @@ extern "C" __attribute__((visibility("default"))) void adcme_mpi_forget_comms() 
 // For the import-time check that the ops and mpi4py share one libmpi:
 // "<MPI_Get_library_version>\x1f<path of the shared object defining MPI_Init>".
 #include <dlfcn.h>
-extern "C"
-    __attribute__((visibility("default"))) int adcme_mpi_libmpi_info(char* buffer, int length) {
+ADCME_MPI_C_API int adcme_mpi_libmpi_info(char* buffer, int length) {
   char version[MPI_MAX_LIBRARY_VERSION_STRING];
   int version_length = 0;
   MPI_Get_library_version(version, &version_length);

@@ -1,5 +1,5 @@
 // Collectives: MPISum (reduce to root), MPIAllreduce, MPIBcast, MPIGather,
-// MPIScatter. Adjoint pairs (adcme_mpi/ops/collectives.py): Sum <-> Bcast,
+// MPIScatter. Adjoint pairs (adcme_mpi/wrappers/collectives.py): Sum <-> Bcast,
 // Gather <-> Scatter, Allreduce <-> Allreduce.
 #include <cstring>
 

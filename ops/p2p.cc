@@ -1,5 +1,5 @@
 // Point-to-point: MPISend and MPIRecv. Each is the other's adjoint, on the
-// gradient communicator (adcme_mpi/ops/p2p.py). A send used as the backward
+// gradient communicator (adcme_mpi/wrappers/p2p.py). A send used as the backward
 // of a receive is `detached`: it never blocks (it completes as later ops
 // poll, or at mpi_finalize), so no backward pass can wait on it.
 #include <vector>
