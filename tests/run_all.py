@@ -17,7 +17,8 @@ Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
 ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FILES
-(only these files of tests/launch), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1.
+(only these files of tests/launch), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
+ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
