@@ -149,13 +149,16 @@ def main():
         path = os.path.join(args.out, f"sparse_{args.solver}_{size}.json")
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-        m = lambda d: f"{d['median'] * 1e3:.0f} ms [{d['min'] * 1e3:.0f}..{d['max'] * 1e3:.0f}]"  # noqa: E731
+
+        def m(d):
+            return f"{d['median'] * 1e3:.0f} ms [{d['min'] * 1e3:.0f}..{d['max'] * 1e3:.0f}]"
+
+        over = {k: v * 100 for k, v in result["op_overhead"].items()}
         print(
             f"| {size} | {args.solver} | {result['iterations']} | {m(result['forward_s'])} | "
-            f"{m(result['ksp_solve_s'])} | {result['op_overhead']['median'] * 100:.1f}% "
-            f"[{result['op_overhead']['min'] * 100:.1f}..{result['op_overhead']['max'] * 100:.1f}] | "
-            f"{m(result['forward_gradient_s'])} | {result['gradient_over_forward']['median']:.2f} | "
-            f"{rss[0]:.0f} -> {rss[1]:.0f} MB |"
+            f"{m(result['ksp_solve_s'])} | {over['median']:.1f}% "
+            f"[{over['min']:.1f}..{over['max']:.1f}] | {m(result['forward_gradient_s'])} | "
+            f"{result['gradient_over_forward']['median']:.2f} | {rss[0]:.0f} -> {rss[-1]:.0f} MB |"
         )
 
 
