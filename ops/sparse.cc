@@ -688,9 +688,27 @@ class SolveKernel : public MatrixKernel {
   }
 
  private:
+  // The System's solver for this op's settings, made on first use; one that
+  // failed to be made (bad options) is destroyed, not kept.
   absl::Status Solver(const CallSite& site, System* s, KSP* out) {
-    KSP& ksp = s->solvers[config_];
-    if (ksp == nullptr) {
+    auto found = s->solvers.find(config_);
+    if (found != s->solvers.end()) {
+      *out = found->second;
+      return absl::OkStatus();
+    }
+    KSP ksp = nullptr;
+    const absl::Status status = Configure(site, s, &ksp);
+    if (!status.ok()) {
+      KSPDestroy(&ksp);
+      return status;
+    }
+    *out = s->solvers[config_] = ksp;
+    return absl::OkStatus();
+  }
+
+  absl::Status Configure(const CallSite& site, System* s, KSP* made) {
+    KSP& ksp = *made;
+    {
       PC pc = nullptr;
       PETSC_OK(site, KSPCreate(PetscObjectComm(reinterpret_cast<PetscObject>(s->A)), &ksp));
       PETSC_OK(site, KSPSetOperators(ksp, s->A, s->A));
@@ -715,7 +733,6 @@ class SolveKernel : public MatrixKernel {
         PETSC_OK(site, KSPSetFromOptions(ksp));
       }
     }
-    *out = ksp;
     return absl::OkStatus();
   }
 

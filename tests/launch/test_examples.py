@@ -29,11 +29,16 @@ def halo_rank3_block(out):
 
 
 def sparse_poisson_ok(out):
-    """The solve gives the manufactured solution back; the fit gains 1,000x."""
+    """O(h^2) from the manufactured solution; the fit gains 100x, kappa within 20%."""
     found = re.search(
-        r"max \|u - u_exact\| = ([0-9.eE+-]+); inverse: loss ([0-9.eE+-]+) -> ([0-9.eE+-]+)", out
+        r"max \|u - u_exact\| = ([0-9.eE+-]+); inverse: loss ([0-9.eE+-]+) -> ([0-9.eE+-]+) .*"
+        r"max relative kappa error ([0-9.eE+-]+)",
+        out,
     )
-    return found is not None and float(found[1]) < 1e-8 and float(found[3]) < float(found[2]) / 1e3
+    if found is None:
+        return False
+    err, loss0, loss, kappa_err = (float(v) for v in found.groups())
+    return err < 1e-3 and loss < loss0 / 100 and kappa_err < 0.2
 
 
 def lbfgs_root(out):

@@ -311,3 +311,58 @@ def test_poisson_inverse_reduces_loss(tmp_path_factory):
     if RANK == 0:
         for path in summary["figures"]:
             assert os.path.getsize(path) > 1000
+
+
+def sparse_poisson_or_skip():
+    """examples/sparse_poisson.py, where the sparse ops were built (PETSc)."""
+    try:
+        am.petsc_info()
+    except am.PETScUnavailableError as err:
+        if os.environ.get("ADCME_MPI_REQUIRE_PETSC") == "1":
+            raise
+        pytest.skip(f"sparse ops not built: {err}")
+    import sparse_poisson
+
+    return sparse_poisson
+
+
+def test_sparse_poisson_is_the_matrix_free_problem():
+    """ADCME's MPI Poisson on PETSc (row stripes) and poisson.py's matrix-free
+    CG (patches) are the same discrete problem: the same matrix, the same
+    solution, and the same gradient of the inverse problem's loss."""
+    sparse_poisson = sparse_poisson_or_skip()
+    prob = poisson.PoissonProblem(N=N)
+    stripes = sparse_poisson.SparsePoisson(N)
+    kappa = lambda x, y: tf.constant(poisson.exact_kappa(x, y))  # noqa: E731
+    K, u_sparse = run_graph(
+        lambda: (stripes.matrix(kappa).to_dense(), stripes.solve(kappa, "GAMG", rtol=1e-13))
+    )
+    serial = poisson.PoissonProblem(N=N, grid=(1, 1), comm=MPI.COMM_SELF)
+    reference = poisson_matrix(N, poisson.exact_kappa(serial.xb, serial.yb)).toarray()
+    np.testing.assert_allclose(K, reference, rtol=1e-13, atol=1e-9)
+    u_cg = prob.patch.assemble(
+        run_graph(lambda: prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb))))
+    )
+    u_rows = np.concatenate(MPI.COMM_WORLD.allgather(u_sparse)).reshape(N, N)
+    np.testing.assert_allclose(u_rows, u_cg, rtol=0, atol=1e-9 * np.max(np.abs(u_cg)))
+
+    weights = poisson.init_weights(seed=3)
+    target = 0.9 * u_rows  # any data: both losses compare to the same global field
+
+    def gradient(solve, mine_of):
+        def build():
+            w0 = tf.constant(weights)
+            u = solve(am.mpi_bcast(w0))
+            loss = am.mpi_allreduce(tf.reduce_sum((u - mine_of(target)) ** 2))
+            return tf.gradients(loss, w0)[0]
+
+        return MPI.COMM_WORLD.allreduce(run_graph(build))  # root's gradient, summed
+
+    g_cg = gradient(
+        lambda w: prob.solve(poisson.network_kappa(w, prob.xb, prob.yb)), prob.patch.local
+    )
+    g_sparse = gradient(
+        lambda w: stripes.solve(lambda x, y: poisson.network_kappa(w, x, y), "GAMG", rtol=1e-13),
+        lambda t: t.ravel()[stripes.ilower : stripes.iupper + 1],
+    )
+    np.testing.assert_allclose(g_sparse, g_cg, rtol=1e-7, atol=1e-9 * np.max(np.abs(g_cg)))

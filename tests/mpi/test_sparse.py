@@ -458,3 +458,25 @@ def test_local_errors_name_op_argument_and_rank():
         A @ np.ones(HI - LO + 2)
     with pytest.raises(ValueError, match="argument 'solver' = 'LU' is not one of"):
         A.solve(np.ones(HI - LO + 1), solver="LU")
+
+
+def test_options_prefix_hands_control_to_petsc_and_its_errors_come_back():
+    """PETSc's options database overrides the named solver; an option PETSc
+    rejects is a TensorFlow error naming the call and PETSc's message, on
+    every rank, and the process lives on (the next solve works)."""
+    G = global_matrix()
+    b = my(global_vector(60))
+    am.petsc_options("-ctl_ksp_type gmres -ctl_pc_type jacobi -ctl_ksp_rtol 1e-12")
+    x = run_graph(lambda: local(G).solve(tf.constant(b), solver="GAMG", options_prefix="ctl_"))
+    np.testing.assert_allclose(x, my(np.linalg.solve(G.toarray(), global_vector(60))), rtol=1e-8)
+    am.petsc_options("-bad_pc_type no_such_preconditioner")
+    message = expect_error(
+        lambda: local(G).solve(tf.constant(b), options_prefix="bad_"),
+        "mpi_sparse_solve (rank",
+        "KSPSetFromOptions",
+        "no_such_preconditioner",
+        kind=tf.errors.InternalError,
+    )
+    assert "PETSc error" in message
+    again = run_graph(lambda: local(G).solve(tf.constant(b), solver="GAMG", rtol=1e-12))
+    np.testing.assert_allclose(again, x, rtol=1e-8)
