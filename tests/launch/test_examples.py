@@ -9,6 +9,9 @@ import pytest
 from launcher import ROOT, launch
 
 
+SPARSE_EXAMPLES = ("examples/sparse_poisson.py", "examples/fem_inverse.py")
+
+
 def petsc_built():
     """Whether this build has the sparse ops; ADCME_MPI_REQUIRE_PETSC=1
     (CI's PETSc stages) makes their absence a failure, not a skip."""
@@ -115,6 +118,10 @@ EXPECT = {
         float(re.search(r"max error=([0-9.eE+-]+)", out).group(1)) < 1e-6
     ),
     "examples/sparse_poisson.py": lambda out, n: sparse_poisson_ok(out),
+    "examples/fem_inverse.py": lambda out, n: (
+        float(re.search(r"max error ([0-9.eE+-]+)", out).group(1)) < 1e-6
+        and f"on {n} rank(s)" in out
+    ),
     "examples/poisson.py": lambda out, n: (
         re.search(
             r"max \|u - u_exact\| = [0-9.eE+-]+; inverse: loss ([0-9.eE+-]+) -> ([0-9.eE+-]+) .*"
@@ -143,7 +150,7 @@ def test_readme_command(n, script, args, tmp_path):
     """README.md's example commands, exactly as written (run in a fresh
     directory, where their --out folders land): exit 0, the right numbers,
     and the figures where --out is given."""
-    if "sparse" in script and not petsc_built():
+    if script in SPARSE_EXAMPLES and not petsc_built():
         pytest.skip("the sparse ops were not built (no PETSc); README 'Sparse matrices'")
     result = launch(n, [script, *args.split()], timeout=300, cwd=str(tmp_path))
     assert result.code == 0, result

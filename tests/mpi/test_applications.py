@@ -366,3 +366,29 @@ def test_sparse_poisson_is_the_matrix_free_problem():
         lambda t: t.ravel()[stripes.ilower : stripes.iupper + 1],
     )
     np.testing.assert_allclose(g_sparse, g_cg, rtol=1e-7, atol=1e-9 * np.max(np.abs(g_cg)))
+
+
+def test_fem_rows_across_ranks_are_the_whole_matrix_and_solve_it():
+    """examples/fem_inverse.py: every rank's stripe of the P1 stiffness
+    matrix (assembled from the triangles touching its nodes) put together is
+    the matrix assembled whole on one process; it is symmetric; the solve
+    matches SciPy's; the same at every rank count."""
+    sparse_poisson_or_skip()
+    import fem_inverse
+
+    problem = fem_inverse.FEMProblem(points=300)
+    theta = fem_inverse.TRUE_THETA
+    dense, u = run_graph(
+        lambda: (
+            problem.matrix(tf.constant(theta)).to_dense(),
+            problem.solve(tf.constant(theta), "GAMG"),
+        )
+    )
+    kappa_t = run_graph(lambda: problem.kappa(tf.constant(theta)))
+    whole = problem.scipy_matrix(kappa_t)
+    np.testing.assert_allclose(dense, whole.toarray(), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(dense, dense.T, rtol=1e-13, atol=1e-12)
+    load = np.concatenate(MPI.COMM_WORLD.allgather(problem.load))
+    reference = scipy.sparse.linalg.spsolve(whole.tocsc(), load)
+    u_all = np.concatenate(MPI.COMM_WORLD.allgather(u))
+    np.testing.assert_allclose(u_all, reference, rtol=1e-9, atol=1e-12)
