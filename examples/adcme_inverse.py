@@ -4,6 +4,7 @@ summed over ranks, minimised with mpi_optimize. Minimiser (1, 1).
     mpiexec -n 4 python examples/adcme_inverse.py
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import numpy as np
 import tensorflow as tf
 

@@ -3,6 +3,7 @@
 mpiexec -n 4 python examples/broadcast.py   ->   rank 3's gradient is 24 everywhere
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import numpy as np
 import tensorflow as tf
 

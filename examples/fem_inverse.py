@@ -17,10 +17,8 @@ The inverse problem recovers theta from u observed at every node: L-BFGS
     mpiexec -n 2 python examples/fem_inverse.py --points 2000
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import argparse
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -4,6 +4,7 @@ a 3x2 rank grid, padded with one ghost layer (fill 1.0).
     mpiexec -n 6 python examples/halo_exchange.py
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import numpy as np
 import tensorflow as tf
 

@@ -13,6 +13,7 @@ default number of steps is the smallest stable one for every kappa the
 optimizer may try (its bounds), and an unstable --steps is refused.
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import argparse
 import math
 import os

@@ -7,6 +7,7 @@ with respect to the placeholder before mpi_bcast gives rank 0 the gradient of
 the whole sum (bcast's adjoint adds every rank's contribution on the root).
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import numpy as np
 import tensorflow as tf
 

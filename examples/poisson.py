@@ -19,6 +19,7 @@ the inverse problem recovers kappa from u with mpi_optimize.
         [--preconditioner block-jacobi|two-level|multigrid|none]
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import argparse
 import math
 import os

@@ -3,6 +3,7 @@
 mpiexec -n 4 python examples/reduce_sum.py
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import numpy as np
 import tensorflow as tf
 

@@ -6,6 +6,7 @@ Rank 2 sends its a to rank 0. Unlike ADCME, rank 2's gradient keeps its own
 term: it is 2*a from its own loss plus 2*a sent back by rank 0 (8 = 4 + 4).
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import numpy as np
 import tensorflow as tf
 

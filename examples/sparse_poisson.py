@@ -18,10 +18,8 @@ true kappa gives; every gradient is one transpose solve through PETSc.
     mpiexec -n 2 python examples/sparse_poisson.py --N 32
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import argparse
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

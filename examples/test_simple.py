@@ -3,6 +3,7 @@
 mpiexec -n 4 python examples/test_simple.py   ->   (15.0, 17.0) at theta = 2
 """
 
+import quiet  # noqa: F401  (first: TensorFlow without its start-up lines)
 import tensorflow as tf
 
 import adcme_mpi as am

@@ -54,7 +54,7 @@ def launch(n, script_or_args, timeout=180, env=None, code=None, cwd=None):
     else:
         parts = script_or_args if isinstance(script_or_args, list) else [script_or_args]
         args = [sys.executable, os.path.join(ROOT, parts[0])] + parts[1:]
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     start = time.time()
     with removing_new_mpich_segments():
         return _run(mpiexec(n) + args, cwd, full_env, timeout, start)

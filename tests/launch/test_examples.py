@@ -138,7 +138,7 @@ def test_readme_shows_every_example():
     present = {
         f"examples/{f}"
         for f in os.listdir(os.path.join(ROOT, "examples"))
-        if f.endswith(".py") and f != "grid.py"
+        if f.endswith(".py") and f not in ("grid.py", "quiet.py")
     }
     assert present <= shown, f"README.md shows no command for {sorted(present - shown)}"
 
@@ -180,3 +180,12 @@ def test_unstable_heat_setting_is_refused():
         r".*use --steps \d+ or more",
         result.out,
     ), result
+
+
+def test_the_demo_prints_its_answer_and_nothing_else():
+    """README's first command: the answer, not a screen of TensorFlow's
+    start-up lines from every rank (examples/quiet.py; TF_CPP_MIN_LOG_LEVEL
+    empty, as a new user has it)."""
+    result = launch(4, ["examples/test_simple.py"], timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": ""})
+    assert result.code == 0, result
+    assert result.out.strip() == "(15.0, 17.0)", result
