@@ -23,22 +23,8 @@ from .runtime import (
     MPINotReadyError,
 )
 from .optimize import MPIOptimizeError, mpi_optimize
-from .wrappers import (
-    mpi_allreduce,
-    mpi_bcast,
-    mpi_gather,
-    mpi_halo_exchange,
-    mpi_recv,
-    mpi_SparseTensor,
-    mpi_sparse_matvec,
-    mpi_sparse_solve,
-    petsc_info,
-    petsc_options,
-    mpi_scatter,
-    mpi_send,
-    mpi_sendrecv,
-    mpi_sum,
-)
+from . import wrappers
+from .wrappers import *  # noqa: F403  (the op table's public names)
 
 __version__ = "0.2.0"
 
@@ -57,26 +43,12 @@ __all__ = [
     "mpi_barrier",
     "mpi_sync",
     "register_comm",
-    "mpi_sum",
-    "mpi_allreduce",
-    "mpi_bcast",
-    "mpi_gather",
-    "mpi_scatter",
-    "mpi_send",
-    "mpi_recv",
-    "mpi_sendrecv",
-    "mpi_halo_exchange",
-    "mpi_SparseTensor",
-    "mpi_sparse_matvec",
-    "mpi_sparse_solve",
-    "petsc_options",
-    "petsc_info",
     "PETScUnavailableError",
     "mpi_optimize",
     "MPIOptimizeError",
     "MPINotReadyError",
     "MPILibraryMismatchError",
-    "MPINotReady",  # the 0.1 names of the two above
+    "MPINotReady",
     "MPILibraryMismatch",
     "ordering",
-]
+] + wrappers.__all__

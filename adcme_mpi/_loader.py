@@ -10,6 +10,7 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 
 from . import _c_api
@@ -91,15 +92,20 @@ def _library_path():
     return os.path.join(BUILT_DIR, LIBRARY_NAME)
 
 
+# An MPI's core library (libmpi.so.40, libmpi.so.12, libmpich.so.12), not its
+# language bindings beside it (Open MPI's libmpi_cxx, libmpi_mpifh, which
+# Debian's PETSc brings along: the same MPI, not another one).
+_CORE_LIBMPI = re.compile(r"^lib(mpi|mpich)\.so(\.|$)")
+
+
 def _mapped_mpi_libraries():
-    """Distinct MPI shared objects mapped into this process (Linux)."""
+    """Distinct MPI core libraries mapped into this process (Linux)."""
     found = set()
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 path = line.split()[-1] if len(line.split()) >= 6 else ""
-                base = os.path.basename(path)
-                if base.startswith("libmpi") and ".so" in base:
+                if _CORE_LIBMPI.match(os.path.basename(path)):
                     found.add(os.path.realpath(path))
     except OSError:
         pass

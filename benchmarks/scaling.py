@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
+from adcme_mpi import op_table  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,7 +44,7 @@ import poisson  # noqa: E402
 from grid import default_grid  # noqa: E402
 
 COMM = MPI.COMM_WORLD
-MPI_TYPES = {"MPIHaloExchange", "MPIHaloExchangeGrad", "MPIAllreduce", "MPIBcast", "MPISum"}
+MPI_TYPES = op_table.TYPES  # every MPI op type (adcme_mpi/op_table.py)
 
 
 def without_communication():

@@ -43,6 +43,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/substitute.h"
 #include "c_api.h"
 #include "common.h"
 #include "registry.h"
@@ -126,23 +127,10 @@ uint64_t Digest(const std::vector<int64_t>& words) {
 }
 
 std::string Doing(const std::vector<int64_t>& row) {
-  static const char* types[] = {"",
-                                "MPISum",
-                                "MPIAllreduce",
-                                "MPIBcast",
-                                "MPIGather",
-                                "MPIScatter",
-                                "MPIHaloExchange",
-                                "MPIHaloExchangeGrad",
-                                "MPISparseGather",
-                                "MPISparseScatterAdd",
-                                "MPISparseMatVec",
-                                "MPISparseSolve"};
-  constexpr int64_t kTypes = sizeof(types) / sizeof(types[0]);
   if (row[0] == static_cast<int64_t>(OpKind::kEndOfProgram))
     return "the end of its program (mpi_finalize or exit)";
-  const std::string type =
-      row[0] > 0 && row[0] < kTypes ? types[row[0]] : absl::StrCat("op ", row[0]);
+  const std::string known = OpTypeOfKind(row[0]);
+  const std::string type = known.empty() ? absl::StrCat("op ", row[0]) : known;
   return absl::StrCat(UserFacingName(type, row[1] != 0), " (checked collective #", row[2], ")");
 }
 
@@ -458,9 +446,10 @@ absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char*
           << ShapeString(static_cast<DataType>(rows[r][0]), shape);
     }
   } else {
-    msg << "argument 'root' must be the same on every rank; got";
+    std::string got;
     for (int r = 0; r < site.size; ++r)
-      msg << (r ? ", " : " ") << "rank " << r << ": " << rows[r][1];
+      absl::StrAppend(&got, r ? ", " : " ", "rank ", r, ": ", rows[r][1]);
+    msg << absl::Substitute(messages::kSameEverywhere, "root", got);
   }
   return site.InvalidArgument(msg.str());
 }

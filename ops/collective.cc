@@ -153,7 +153,7 @@ class RootedKernel : public MpiKernel {
 
 class SumKernel : public RootedKernel {
  public:
-  explicit SumKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kSum) {}
+  explicit SumKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kMPISum) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
     Tensor* out = nullptr;
@@ -182,7 +182,7 @@ class SumKernel : public RootedKernel {
 
 class BcastKernel : public RootedKernel {
  public:
-  explicit BcastKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kBcast) {}
+  explicit BcastKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kMPIBcast) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
     char* buffer = nullptr;
@@ -210,7 +210,7 @@ class BcastKernel : public RootedKernel {
 
 class GatherKernel : public RootedKernel {
  public:
-  explicit GatherKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kGather) {}
+  explicit GatherKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kMPIGather) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
     TensorShape shape = a.tensor->shape();
@@ -236,7 +236,7 @@ class GatherKernel : public RootedKernel {
 
 class ScatterKernel : public RootedKernel {
  public:
-  explicit ScatterKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kScatter) {}
+  explicit ScatterKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kMPIScatter) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
     TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a));
@@ -272,7 +272,7 @@ class AllreduceKernel : public MpiKernel {
     carried.sum = true;
     carried.output = DataOf(*out);
     TF_RETURN_IF_ERROR(
-        CheckSameAcrossRanks(site, OpKind::kAllreduce, "a", *a.tensor, -1, &carried));
+        CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1, &carried));
     if (carried.done) return absl::OkStatus();
     const bool in_place = DataOf(*out) == DataOf(*a.tensor);
     MPI_Request request;

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "op_table.h"  // generated from adcme_mpi/op_table.py
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -127,20 +128,16 @@ void ProgressDetachedSends();
 
 // ---- checks.cc ----
 // Which collective a check is for; names in messages.
+// (from the op table, adcme_mpi/op_table.py: kMPISum, kMPIHaloExchange, ...;
+// ops without a check have 0)
+#define ADCME_MPI_OP_KIND(type, name, gradient_of, kind) k##type = kind,
 enum class OpKind : int64_t {
-  kSum = 1,
-  kAllreduce,
-  kBcast,
-  kGather,
-  kScatter,
-  kHalo,
-  kHaloGrad,
-  kSparseGather,
-  kSparseScatterAdd,
-  kSparseMatVec,
-  kSparseSolve,
-  kEndOfProgram = 99,
+  kNone = 0,
+  ADCME_MPI_OP_TABLE(ADCME_MPI_OP_KIND) kEndOfProgram = 99,
 };
+#undef ADCME_MPI_OP_KIND
+// The op type of a check kind ("MPISum"), or "" for none.
+const char* OpTypeOfKind(int64_t kind);
 // Data of at most kInlineBytes travels inside the check itself.
 constexpr int kInlineBytes = 256;
 // A collective small enough to ride in its check's reduction: mpi_sum and

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/substitute.h"
 #include "c_api.h"
 #include "common.h"
 #include "registry.h"
@@ -96,25 +97,23 @@ std::map<MPI_Comm, CommRoute>& Routes() {
 }  // namespace
 
 std::string UserFacingName(const std::string& op_type, bool backward) {
-  // op type -> (its Python name, the forward op it is the gradient of)
+  // op type -> (its name in messages, the name of the op it is the gradient of)
   static const auto* names = new std::map<std::string, std::pair<std::string, std::string>>{
-      {"MPISum", {"mpi_sum", "mpi_bcast"}},
-      {"MPIBcast", {"mpi_bcast", "mpi_sum"}},
-      {"MPIAllreduce", {"mpi_allreduce", "mpi_allreduce"}},
-      {"MPIGather", {"mpi_gather", "mpi_scatter"}},
-      {"MPIScatter", {"mpi_scatter", "mpi_gather"}},
-      {"MPISend", {"mpi_send", "mpi_recv"}},
-      {"MPIRecv", {"mpi_recv", "mpi_send"}},
-      {"MPIHaloExchange", {"mpi_halo_exchange", "mpi_halo_exchange (gradient)"}},
-      {"MPIHaloExchangeGrad", {"mpi_halo_exchange (gradient)", "mpi_halo_exchange"}},
-      {"MPISparseGather", {"mpi_sparse_gather", "mpi_sparse_scatter_add"}},
-      {"MPISparseScatterAdd", {"mpi_sparse_scatter_add", "mpi_sparse_gather"}},
-      {"MPISparseMatVec", {"mpi_sparse_matvec", "mpi_sparse_matvec"}},
-      {"MPISparseSolve", {"mpi_sparse_solve", "mpi_sparse_solve"}},
+#define ADCME_MPI_OP_NAMES(type, name, gradient_of, kind) {#type, {name, gradient_of}},
+      ADCME_MPI_OP_TABLE(ADCME_MPI_OP_NAMES)
+#undef ADCME_MPI_OP_NAMES
   };
   auto it = names->find(op_type);
   if (it == names->end()) return op_type;
   return backward ? absl::StrCat("gradient of ", it->second.second) : it->second.first;
+}
+
+const char* OpTypeOfKind(int64_t kind) {
+#define ADCME_MPI_OP_TYPE(type, name, gradient_of, k) \
+  if (k != 0 && kind == k) return #type;
+  ADCME_MPI_OP_TABLE(ADCME_MPI_OP_TYPE)
+#undef ADCME_MPI_OP_TYPE
+  return "";
 }
 
 const Settings& GetSettings() {
@@ -179,9 +178,8 @@ absl::Status DatatypeArg(const CallSite& site, const char* arg, const Tensor& t,
     case tensorflow::DT_INT32: *out = MPI_INT32_T; return absl::OkStatus();
     case tensorflow::DT_INT64: *out = MPI_INT64_T; return absl::OkStatus();
     default:
-      return site.InvalidArgument(absl::StrCat("argument '", arg, "' has dtype ",
-                                               tensorflow::DataTypeString(t.dtype()),
-                                               "; supported: float32, float64, int32, int64"));
+      return site.InvalidArgument(absl::Substitute(
+          messages::kDtype, arg, tensorflow::DataTypeString(t.dtype()), messages::kDataDtypes));
   }
 }
 
@@ -204,8 +202,7 @@ absl::Status ScalarIntArg(OpKernelContext* ctx, int index, const char* name, int
                                              t.shape().DebugString()));
   const int64_t v = t.scalar<int32_t>()();  // the op interfaces declare int32
   if (v < lo || v > hi)
-    return site.InvalidArgument(
-        absl::StrCat("argument '", name, "' = ", v, " is out of range [", lo, ", ", hi, "]"));
+    return site.InvalidArgument(absl::Substitute(messages::kOutOfRange, name, v, lo, hi));
   *out = static_cast<int>(v);
   return absl::OkStatus();
 }

@@ -294,7 +294,7 @@ class HaloExchangeKernel : public HaloKernelBase {
     int unused = 0;
     TF_RETURN_IF_ERROR(CountOf(site, "u", (rows + 2 * w) * int64_t{cols + 2 * w}, &unused));
     int64_t sequence = -1;
-    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHalo, u.dtype(), rows, cols, &sequence));
+    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kMPIHaloExchange, u.dtype(), rows, cols, &sequence));
 
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
@@ -367,7 +367,8 @@ class HaloExchangeGradKernel : public HaloKernelBase {
                                                dy.shape().DebugString()));
     const int P = dy.dim_size(0), Q = dy.dim_size(1), rows = P - 2 * w, cols = Q - 2 * w;
     int64_t sequence = -1;
-    TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kHaloGrad, dy.dtype(), rows, cols, &sequence));
+    TF_RETURN_IF_ERROR(
+        CheckGrid(site, OpKind::kMPIHaloExchangeGrad, dy.dtype(), rows, cols, &sequence));
     MPI_Datatype type;
     TF_RETURN_IF_ERROR(DatatypeArg(site, "grad_padded", dy, &type));
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/substitute.h"
 #include "common.h"
 #include "tensorflow/core/framework/op.h"
 
@@ -58,8 +59,7 @@ class PointToPointKernel : public MpiKernel {
     TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 1, peer_name_, 0, site.size - 1, site, &peer));
     TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 2, "tag", 0, TagUpperBound(site.comm), site, &tag));
     if (peer == site.rank)
-      return site.InvalidArgument(absl::StrCat("argument '", peer_name_, "' = ", peer,
-                                               " is this rank; sending to oneself is an error"));
+      return site.InvalidArgument(absl::Substitute(messages::kToOneself, peer_name_, peer));
     const Tensor& a = ctx->input(0);
     MPI_Datatype type;
     TF_RETURN_IF_ERROR(DatatypeArg(site, "a", a, &type));

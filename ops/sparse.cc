@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/substitute.h"
 #include "c_api.h"
 #include "common.h"
 #include "registry.h"
@@ -350,11 +351,10 @@ absl::Status Agree(const CallSite& site, OpKind kind, const std::vector<Agreed>&
       bool same = true;
       for (const auto& row : rows) same = same && row[i] == payload[i];
       if (same) continue;
-      std::ostringstream msg;
-      msg << "argument '" << agreed[i].name << "' must be the same on every rank; got";
+      std::string got;
       for (int r = 0; r < site.size; ++r)
-        msg << (r ? ", " : " ") << "rank " << r << ": " << agreed[i].show(rows[r][i]);
-      return site.InvalidArgument(msg.str());
+        absl::StrAppend(&got, r ? ", " : " ", "rank ", r, ": ", agreed[i].show(rows[r][i]));
+      return site.InvalidArgument(absl::Substitute(messages::kSameEverywhere, agreed[i].name, got));
     }
   }
   Family& family = Families()[RouteOf(site.comm).check];
@@ -542,7 +542,7 @@ class SparseKernel : public MpiKernel {
 
 class GatherKernel : public SparseKernel {
  public:
-  explicit GatherKernel(OpKernelConstruction* c) : SparseKernel(c, OpKind::kSparseGather) {}
+  explicit GatherKernel(OpKernelConstruction* c) : SparseKernel(c, OpKind::kMPISparseGather) {}
   absl::Status CheckData(const CallSite& site, OpKernelContext* ctx, const Pattern& p) override {
     return CheckLength(site, "x", ctx->input(2), p.m, "this rank's rows");
   }
@@ -560,7 +560,8 @@ class GatherKernel : public SparseKernel {
 
 class ScatterAddKernel : public SparseKernel {
  public:
-  explicit ScatterAddKernel(OpKernelConstruction* c) : SparseKernel(c, OpKind::kSparseScatterAdd) {}
+  explicit ScatterAddKernel(OpKernelConstruction* c)
+      : SparseKernel(c, OpKind::kMPISparseScatterAdd) {}
   absl::Status CheckData(const CallSite& site, OpKernelContext* ctx, const Pattern& p) override {
     return CheckLength(site, "at_cols", ctx->input(2), static_cast<int64_t>(p.cols.size()),
                        "one per nonzero");
@@ -607,7 +608,7 @@ class MatrixKernel : public SparseKernel {
 
 class MatVecKernel : public MatrixKernel {
  public:
-  explicit MatVecKernel(OpKernelConstruction* c) : MatrixKernel(c, OpKind::kSparseMatVec, "x") {}
+  explicit MatVecKernel(OpKernelConstruction* c) : MatrixKernel(c, OpKind::kMPISparseMatVec, "x") {}
   void AddAgreed(std::vector<Agreed>* agreed) override {
     agreed->push_back({"transpose", transpose_, ShowBool});
   }
@@ -619,7 +620,7 @@ class MatVecKernel : public MatrixKernel {
 
 class SolveKernel : public MatrixKernel {
  public:
-  explicit SolveKernel(OpKernelConstruction* c) : MatrixKernel(c, OpKind::kSparseSolve, "b") {
+  explicit SolveKernel(OpKernelConstruction* c) : MatrixKernel(c, OpKind::kMPISparseSolve, "b") {
     float rtol = 0, atol = 0;
     OP_REQUIRES_OK(c, c->GetAttr("solver", &solver_));
     OP_REQUIRES_OK(c, c->GetAttr("rtol", &rtol));

@@ -1,30 +1,15 @@
 """Op wrappers, one module per op family; importing a module registers the
-gradients of its ops (each next to its forward op, in adjoint pairs)."""
+gradients of its ops (each next to its forward op, in adjoint pairs). What
+is exported comes from the op table (adcme_mpi/op_table.py): each row's
+public names, taken from its family's module."""
 
-from .collectives import mpi_allreduce, mpi_bcast, mpi_gather, mpi_scatter, mpi_sum
-from .halo import mpi_halo_exchange
-from .p2p import mpi_recv, mpi_send, mpi_sendrecv
-from .sparse import (
-    mpi_sparse_matvec,
-    mpi_sparse_solve,
-    mpi_SparseTensor,
-    petsc_info,
-    petsc_options,
-)
+import importlib
 
-__all__ = [
-    "mpi_sum",
-    "mpi_allreduce",
-    "mpi_bcast",
-    "mpi_gather",
-    "mpi_scatter",
-    "mpi_send",
-    "mpi_recv",
-    "mpi_sendrecv",
-    "mpi_halo_exchange",
-    "mpi_SparseTensor",
-    "mpi_sparse_matvec",
-    "mpi_sparse_solve",
-    "petsc_options",
-    "petsc_info",
-]
+from ..op_table import OPS, public_names
+
+_families = {op.family: importlib.import_module(f".{op.family}", __name__) for op in OPS}
+for _op in OPS:
+    for _name in _op.public:
+        globals()[_name] = getattr(_families[_op.family], _name)
+
+__all__ = public_names()

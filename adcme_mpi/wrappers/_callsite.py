@@ -7,6 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from .. import runtime
+from ..op_table import DATA_DTYPES as DATA_DTYPE_NAMES
+from ..op_table import message
 
 DATA_DTYPES = (tf.float32, tf.float64, tf.int32, tf.int64)
 
@@ -45,8 +47,7 @@ class CallSite:
         if t.dtype not in DATA_DTYPES:
             raise self.error(
                 TypeError,
-                f"argument '{arg}' has dtype {t.dtype.name}; "
-                "supported: float32, float64, int32, int64",
+                message("dtype", arg, t.dtype.name, DATA_DTYPE_NAMES),
             )
         return t
 
@@ -56,9 +57,7 @@ class CallSite:
         static = _static_int(value)
         if static is not None:
             if not lo <= static <= hi:
-                raise self.error(
-                    ValueError, f"argument '{arg}' = {static} is out of range [{lo}, {hi}]"
-                )
+                raise self.error(ValueError, message("out_of_range", arg, static, lo, hi))
             return tf.constant(static, dtype=tf.int32)
         t = tf.convert_to_tensor(value)
         if t.dtype not in (tf.int32, tf.int64) or t.shape.rank not in (None, 0):
@@ -81,6 +80,6 @@ class CallSite:
         if static is not None and static == self.rank:
             raise self.error(
                 ValueError,
-                f"argument '{arg}' = {static} is this rank; sending to oneself is an error",
+                message("to_oneself", arg, static),
             )
         return t

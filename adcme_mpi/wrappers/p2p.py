@@ -20,6 +20,7 @@ from tensorflow.python.framework import ops as tf_ops
 
 from .. import ordering
 from .._loader import ops as lib
+from ..op_table import message
 from ._adjoint import adjoint, cotangent, differentiable
 from ._callsite import CallSite
 
@@ -63,9 +64,7 @@ def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
                 f"argument '{arg}' must be a Python int (it decides which ranks send and receive)",
             )
         if not 0 <= int(value) < site.size:
-            raise site.error(
-                ValueError, f"argument '{arg}' = {value} is out of range [0, {site.size - 1}]"
-            )
+            raise site.error(ValueError, message("out_of_range", arg, value, 0, site.size - 1))
     if int(dest) == int(src):
         raise site.error(ValueError, f"dest == src == {dest}; sending to oneself is an error")
     if site.rank == int(src):

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import _loader, ordering
+from ..op_table import message
 from ._adjoint import adjoint, cotangent
 from ._callsite import CallSite
 
@@ -99,9 +100,7 @@ def _values(site, values, nnz, dtype):
     if v.dtype not in FLOAT_DTYPES:
         v = tf.cast(v, tf.float64) if v.dtype.is_integer else v
     if v.dtype not in FLOAT_DTYPES:
-        raise site.error(
-            TypeError, f"argument 'values' has dtype {v.dtype.name}; supported: float32, float64"
-        )
+        raise site.error(TypeError, message("dtype", "values", v.dtype.name, "float32, float64"))
     if v.shape.rank is not None and v.shape.rank != 1:
         raise site.error(ValueError, f"argument 'values' must be 1-D, got shape {v.shape}")
     if v.shape.rank == 1 and v.shape[0] is not None and v.shape[0] != nnz:

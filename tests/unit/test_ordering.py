@@ -8,19 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from adcme_mpi import ordering
+from adcme_mpi import op_table, ordering
 
-MPI_TYPES = {
-    "MPISum",
-    "MPIBcast",
-    "MPIAllreduce",
-    "MPIGather",
-    "MPIScatter",
-    "MPISend",
-    "MPIRecv",
-    "MPIHaloExchange",
-    "MPIHaloExchangeGrad",
-}
+MPI_TYPES = op_table.TYPES
 
 
 def token_source(op):
