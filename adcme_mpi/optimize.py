@@ -111,6 +111,16 @@ def mpi_optimize(
     Every rank returns the same OptimizeResult. If f or g raises on any rank,
     every rank raises MPIOptimizeError (or, when the failing rank left the
     others waiting inside an MPI op, the job is aborted after `error_wait` s).
+
+    Example::
+
+        th = tf.compat.v1.placeholder(tf.float64, [1])
+        L = (tf.reduce_sum(am.mpi_sum(am.mpi_bcast(th) ** am.mpi_rank())) - 2) ** 2
+        g = tf.gradients(L, th)[0]
+        sess = am.Session()
+        f = lambda x: sess.run(L, {th: x})
+        result = am.mpi_optimize(f, lambda x: sess.run(g, {th: x}), np.ones(1))
+        result.x   # the same on every rank
     """
     require_mpi("mpi_optimize")
     if fg is None and (f is None or g is None):

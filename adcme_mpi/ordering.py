@@ -169,7 +169,13 @@ def while_loop(cond, body, loop_vars, **kwargs):
     """tf.while_loop whose MPI ops stay in program order: the ordering token
     is threaded through the loop as an extra loop variable, so iteration i+1's
     MPI ops follow iteration i's (in the forward and the backward pass), and
-    the loop sits in the program order of the ops around it."""
+    the loop sits in the program order of the ops around it.
+
+    Example::
+
+        step = lambda i, u: (i + 1, am.mpi_halo_exchange(u, 1, P)[1:-1, 1:-1])
+        i, u = am.ordering.while_loop(lambda i, u: i < 10, step, (0, u0))
+    """
     loop_vars = list(loop_vars) if isinstance(loop_vars, (list, tuple)) else [loop_vars]
 
     def token_cond(token, *args):
@@ -198,7 +204,17 @@ def custom_gradient(f):
     block's MPI ops follow the ones before it, the ones after it follow the
     block, and `grad_fn`'s MPI ops run at the block's place in the reverse
     order. (With a plain tf.custom_gradient the token would bypass the
-    block's gradient and TensorFlow would try to differentiate its inside.)"""
+    block's gradient and TensorFlow would try to differentiate its inside.)
+
+    Example::
+
+        @am.ordering.custom_gradient
+        def solve(kappa):
+            u = cg(kappa, b)   # MPI ops inside
+            def grad(du):
+                return adjoint(kappa, cg(kappa, du))   # MPI ops inside, in reverse order
+            return u, grad
+    """
 
     @tf.custom_gradient
     def block(*args):

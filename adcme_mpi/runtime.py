@@ -82,7 +82,15 @@ def _register(comm):
 def register_comm(comm):
     """Prepare `comm` for the ops. Collective over `comm`: call it on all of its
     ranks. Collective ops and halo exchanges do it themselves on first use;
-    point-to-point ops on a new communicator need it first."""
+    point-to-point ops on a new communicator need it first.
+
+    Example::
+
+        from mpi4py import MPI
+        half = MPI.COMM_WORLD.Split(am.mpi_rank() % 2)
+        am.register_comm(half)   # on every rank of `half`
+        y = am.mpi_send(x, 1, comm=half) if half.Get_rank() == 0 else am.mpi_recv(x, 0, comm=half)
+    """
     require_mpi()
     with _lock:
         pair = _pairs.get(comm.py2f())
@@ -112,14 +120,33 @@ def comm_pair(comm, op, collective):
 
 
 def mpi_initialized():
+    """Whether MPI is initialised and not yet finalised.
+
+    Example::
+
+        am.mpi_initialized()   # True after `import adcme_mpi`
+    """
     return bool(MPI.Is_initialized()) and not MPI.Is_finalized()
 
 
 def mpi_finalized():
+    """Whether MPI was finalised.
+
+    Example::
+
+        am.mpi_finalize()
+        am.mpi_finalized()   # True
+    """
     return bool(MPI.Is_finalized())
 
 
 def require_mpi(op="adcme_mpi"):
+    """Raise MPINotReadyError unless MPI is initialised and not finalised.
+
+    Example::
+
+        am.require_mpi()   # raises MPINotReadyError once mpi_finalize() was called
+    """
     if MPI.Is_finalized():
         raise MPINotReadyError(f"{op}: MPI is already finalized (mpi_finalize() was called)")
     if not MPI.Is_initialized():
@@ -127,7 +154,13 @@ def require_mpi(op="adcme_mpi"):
 
 
 def mpi_init():
-    """Initialise MPI (thread-safe level) once; later calls do nothing."""
+    """Initialise MPI (thread-safe level) once; later calls do nothing.
+
+    Example::
+
+        import adcme_mpi as am
+        am.mpi_init()   # the import did it already: nothing happens
+    """
     if MPI.Is_finalized():
         raise MPINotReadyError("mpi_init: MPI was already finalized and cannot be restarted")
     if not MPI.Is_initialized():
@@ -179,7 +212,12 @@ def _abort_with(message):
 def mpi_finalize():
     """Finish pending gradient sends, check that every rank reached its end
     (see end_of_program_check), free the ops' communicators and finalise
-    MPI. Idempotent."""
+    MPI. Idempotent.
+
+    Example::
+
+        am.mpi_finalize()   # last, on every rank
+    """
     if not mpi_initialized():
         return
     problem = end_of_program_check()
@@ -212,23 +250,47 @@ def _at_exit():
 
 
 def mpi_rank(comm=None):
+    """This process's rank in `comm` (default COMM_WORLD).
+
+    Example::
+
+        r = am.mpi_rank()   # 0 .. am.mpi_size() - 1
+    """
     require_mpi("mpi_rank")
     return (comm or MPI.COMM_WORLD).Get_rank()
 
 
 def mpi_size(comm=None):
+    """The number of ranks in `comm` (default COMM_WORLD).
+
+    Example::
+
+        P = am.mpi_size()
+    """
     require_mpi("mpi_size")
     return (comm or MPI.COMM_WORLD).Get_size()
 
 
 def mpi_barrier(comm=None):
+    """Wait until every rank of `comm` (default COMM_WORLD) arrives.
+
+    Example::
+
+        am.mpi_barrier()   # host side, outside any graph
+    """
     require_mpi("mpi_barrier")
     (comm or MPI.COMM_WORLD).Barrier()
 
 
 def mpi_sync(array, root=0, comm=None):
     """Broadcast the NumPy array `array` from `root` in place (host side) and return it.
-    Shape and dtype must agree on every rank."""
+    Shape and dtype must agree on every rank.
+
+    Example::
+
+        theta = np.random.default_rng().standard_normal(3)
+        am.mpi_sync(theta)   # rank 0's values on every rank
+    """
     require_mpi("mpi_sync")
     comm = comm or MPI.COMM_WORLD
     if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
@@ -258,7 +320,15 @@ def Session(*args, config=None, **kw):
     """A tf.compat.v1.Session with inter_op_parallelism_threads=1 (ADCME's
     setting) and soft placement (the MPI ops are CPU kernels: under a
     `tf.device("/GPU:0")` scope they run on the host, as in eager mode).
-    ConfigProto fields may be passed as keywords and override it."""
+    ConfigProto fields may be passed as keywords and override it.
+
+    Example::
+
+        tf.compat.v1.disable_eager_execution()
+        L = am.mpi_sum(tf.constant(1.0))
+        with am.Session() as sess:
+            print(sess.run(L))   # rank 0: the number of ranks
+    """
     proto = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1, allow_soft_placement=True)
     if config is not None:
         proto.MergeFrom(config)

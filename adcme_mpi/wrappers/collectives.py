@@ -39,7 +39,12 @@ mpi_sum = _rooted(
     """Sum of `a` over the ranks of `comm` on `root`;
     zeros of a's shape elsewhere.
 
-    Gradient: every rank gets root's upstream gradient (a broadcast).""",
+    Gradient: every rank gets root's upstream gradient (a broadcast).
+
+    Example::
+
+        L = am.mpi_sum(tf.constant(2.0) ** am.mpi_rank())   # rank 0: sum of 2^r
+    """,
 )
 
 mpi_bcast = _rooted(
@@ -48,7 +53,12 @@ mpi_bcast = _rooted(
     """`root`'s `a` on every rank of `comm`
     (shape and dtype must agree everywhere).
 
-    Gradient: root gets the sum over ranks of the upstream gradients; others zeros.""",
+    Gradient: root gets the sum over ranks of the upstream gradients; others zeros.
+
+    Example::
+
+        theta = am.mpi_bcast(tf.constant([1.0, 2.0]) * am.mpi_rank(), root=1)   # [1, 2]
+    """,
 )
 
 mpi_gather = _rooted(
@@ -58,7 +68,12 @@ mpi_gather = _rooted(
     along axis 0 in rank order (a scalar gathers into a vector of length
     size); elsewhere zeros of that shape.
 
-    Gradient: each rank gets its own slice of root's upstream gradient (a scatter).""",
+    Gradient: each rank gets its own slice of root's upstream gradient (a scatter).
+
+    Example::
+
+        all_losses = am.mpi_gather(loss)   # rank 0: one entry per rank
+    """,
 )
 
 mpi_scatter = _rooted(
@@ -69,14 +84,24 @@ mpi_scatter = _rooted(
     by the size; non-root ranks pass a tensor of the same shape, whose values
     are ignored).
 
-    Gradient: root gets the ranks' upstream gradients concatenated; others zeros.""",
+    Gradient: root gets the ranks' upstream gradients concatenated; others zeros.
+
+    Example::
+
+        mine = am.mpi_scatter(tf.range(2.0 * am.mpi_size()))   # rank r: [2r, 2r + 1]
+    """,
 )
 
 
 def mpi_allreduce(a, *, comm=None, deps=None, name=None):
     """Sum of `a` over the ranks of `comm`, on every rank.
 
-    Gradient: the sum over ranks of the upstream gradients (an allreduce)."""
+    Gradient: the sum over ranks of the upstream gradients (an allreduce).
+
+    Example::
+
+        total = am.mpi_allreduce(tf.constant([1.0, 2.0]) * am.mpi_rank())
+    """
     site = CallSite("mpi_allreduce", comm, collective=True)
     a = site.data("a", a)
     return ordering.run_in_order(

@@ -24,7 +24,14 @@ from ._callsite import CallSite
 
 def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, comm=None, name=None):
     """Pad the local block `u` (2-D, at least `width` in each dimension) with
-    `width` ghost rows/columns from its neighbours; see the module docstring."""
+    `width` ghost rows/columns from its neighbours; see the module docstring.
+
+    Example::
+
+        # 2 x 2 ranks, a 4 x 5 block u on each
+        padded = am.mpi_halo_exchange(u, 2, 2, fill_value=0.0)   # shape (6, 7)
+        lap = padded[1:-1, :-2] + padded[1:-1, 2:] + padded[:-2, 1:-1] + padded[2:, 1:-1] - 4 * u
+    """
     site = CallSite("mpi_halo_exchange", comm, collective=True)
     u = site.data("u", u)
     for arg, value in (("m", m), ("n", n), ("width", width)):

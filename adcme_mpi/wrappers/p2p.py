@@ -39,7 +39,14 @@ def mpi_send(a, dest, tag=0, *, comm=None, deps=None, name=None):
     returns `a`.
 
     Gradient: the upstream gradient of the returned tensor plus the gradient
-    that `dest` sends back for what it received."""
+    that `dest` sends back for what it received.
+
+    Example::
+
+        a = tf.ones(3) * am.mpi_rank()
+        if am.mpi_rank() == 0:
+            a = am.mpi_send(a, 1)   # and rank 1 calls am.mpi_recv(a, 0)
+    """
     site = CallSite("mpi_send", comm, collective=False)
     return _point_to_point(site, lib.mpi_send, a, "dest", dest, tag, deps, name)
 
@@ -48,14 +55,25 @@ def mpi_recv(a, src, tag=0, *, comm=None, deps=None, name=None):
     """Receive from rank `src` a tensor of `a`'s shape and dtype (`a` is a
     template and a real graph input: its gradient is zeros).
 
-    Gradient: the upstream gradient is sent back to `src`."""
+    Gradient: the upstream gradient is sent back to `src`.
+
+    Example::
+
+        if am.mpi_rank() == 1:
+            a = am.mpi_recv(tf.zeros(3), 0)   # rank 0's a
+    """
     site = CallSite("mpi_recv", comm, collective=False)
     return _point_to_point(site, lib.mpi_recv, a, "src", src, tag, deps, name)
 
 
 def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
     """ADCME's mpi_sendrecv: on rank `src`, send `a` to `dest` and return `a`;
-    on rank `dest`, return what `src` sent (shaped like `a`); elsewhere `a`."""
+    on rank `dest`, return what `src` sent (shaped like `a`); elsewhere `a`.
+
+    Example::
+
+        a = am.mpi_sendrecv(tf.ones(10) * am.mpi_rank(), 0, 2)   # rank 0 gets rank 2's
+    """
     site = CallSite("mpi_sendrecv", comm, collective=False)
     for arg, value in (("dest", dest), ("src", src)):
         if isinstance(value, tf.Tensor):

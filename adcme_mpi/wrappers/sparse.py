@@ -41,7 +41,12 @@ def _lib():
 
 def petsc_info():
     """{'version': PETSc's version string, 'hypre': bool} of the PETSc the
-    sparse ops were built against (loads it)."""
+    sparse ops were built against (loads it).
+
+    Example::
+
+        am.petsc_info()   # {'version': 'Petsc Release Version 3.26.1, ...', 'hypre': False}
+    """
     _, text = _c_text(_loader.sparse_library()[1].adcme_mpi_petsc_info)
     version, _, hypre = text.partition("\x1f")
     return {"version": version, "hypre": hypre == "1"}
@@ -63,7 +68,13 @@ def petsc_options(options):
     `petsc_options("-mysolve_ksp_type bcgs -mysolve_pc_type asm")`, read by
     solves that pass `options_prefix="mysolve_"` (full control of PETSc's
     KSP and PC). Local to this rank: call it on every rank. The environment
-    variable PETSC_OPTIONS works too."""
+    variable PETSC_OPTIONS works too.
+
+    Example::
+
+        am.petsc_options("-p_ksp_type bcgs -p_pc_type asm")
+        x = A.solve(b, options_prefix="p_")
+    """
     code, text = _c_text(_loader.sparse_library()[1].adcme_mpi_petsc_options, str(options).encode())
     if code != 0:
         raise ValueError(text)
@@ -121,7 +132,17 @@ class mpi_SparseTensor:
 
     Making one checks this rank's arguments; the stripes' tiling, N and the
     solver arguments are checked across ranks by the first op that uses the
-    matrix, with an error on every rank that names the ranks."""
+    matrix, with an error on every rank that names the ranks.
+
+    Example::
+
+        # 2 ranks, a 4 x 4 tridiagonal matrix: rank 0 rows 0..1, rank 1 rows 2..3
+        lo = 2 * am.mpi_rank()
+        pairs = [(i, j) for i in (lo, lo + 1) for j in (i - 1, i, i + 1) if 0 <= j < 4]
+        values = [2.0 if i == j else -1.0 for i, j in pairs]
+        A = am.mpi_SparseTensor(pairs, values, lo, lo + 1, 4)
+        y = A @ tf.ones(2, tf.float64)   # rank 0: [1, 0], rank 1: [0, 1]
+    """
 
     def __init__(self, indices, values, ilower, iupper, N, *, dtype=None, comm=None):
         site = CallSite("mpi_SparseTensor", comm, collective=True)
@@ -181,7 +202,14 @@ class mpi_SparseTensor:
     def from_csr(cls, rows, ncols, cols, values, ilower, iupper, N, *, dtype=None, comm=None):
         """ADCME's (and hypre's) second form: `rows` lists global row indices,
         `ncols[k]` the number of entries of row `rows[k]`, whose columns and
-        values follow in `cols` and `values`."""
+        values follow in `cols` and `values`.
+
+        Example::
+
+            # rank 0 of 2 owns rows 0..1 of a 4 x 4 matrix
+            A = am.mpi_SparseTensor.from_csr([0, 1], [2, 3], [0, 1, 0, 1, 2],
+                                             [2.0, -1.0, -1.0, 2.0, -1.0], 0, 1, 4)
+        """
         site = CallSite("mpi_SparseTensor.from_csr", comm, collective=True)
         rows = _index_array(site, "rows", rows, 1)
         ncols = _index_array(site, "ncols", ncols, 1)
@@ -201,7 +229,13 @@ class mpi_SparseTensor:
         """From a SciPy sparse matrix of this rank's rows (shape (m, N)), which
         are the global rows ilower..ilower+m-1. `values` (a tensor, one per
         stored entry in COO order) replaces the matrix's own values, to
-        differentiate with respect to them."""
+        differentiate with respect to them.
+
+        Example::
+
+            G = scipy.sparse.diags([-1, 2, -1], [-1, 0, 1], shape=(N, N), format="csr")
+            A = am.mpi_SparseTensor.from_scipy(G[lo : hi + 1], lo, N)
+        """
         coo = local.tocoo()
         pairs = np.stack([coo.row.astype(np.int64) + ilower, coo.col.astype(np.int64)], axis=1)
         data = coo.data if values is None else values
@@ -232,12 +266,23 @@ class mpi_SparseTensor:
 
     @property
     def T(self):
-        """The transpose: `A.T @ y` and `A.T.solve(b)`."""
+        """The transpose: `A.T @ y` and `A.T.solve(b)`.
+
+        Example::
+
+            z = A.T @ y
+        """
         return _Transposed(self)
 
     def to_dense(self):
         """The whole matrix as a dense N x N tensor on every rank (an
-        allreduce; for debugging and tests on small N). Differentiable."""
+        allreduce; for debugging and tests on small N). Differentiable.
+
+        Example::
+
+            with am.Session() as sess:
+                print(sess.run(A.to_dense()))   # N x N, on every rank
+        """
         from .collectives import mpi_allreduce
 
         pairs = np.stack([self.local_rows + self.ilower, self.cols], axis=1)
@@ -250,7 +295,12 @@ class mpi_SparseTensor:
         return mpi_sparse_matvec(self, x)
 
     def solve(self, b, solver=None, rtol=1e-10, atol=0.0, max_it=1000, options_prefix=None):
-        """x with A x = b; see mpi_sparse_solve."""
+        """x with A x = b; see mpi_sparse_solve.
+
+        Example::
+
+            x = A.solve(b, solver="GAMG", rtol=1e-10, max_it=500)
+        """
         return mpi_sparse_solve(self, b, solver, rtol, atol, max_it, options_prefix)
 
 
@@ -296,7 +346,13 @@ def _pattern(A):
 def mpi_sparse_matvec(A, x, transpose=False, *, name=None):
     """`A @ x` (or `A.T @ x`): this rank's rows of the product; `x` is this
     rank's slice. Gradient: with respect to x, the product with the
-    transpose; with respect to the values, g_i x_j (x_j from its owner)."""
+    transpose; with respect to the values, g_i x_j (x_j from its owner).
+
+    Example::
+
+        y = am.mpi_sparse_matvec(A, x)         # A @ x
+        z = am.mpi_sparse_matvec(A, y, True)   # A.T @ y
+    """
     site = CallSite("mpi_sparse_matvec", A._comm if isinstance(A, mpi_SparseTensor) else None, True)
     x = _vector(site, A, "x", x)
     lib = _lib()
@@ -339,10 +395,17 @@ def mpi_sparse_solve(
     after the named solver is set up, PETSc's options "-p_ksp_*", "-p_pc_*"
     (petsc_options or PETSC_OPTIONS) override it.
 
-    Not converging within max_it iterations to rtol (relative to |b|) or
+    Not converging within max_it iterations to rtol (relative to the norm of b) or
     atol is an InvalidArgumentError naming PETSc's reason, the iterations and
     the residual norm. Gradient: lambda = A^-T g (a transpose solve reusing
-    the preconditioner) for b; -lambda_i x_j for the value at (i, j)."""
+    the preconditioner) for b; -lambda_i x_j for the value at (i, j).
+
+    Example::
+
+        x = am.mpi_sparse_solve(A, b, solver="GAMG", rtol=1e-10)
+        loss = am.mpi_allreduce(tf.reduce_sum(x ** 2))
+        tf.gradients(loss, [A.values, b])   # one transpose solve
+    """
     site = CallSite("mpi_sparse_solve", A._comm if isinstance(A, mpi_SparseTensor) else None, True)
     b = _vector(site, A, "b", b)
     lib = _lib()
