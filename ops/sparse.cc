@@ -665,7 +665,15 @@ class SolveKernel : public MatrixKernel {
     KSP ksp = nullptr;
     TF_RETURN_IF_ERROR(Solver(site, s, &ksp));
     const double start = MPI_Wtime();
-    if (transpose_) {
+    // CG needs a symmetric matrix, so its transpose solve is the solve
+    // itself, with the same preconditioner. That also keeps hypre's
+    // BoomerAMG out of its transpose (HYPRE_BoomerAMGSolveT), which returned
+    // zeros as a converged answer with Debian's PETSc 3.18 (its default
+    // smoother has no transpose). GMRES (or any other KSP an options prefix
+    // picks) solves with the transpose.
+    PetscBool cg = PETSC_FALSE;
+    PETSC_OK(site, PetscObjectTypeCompare(reinterpret_cast<PetscObject>(ksp), KSPCG, &cg));
+    if (transpose_ && !cg) {
       PETSC_OK(site, KSPSolveTranspose(ksp, b, x));
     } else {
       PETSC_OK(site, KSPSolve(ksp, b, x));
