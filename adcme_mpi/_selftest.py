@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import adcme_mpi as am
 from adcme_mpi.op_table import OPS
+from adcme_mpi.wrappers.halo import near_square_grid
 from mpi4py import MPI  # noqa: E402  (after adcme_mpi: it picks the libmpi)
 
 COMM = MPI.COMM_WORLD
@@ -17,8 +18,7 @@ RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 
 
 def grid():
-    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
-    return m, SIZE // m
+    return near_square_grid(SIZE)
 
 
 def halo_reference(blocks, m, n):

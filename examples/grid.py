@@ -7,7 +7,8 @@ import os
 import sys
 
 import numpy as np
-from mpi4py import MPI
+from adcme_mpi.wrappers.halo import near_square_grid
+from mpi4py import MPI  # (after adcme_mpi: it picks the libmpi)
 
 
 class Patch:
@@ -47,10 +48,7 @@ class Patch:
 
 def default_grid(size):
     """A near-square m x n factorisation of the number of ranks."""
-    m = int(np.floor(np.sqrt(size)))
-    while size % m:
-        m -= 1
-    return m, size // m
+    return near_square_grid(size)
 
 
 def require_ranks(script, exactly=None, at_least=None):

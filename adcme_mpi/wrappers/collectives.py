@@ -9,7 +9,6 @@ gradients of gradients (Hessian-vector products) compose.
 """
 
 import tensorflow as tf
-from tensorflow.python.framework import ops as tf_ops
 
 from .. import ordering
 from .._loader import ops as lib
@@ -127,13 +126,13 @@ def _rooted_gradient(adjoint_kernel, reshape_like_input=False):
     return gradient
 
 
-tf_ops.RegisterGradient("MPISum")(_rooted_gradient(lib.mpi_bcast))
-tf_ops.RegisterGradient("MPIBcast")(_rooted_gradient(lib.mpi_sum))
-tf_ops.RegisterGradient("MPIGather")(_rooted_gradient(lib.mpi_scatter, reshape_like_input=True))
-tf_ops.RegisterGradient("MPIScatter")(_rooted_gradient(lib.mpi_gather))
+tf.RegisterGradient("MPISum")(_rooted_gradient(lib.mpi_bcast))
+tf.RegisterGradient("MPIBcast")(_rooted_gradient(lib.mpi_sum))
+tf.RegisterGradient("MPIGather")(_rooted_gradient(lib.mpi_scatter, reshape_like_input=True))
+tf.RegisterGradient("MPIScatter")(_rooted_gradient(lib.mpi_gather))
 
 
-@tf_ops.RegisterGradient("MPIAllreduce")
+@tf.RegisterGradient("MPIAllreduce")
 def _mpi_allreduce_grad(op, grad, token_grad):
     if not differentiable(op):
         return None, token_grad

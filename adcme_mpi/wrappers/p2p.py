@@ -16,7 +16,6 @@ for a send that its peer reaches without waiting on anything later.
 """
 
 import tensorflow as tf
-from tensorflow.python.framework import ops as tf_ops
 
 from .. import ordering
 from .._loader import ops as lib
@@ -92,7 +91,7 @@ def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
     return tf.identity(a, name=name) if not tf.executing_eagerly() else tf.convert_to_tensor(a)
 
 
-@tf_ops.RegisterGradient("MPISend")
+@tf.RegisterGradient("MPISend")
 def _mpi_send_grad(op, grad, token_grad):
     if not differentiable(op):
         return None, None, None, token_grad
@@ -102,7 +101,7 @@ def _mpi_send_grad(op, grad, token_grad):
     return grad + returned, None, None, token
 
 
-@tf_ops.RegisterGradient("MPIRecv")
+@tf.RegisterGradient("MPIRecv")
 def _mpi_recv_grad(op, grad, token_grad):
     if not differentiable(op):
         return None, None, None, token_grad

@@ -6,6 +6,7 @@ import tensorflow as tf
 from mpi4py import MPI
 
 import adcme_mpi as am
+from adcme_mpi.wrappers import halo
 
 COMM = MPI.COMM_WORLD
 RANK = COMM.Get_rank()
@@ -21,8 +22,7 @@ SHAPES = [(), (5,), (3, 4), (2, 3, 2), (32,), (64,), (65,)]
 
 def near_square_grid():
     """The most square m x n rank grid with m <= n (1x1, 1x2, 1x3, 2x2, 2x3)."""
-    m = max(d for d in range(1, SIZE + 1) if SIZE % d == 0 and d * d <= SIZE)
-    return m, SIZE // m
+    return halo.near_square_grid(SIZE)
 
 
 def even_odd_ring(t):
