@@ -23,6 +23,7 @@ from .runtime import (
     MPINotReadyError,
 )
 from .optimize import MPIOptimizeError, mpi_optimize
+from .wrappers._callsite import XLACompilationError
 from . import wrappers
 from .wrappers import *  # noqa: F403  (the op table's public names)
 
@@ -44,6 +45,7 @@ __all__ = [
     "mpi_sync",
     "register_comm",
     "PETScUnavailableError",
+    "XLACompilationError",
     "mpi_optimize",
     "MPIOptimizeError",
     "MPINotReadyError",

@@ -39,3 +39,11 @@ def exclude_from_autograph(package):
     rule = config_lib.DoNotConvert(package)
     if rule not in config.CONVERSION_RULES:
         config.CONVERSION_RULES = (rule,) + tuple(config.CONVERSION_RULES)
+
+
+def in_xla_compilation(graph):
+    """True while a tf.function(jit_compile=True) (or an XLA context of
+    tf.compat.v1) is being traced: everything created there must compile."""
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))

@@ -6,7 +6,7 @@ arguments into the tensors the ops take."""
 import numpy as np
 import tensorflow as tf
 
-from .. import runtime
+from .. import _tf_private, runtime
 from ..op_table import DATA_DTYPES as DATA_DTYPE_NAMES
 from ..op_table import message
 
@@ -21,11 +21,32 @@ def _static_int(value):
     return None
 
 
+class XLACompilationError(Exception):
+    """An MPI op was made inside tf.function(jit_compile=True). (An Exception
+    subclass with its own constructor untouched, so that AutoGraph re-raises it
+    as itself, not as a StagingError.)"""
+
+
 class CallSite:
     def __init__(self, op, comm, collective):
         self.op = op
         self.pair = runtime.comm_pair(comm, op, collective=collective)
         self.rank, self.size = self.pair.rank, self.pair.size
+        if not tf.executing_eagerly() and _tf_private.in_xla_compilation(
+            tf.compat.v1.get_default_graph()
+        ):
+            # TensorFlow would only fail when the function first runs, with
+            # "No registered 'MPI...' OpKernel for XLA_CPU_JIT devices"
+            raise self.error(
+                XLACompilationError,
+                "MPI ops cannot be compiled by XLA (this is inside "
+                "tf.function(jit_compile=True)). Compile the arithmetic and keep the MPI "
+                "ops outside: jit_compile=True on the functions that compute between them, "
+                "called from a plain tf.function or graph that makes the MPI ops; or let "
+                "XLA cluster everything between the MPI ops by itself: "
+                'TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" (README, '
+                '"XLA")',
+            )
 
     def __str__(self):
         return f"{self.op} (rank {self.rank} of {self.size})"

@@ -1,0 +1,77 @@
+"""XLA auto-clustering around the MPI ops (TF_XLA_FLAGS="--tf_xla_auto_jit=2
+--tf_xla_cpu_global_jit", which TensorFlow reads when it starts, so each
+setting is its own job): the heat stencil's loss and gradient, in graph mode
+and in tf.function, are the same with and without it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from launcher import launch
+
+AUTO_JIT = "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"
+
+CODE = """
+import json
+import numpy as np, tensorflow as tf, adcme_mpi as am
+from adcme_mpi.wrappers.halo import near_square_grid
+m, n = near_square_grid(am.mpi_size())
+u0 = np.random.default_rng([3, am.mpi_rank()]).standard_normal((16, 12))
+
+def heat(u, kappa):
+    for _ in range(10):
+        p = am.mpi_halo_exchange(u, m, n)
+        u = u + 0.05 * kappa * (p[1:-1, :-2] + p[1:-1, 2:] + p[:-2, 1:-1] + p[2:, 1:-1] - 4 * u)
+    return am.mpi_sum(tf.reduce_sum(u * u))
+
+@tf.function
+def in_function(u, kappa):
+    with tf.GradientTape() as tape:
+        tape.watch([u, kappa])
+        loss = heat(u, am.mpi_bcast(kappa))
+    return [loss] + tape.gradient(loss, [u, kappa])
+
+out = in_function(tf.constant(u0), tf.constant(0.9, tf.float64))
+results = {"function": [t.numpy().tolist() for t in out]}
+graph = tf.Graph()
+with graph.as_default():
+    u, kappa = tf.constant(u0), tf.constant(0.9, tf.float64)
+    loss = heat(u, am.mpi_bcast(kappa))
+    fetches = [loss] + tf.gradients(loss, [u, kappa])
+    with am.Session(graph=graph) as sess:
+        results["graph"] = [np.asarray(t).tolist() for t in sess.run(fetches)]
+print("RESULT", am.mpi_rank(), json.dumps(results), flush=True)
+"""
+
+
+def results(out):
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            _, rank, text = line.split(" ", 2)
+            found[int(rank)] = json.loads(text)
+    return found
+
+
+@pytest.mark.parametrize("n", [2])
+def test_auto_clustering_gives_the_same_loss_and_gradient(n, tmp_path):
+    plain = launch(n, None, code=CODE, timeout=240, env={"TF_XLA_FLAGS": ""})
+    # TensorFlow dumps the graphs it clustered: XLA really compiled something
+    flags = {"TF_XLA_FLAGS": AUTO_JIT + " --tf_xla_clustering_debug"}
+    xla = launch(
+        n, None, code=CODE, timeout=240, env={**flags, "TF_DUMP_GRAPH_PREFIX": str(tmp_path)}
+    )
+    assert plain.code == 0 and xla.code == 0, (plain, xla)
+    a, b = results(plain.out), results(xla.out)
+    assert sorted(a) == sorted(b) == list(range(n)), (plain, xla)
+    for rank in a:
+        for mode in ("graph", "function"):
+            for x, y in zip(a[rank][mode], b[rank][mode]):
+                np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
+    clustered = [
+        p
+        for p in tmp_path.glob("mark_for_compilation_annotated*")
+        if "_XlaCluster" in p.read_text()
+    ]
+    assert clustered, sorted(p.name for p in tmp_path.iterdir())
