@@ -80,6 +80,7 @@ print("finished normally")
 
 README = os.path.join(ROOT, "README.md")
 COMMAND = re.compile(
+    r'(?:TF_XLA_FLAGS="([^"]*)" )?'  # an environment prefix (README "XLA")
     r"(?:\.venv/bin/)?mpiexec -n (\d+) (?:\.venv/bin/)?python (examples/[\w/]+\.py)"
     r"([^`#\n|]*)"
 )
@@ -88,7 +89,10 @@ COMMAND = re.compile(
 def readme_commands():
     """Every `mpiexec -n N python examples/...` command README.md shows, as written."""
     with open(README) as f:
-        found = {(int(n), script, args.strip()) for n, script, args in COMMAND.findall(f.read())}
+        found = {
+            (int(n), script, args.strip(), xla)
+            for xla, n, script, args in COMMAND.findall(f.read())
+        }
     return sorted(found)
 
 
@@ -134,7 +138,7 @@ EXPECT = {
 
 
 def test_readme_shows_every_example():
-    shown = {script for _, script, _ in readme_commands()}
+    shown = {script for _, script, _, _ in readme_commands()}
     present = {
         f"examples/{f}"
         for f in os.listdir(os.path.join(ROOT, "examples"))
@@ -144,15 +148,18 @@ def test_readme_shows_every_example():
 
 
 @pytest.mark.parametrize(
-    "n,script,args", readme_commands(), ids=[f"{s} {a}".strip() for _, s, a in readme_commands()]
+    "n,script,args,xla_flags",
+    readme_commands(),
+    ids=[f"{s} {a}{' (XLA)' if x else ''}".strip() for _, s, a, x in readme_commands()],
 )
-def test_readme_command(n, script, args, tmp_path):
+def test_readme_command(n, script, args, xla_flags, tmp_path):
     """README.md's example commands, exactly as written (run in a fresh
     directory, where their --out folders land): exit 0, the right numbers,
     and the figures where --out is given."""
     if script in SPARSE_EXAMPLES and not petsc_built():
         pytest.skip("the sparse ops were not built (no PETSc); README 'Sparse matrices'")
-    result = launch(n, [script, *args.split()], timeout=300, cwd=str(tmp_path))
+    env = {"TF_XLA_FLAGS": xla_flags}
+    result = launch(n, [script, *args.split()], timeout=300, cwd=str(tmp_path), env=env)
     assert result.code == 0, result
     check = EXPECT.get(script)
     assert check is None or check(result.out, n), result
