@@ -339,8 +339,28 @@ def _vector(site, A, arg, v):
     return t
 
 
-def _pattern(A):
-    return tf.constant(A.row_ptr), tf.constant(A.cols)
+def _site(op, A):
+    return CallSite(op, A._comm if isinstance(A, mpi_SparseTensor) else None, True)
+
+
+def _run(site, A, kernel, vector, name, **attrs):
+    """One product or solve op of `A` with `vector`, in program order."""
+    make = getattr(_lib(), kernel)
+    row_ptr, cols = tf.constant(A.row_ptr), tf.constant(A.cols)
+    return ordering.run_in_order(
+        lambda token: make(
+            row_ptr,
+            cols,
+            A.values,
+            vector,
+            token,
+            N=A.N,
+            ilower=A.ilower,
+            name=name,
+            **attrs,
+            **site.comm_attrs,
+        )
+    )[0]
 
 
 def mpi_sparse_matvec(A, x, transpose=False, *, name=None):
@@ -353,24 +373,9 @@ def mpi_sparse_matvec(A, x, transpose=False, *, name=None):
         y = am.mpi_sparse_matvec(A, x)         # A @ x
         z = am.mpi_sparse_matvec(A, y, True)   # A.T @ y
     """
-    site = CallSite("mpi_sparse_matvec", A._comm if isinstance(A, mpi_SparseTensor) else None, True)
+    site = _site("mpi_sparse_matvec", A)
     x = _vector(site, A, "x", x)
-    lib = _lib()
-    row_ptr, cols = _pattern(A)
-    return ordering.run_in_order(
-        lambda token: lib.mpi_sparse_mat_vec(
-            row_ptr,
-            cols,
-            A.values,
-            x,
-            token,
-            N=A.N,
-            ilower=A.ilower,
-            transpose=bool(transpose),
-            name=name,
-            **site.comm_attrs,
-        )
-    )[0]
+    return _run(site, A, "mpi_sparse_mat_vec", x, name, transpose=bool(transpose))
 
 
 def mpi_sparse_solve(
@@ -406,9 +411,8 @@ def mpi_sparse_solve(
         loss = am.mpi_allreduce(tf.reduce_sum(x ** 2))
         tf.gradients(loss, [A.values, b])   # one transpose solve
     """
-    site = CallSite("mpi_sparse_solve", A._comm if isinstance(A, mpi_SparseTensor) else None, True)
+    site = _site("mpi_sparse_solve", A)
     b = _vector(site, A, "b", b)
-    lib = _lib()
     solver = default_solver() if solver is None else solver
     if solver not in SOLVERS:
         raise site.error(
@@ -422,26 +426,17 @@ def mpi_sparse_solve(
             f"arguments 'rtol' = {rtol}, 'atol' = {atol}, 'max_it' = {max_it}: "
             "need 0 <= rtol < 1, atol >= 0, max_it >= 1",
         )
-    row_ptr, cols = _pattern(A)
-    return ordering.run_in_order(
-        lambda token: lib.mpi_sparse_solve(
-            row_ptr,
-            cols,
-            A.values,
-            b,
-            token,
-            N=A.N,
-            ilower=A.ilower,
-            transpose=bool(transpose),
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            max_it=max_it,
-            options_prefix=options_prefix or "",
-            name=name,
-            **site.comm_attrs,
-        )
-    )[0]
+    settings = {"solver": solver, "rtol": rtol, "atol": atol, "max_it": max_it}
+    return _run(
+        site,
+        A,
+        "mpi_sparse_solve",
+        b,
+        name,
+        transpose=bool(transpose),
+        options_prefix=options_prefix or "",
+        **settings,
+    )
 
 
 # ---- gradients: every one from the ops above, on the gradient communicator ----
