@@ -502,25 +502,21 @@ def _solve_grad(op, grad, token_grad):
     return None, None, -grad_values, lam, token
 
 
-@tf.RegisterGradient("MPISparseGather")
-def _gather_grad(op, grad, token_grad):
-    row_ptr, cols = op.inputs[0], op.inputs[1]
-    g = cotangent(op, grad)
-    out, token = adjoint(
-        op,
-        token_grad,
-        lambda t, **c: _lib().mpi_sparse_scatter_add(row_ptr, cols, g, t, **_layout(op), **c),
-    )
-    return None, None, out, token
+def _pair_gradient(adjoint_kernel):
+    """The gather and the scatter-add are linear in their data and each
+    other's adjoint: each one's gradient is the other op."""
+
+    def gradient(op, grad, token_grad):
+        row_ptr, cols = op.inputs[0], op.inputs[1]
+        g = cotangent(op, grad)
+        make = getattr(_lib(), adjoint_kernel)
+        out, token = adjoint(
+            op, token_grad, lambda t, **c: make(row_ptr, cols, g, t, **_layout(op), **c)
+        )
+        return None, None, out, token
+
+    return gradient
 
 
-@tf.RegisterGradient("MPISparseScatterAdd")
-def _scatter_add_grad(op, grad, token_grad):
-    row_ptr, cols = op.inputs[0], op.inputs[1]
-    g = cotangent(op, grad)
-    out, token = adjoint(
-        op,
-        token_grad,
-        lambda t, **c: _lib().mpi_sparse_gather(row_ptr, cols, g, t, **_layout(op), **c),
-    )
-    return None, None, out, token
+tf.RegisterGradient("MPISparseGather")(_pair_gradient("mpi_sparse_scatter_add"))
+tf.RegisterGradient("MPISparseScatterAdd")(_pair_gradient("mpi_sparse_gather"))
