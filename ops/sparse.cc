@@ -182,6 +182,15 @@ absl::Status StartPetsc(const CallSite& site) {
     PETSC_OK(site, PetscPopSignalHandler());
   }
   PETSC_OK(site, PetscPushErrorHandler(RecordError, nullptr));
+  // How PETSc finds out who sends to whom (PetscCommBuildTwoSided: GAMG's
+  // set-up, matrix assembly): its default here posts MPI_ANY_SOURCE receives,
+  // which never completed with MPICH 5 (ch4:ucx) across hosts over TCP; the
+  // 2-host run hung in GAMG's set-up, also with "allreduce". The "ibarrier"
+  // variant (MPI_Issend, MPI_Iprobe, MPI_Ibarrier) works there and on every
+  // MPI tested. A -build_twosided of the user's (PETSC_OPTIONS) still wins.
+  PetscBool chosen = PETSC_FALSE;
+  PETSC_OK(site, PetscOptionsHasName(nullptr, nullptr, "-build_twosided", &chosen));
+  if (!chosen) PETSC_OK(site, PetscOptionsSetValue(nullptr, "-build_twosided", "ibarrier"));
   petsc_started = true;
   return absl::OkStatus();
 }
