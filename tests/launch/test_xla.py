@@ -41,29 +41,30 @@ with graph.as_default():
     fetches = [loss] + tf.gradients(loss, [u, kappa])
     with am.Session(graph=graph) as sess:
         results["graph"] = [np.asarray(t).tolist() for t in sess.run(fetches)]
-print("RESULT", am.mpi_rank(), json.dumps(results), flush=True)
+# one file per rank: long lines from several ranks interleave on mpiexec's stdout
+import os
+with open(os.path.join(os.environ["XLA_TEST_OUT"], f"rank{am.mpi_rank()}.json"), "w") as f:
+    json.dump(results, f)
 """
 
 
-def results(out):
-    found = {}
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            _, rank, text = line.split(" ", 2)
-            found[int(rank)] = json.loads(text)
-    return found
+def results(folder):
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))}
 
 
 @pytest.mark.parametrize("n", [2])
 def test_auto_clustering_gives_the_same_loss_and_gradient(n, tmp_path):
-    plain = launch(n, None, code=CODE, timeout=240, env={"TF_XLA_FLAGS": ""})
-    # TensorFlow dumps the graphs it clustered: XLA really compiled something
-    flags = {"TF_XLA_FLAGS": AUTO_JIT + " --tf_xla_clustering_debug"}
-    xla = launch(
-        n, None, code=CODE, timeout=240, env={**flags, "TF_DUMP_GRAPH_PREFIX": str(tmp_path)}
+    plain_out, xla_out, dumps = (tmp_path / name for name in ("plain", "xla", "dumps"))
+    for folder in (plain_out, xla_out, dumps):
+        folder.mkdir()
+    plain = launch(
+        n, None, code=CODE, timeout=240, env={"TF_XLA_FLAGS": "", "XLA_TEST_OUT": str(plain_out)}
     )
+    # TensorFlow dumps the graphs it clustered: XLA really compiled something
+    flags = {"TF_XLA_FLAGS": AUTO_JIT + " --tf_xla_clustering_debug", "XLA_TEST_OUT": str(xla_out)}
+    xla = launch(n, None, code=CODE, timeout=240, env={**flags, "TF_DUMP_GRAPH_PREFIX": str(dumps)})
     assert plain.code == 0 and xla.code == 0, (plain, xla)
-    a, b = results(plain.out), results(xla.out)
+    a, b = results(plain_out), results(xla_out)
     assert sorted(a) == sorted(b) == list(range(n)), (plain, xla)
     for rank in a:
         for mode in ("graph", "function"):
@@ -71,7 +72,7 @@ def test_auto_clustering_gives_the_same_loss_and_gradient(n, tmp_path):
                 np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
     clustered = [
         p
-        for p in tmp_path.glob("mark_for_compilation_annotated*")
+        for p in dumps.glob("mark_for_compilation_annotated*")
         if "_XlaCluster" in p.read_text()
     ]
-    assert clustered, sorted(p.name for p in tmp_path.iterdir())
+    assert clustered, sorted(p.name for p in dumps.iterdir())
