@@ -71,8 +71,6 @@ def test_auto_clustering_gives_the_same_loss_and_gradient(n, tmp_path):
             for x, y in zip(a[rank][mode], b[rank][mode]):
                 np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
     clustered = [
-        p
-        for p in dumps.glob("mark_for_compilation_annotated*")
-        if "_XlaCluster" in p.read_text()
+        p for p in dumps.glob("mark_for_compilation_annotated*") if "_XlaCluster" in p.read_text()
     ]
     assert clustered, sorted(p.name for p in dumps.iterdir())
