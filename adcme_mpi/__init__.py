@@ -1,7 +1,9 @@
 """adcme_mpi: differentiable MPI for TensorFlow.
 
 Importing the package initialises MPI (as importing mpi4py.MPI does), loads the
-op library and checks that it and mpi4py share one libmpi.
+op library and checks that it and mpi4py share one libmpi. Nothing collective:
+the ops' communicators are duplicated by mpi_init() or by the first collective
+op on them.
 """
 
 from . import _loader  # noqa: F401  (first: picks the libmpi before mpi4py.MPI loads one)
@@ -30,7 +32,7 @@ from .wrappers import *  # noqa: F403  (the op table's public names)
 __version__ = "0.2.0"
 
 _tf_private.exclude_from_autograph("adcme_mpi")
-mpi_init()
+runtime._initialize_mpi()
 
 __all__ = [
     "Session",

@@ -44,11 +44,9 @@ class _CommPair:
     the cross-rank checks of both (so a rank in a forward op and a rank in a
     gradient op see that they disagree)."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, op):
         self.user = comm
-        self.forward = comm.Dup()
-        self.backward = comm.Dup()
-        self.check = comm.Dup()
+        self.forward, self.backward, self.check = _duplicate(comm, 3, op)
         for c in (self.forward, self.backward, self.check):
             c.Set_errhandler(MPI.ERRORS_RETURN)  # the ops turn error codes into exceptions
         _loader.capi.adcme_mpi_register_comms(
@@ -69,12 +67,42 @@ class _CommPair:
         return self.backward.py2f()
 
 
+def _duplicate(comm, count, op):
+    """`count` duplicates of `comm`: a collective, made on first use. It is
+    made non-blocking and waited for under the watchdog (ADCME_MPI_TIMEOUT),
+    so a rank whose peers never make an op on `comm` is told so instead of
+    waiting unseen."""
+    made = [comm.Idup() for _ in range(count)]
+    requests = [request for _, request in made]
+    timeout = float(os.environ.get("ADCME_MPI_TIMEOUT") or 0)
+    start = time.monotonic()
+    polls = 0
+    while not MPI.Request.Testall(requests):
+        polls += 1
+        if polls > 1000:
+            time.sleep(0.001)  # yield the core: peers may share it
+        waited = time.monotonic() - start
+        if timeout > 0 and waited > timeout:
+            rank = MPI.COMM_WORLD.Get_rank()
+            sys.stderr.write(
+                f"adcme_mpi watchdog: {op} (rank {comm.Get_rank()} of {comm.Get_size()}) waited "
+                f"{waited:.1f} s (ADCME_MPI_TIMEOUT={timeout:g}) for every rank of "
+                f"{_comm_name(comm)} to make its first op on it (that duplicates the "
+                "communicator, a collective; call adcme_mpi.mpi_init() on every rank first if "
+                f"some make no op); aborting the job (world rank {rank})\n"
+            )
+            sys.stderr.flush()
+            time.sleep(0.5)  # let mpiexec forward the message
+            MPI.COMM_WORLD.Abort(124)
+    return [duplicate for duplicate, _ in made]
+
+
 _pairs = {}  # user comm handle -> _CommPair
 _lock = threading.Lock()
 
 
-def _register(comm):
-    pair = _CommPair(comm)
+def _register(comm, op):
+    pair = _CommPair(comm, op)
     _pairs[comm.py2f()] = pair
     return pair
 
@@ -91,10 +119,14 @@ def register_comm(comm):
         am.register_comm(half)   # on every rank of `half`
         y = am.mpi_send(x, 1, comm=half) if half.Get_rank() == 0 else am.mpi_recv(x, 0, comm=half)
     """
-    require_mpi()
+    return _registered(comm, "register_comm")
+
+
+def _registered(comm, op):
+    require_mpi(op)
     with _lock:
         pair = _pairs.get(comm.py2f())
-        return pair if pair is not None else _register(comm)
+        return pair if pair is not None else _register(comm, op)
 
 
 def comm_pair(comm, op, collective):
@@ -110,13 +142,26 @@ def comm_pair(comm, op, collective):
     pair = _pairs.get(comm.py2f())
     if pair is None:
         if not collective:
-            raise ValueError(
-                f"{op} (rank {comm.Get_rank()}): communicator {comm} is not registered; call "
-                "adcme_mpi.register_comm(comm) on all of its ranks first (a collective op on it "
-                "does that too)"
+            # registering duplicates the communicator, a collective; a
+            # point-to-point op is not made by every rank, so doing it here
+            # could wait forever for ranks that make no op
+            call = (
+                "adcme_mpi.mpi_init() on every rank first, as ADCME scripts begin"
+                if comm == MPI.COMM_WORLD
+                else "adcme_mpi.register_comm(comm) on all of its ranks first"
             )
-        pair = register_comm(comm)
+            raise ValueError(
+                f"{op} (rank {comm.Get_rank()} of {comm.Get_size()}): {_comm_name(comm)} is not "
+                f"prepared for the ops yet; call {call} (it duplicates the communicator, a "
+                "collective; the first collective op on it does that too, a point-to-point op "
+                "cannot: ranks make different ones)"
+            )
+        pair = _registered(comm, op)
     return pair
+
+
+def _comm_name(comm):
+    return "COMM_WORLD" if comm == MPI.COMM_WORLD else str(comm)
 
 
 def mpi_initialized():
@@ -153,14 +198,10 @@ def require_mpi(op="adcme_mpi"):
         raise MPINotReadyError(f"{op}: MPI is not initialized; call adcme_mpi.mpi_init() first")
 
 
-def mpi_init():
-    """Initialise MPI (thread-safe level) once; later calls do nothing.
-
-    Example::
-
-        import adcme_mpi as am
-        am.mpi_init()   # the import did it already: nothing happens
-    """
+def _initialize_mpi():
+    """What `import adcme_mpi` does: initialise MPI (thread-safe level) if
+    needed and install the exit hooks. Nothing collective: the ops'
+    communicators are duplicated on first use (or by mpi_init)."""
     if MPI.Is_finalized():
         raise MPINotReadyError("mpi_init: MPI was already finalized and cannot be restarted")
     if not MPI.Is_initialized():
@@ -172,9 +213,36 @@ def mpi_init():
             "MPI_THREAD_SERIALIZED (its kernels run on a TensorFlow worker thread). "
             "Do not set mpi4py.rc.thread_level below 'serialized'."
         )
-    register_comm(MPI.COMM_WORLD)
     _install_abort_on_uncaught_exception()
-    atexit.register(_at_exit)  # runs before mpi4py's own finalisation (registered earlier)
+    global _exit_registered
+    if not _exit_registered:
+        _exit_registered = True
+        atexit.register(_at_exit)  # runs before mpi4py's own finalisation (registered earlier)
+
+
+_exit_registered = False
+
+
+def mpi_init():
+    """Initialise MPI (thread-safe level) and prepare COMM_WORLD for the ops.
+    A collective: call it on every rank, first, as ADCME scripts do. Later
+    calls do nothing.
+
+    Importing the package initialises MPI but does nothing collective; without
+    mpi_init, the first collective op on COMM_WORLD prepares it (every rank
+    makes that op, so that is safe). Point-to-point ops need it done first,
+    since ranks make different ones (rank 2 sends, rank 0 receives, ranks 1
+    and 3 make no op).
+
+    Example::
+
+        import adcme_mpi as am
+        am.mpi_init()
+        if am.mpi_rank() == 2:
+            am.mpi_send(tf.constant([1.0, 2.0]), 0)
+    """
+    _initialize_mpi()
+    _registered(MPI.COMM_WORLD, "mpi_init")
 
 
 def end_of_program_check():

@@ -23,6 +23,7 @@ from mpi4py import MPI  # noqa: E402
 
 
 tf.compat.v1.disable_eager_execution()
+am.mpi_init()  # the sendrecv rows may make the first op
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 PEER = 1 - RANK if SIZE == 2 else None

@@ -11,9 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from grid import print_in_rank_order, require_ranks
+from adcme_mpi.apps.grid import print_in_rank_order, require_ranks
 
 tf.compat.v1.disable_eager_execution()
+am.mpi_init()  # collective, first: ranks 1 and 3 make no point-to-point op
 require_ranks("send_recv.py", at_least=3)
 
 r = am.mpi_rank()

@@ -15,6 +15,7 @@ PRELUDE = """
 import numpy as np, tensorflow as tf, adcme_mpi as am
 from mpi4py import MPI
 tf.compat.v1.disable_eager_execution()
+am.mpi_init()
 r, n = am.mpi_rank(), am.mpi_size()
 def run(t):
     with am.Session() as s:

@@ -14,8 +14,11 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ADCME_MPI_TIMEOUT", "120")  # stuck MPI waits abort with a named op
 
-import adcme_mpi  # noqa: E402,F401  (first: it picks the libmpi mpi4py loads)
+import adcme_mpi  # noqa: E402  (first: it picks the libmpi mpi4py loads)
 from mpi4py import MPI  # noqa: E402
+
+# as ADCME scripts begin: point-to-point tests may be the first to make an op
+adcme_mpi.mpi_init()
 
 RANK = MPI.COMM_WORLD.Get_rank()
 SIZE = MPI.COMM_WORLD.Get_size()
