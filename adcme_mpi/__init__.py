@@ -27,6 +27,7 @@ from .runtime import (
 from .optimize import MPIOptimizeError, mpi_optimize
 from .wrappers._callsite import XLACompilationError
 from . import wrappers
+from . import linalg  # noqa: E402  (after wrappers: it builds on them)
 from .wrappers import *  # noqa: F403  (the op table's public names)
 
 __version__ = "0.2.0"
@@ -55,4 +56,5 @@ __all__ = [
     "MPINotReady",
     "MPILibraryMismatch",
     "ordering",
+    "linalg",
 ] + wrappers.__all__

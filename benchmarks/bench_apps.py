@@ -9,17 +9,13 @@ applications.
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
+from adcme_mpi.apps import heat, poisson
 from mpi4py import MPI  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-import heat  # noqa: E402
-import poisson  # noqa: E402
 
 COMM = MPI.COMM_WORLD
 

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import signal
-import sys
 import time
 
 import numpy as np
@@ -35,29 +34,15 @@ import tensorflow as tf
 
 import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
 from adcme_mpi import op_table  # noqa: E402
+from adcme_mpi.apps import heat, poisson, preconditioners
+from adcme_mpi.apps.communication import LocalOps, MPIOps
+from adcme_mpi.apps.grid import default_grid
 from mpi4py import MPI  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-import heat  # noqa: E402
-import poisson  # noqa: E402
-from grid import default_grid  # noqa: E402
 
 COMM = MPI.COMM_WORLD
 MPI_TYPES = op_table.TYPES  # every MPI op type (adcme_mpi/op_table.py)
-
-
-def without_communication():
-    """Replace the ops the applications use by local stand-ins of the same shape."""
-
-    def halo(u, m, n, fill_value=0.0, comm=None, width=1, **_):
-        pad = [[width, width], [width, width]]
-        return tf.pad(u, pad, constant_values=tf.cast(fill_value, u.dtype))
-
-    am.mpi_halo_exchange = halo
-    am.mpi_allreduce = lambda a, comm=None, **_: tf.identity(a)
-    am.mpi_bcast = lambda a, root=0, comm=None, **_: tf.identity(a)
-    am.mpi_sum = lambda a, root=0, comm=None, **_: tf.identity(a)
 
 
 def global_size(args, m, n):
@@ -70,14 +55,21 @@ def global_size(args, m, n):
 
 
 def build(args, N, grid):
+    # --no-comm: local stand-ins of the same shapes (the node's own limit)
+    ops = LocalOps() if args.no_comm else MPIOps()
     if args.app == "heat":
         T = args.steps * 0.5 / (N + 1) ** 2 / (4 * heat.KAPPA_MAX)  # stable
-        problem = heat.HeatProblem(N=N, steps=args.steps, T=T, grid=grid, snapshots=1)
+        problem = heat.HeatProblem(N=N, steps=args.steps, T=T, grid=grid, snapshots=1, ops=ops)
         observed = tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
         params, loss, grad = heat.build_inverse(problem, observed)
         return problem, params, loss, grad, heat.TRUE_THETA
     problem = poisson.PoissonProblem(
-        N=N, grid=grid, tol=0.0, maxiter=args.iterations, preconditioner=args.preconditioner
+        N=N,
+        grid=grid,
+        tol=0.0,
+        maxiter=args.iterations,
+        preconditioner=args.preconditioner,
+        ops=ops,
     )
     observed = tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64)
     params, loss, grad = poisson.build_inverse(problem, observed)
@@ -190,9 +182,9 @@ def write_result(path, row):
 def count_iterations(args, N, grid):
     problem = poisson.PoissonProblem(N=N, grid=grid, preconditioner=args.preconditioner)
     with tf.Graph().as_default() as graph:
-        problem.solve(tf.constant(poisson.exact_kappa(problem.xb, problem.yb)))
+        _, counted = problem.solve_counted(tf.constant(poisson.exact_kappa(problem.xb, problem.yb)))
         with am.Session(graph=graph) as sess:
-            iterations = int(sess.run(problem.iterations))
+            iterations = int(sess.run(counted))
     row = {
         "app": "poisson",
         "blocks_per_side": grid[0],
@@ -212,7 +204,7 @@ def time_v_cycle(args):
     tf.while_loop, per V-cycle; its one-rank gather included)."""
     k = args.block
     problem = poisson.PoissonProblem(N=k, grid=(1, 1), comm=MPI.COMM_SELF, preconditioner=None)
-    problem.preconditioner = poisson.Multigrid(problem, coarsen_blocks=False)
+    problem.preconditioner = preconditioners.Multigrid(problem, coarsen_blocks=False)
     cycles = 20
     with tf.Graph().as_default() as graph:
         kappa = tf.constant(poisson.exact_kappa(problem.xb, problem.yb))
@@ -238,7 +230,7 @@ def time_v_cycle(args):
         "v_cycle_s": float(np.median(times)),
         "spread_s": [float(min(times)), float(max(times))],
         "rounds": args.rounds,
-        "levels": [[lv["rows"], lv["cols"]] for lv in problem.preconditioner.gathered_levels],
+        "levels": [[lv.rows, lv.cols] for lv in problem.preconditioner.gathered_levels],
     }
     write_result(args.out, row)
 
@@ -272,7 +264,6 @@ def main():
             # its coarse grid is gathered by an allreduce: without one, the other
             # ranks' cells are zeros and the coarsest matrix is singular
             parser.error("--no-comm with --preconditioner multigrid needs 1 rank")
-        without_communication()
     size = COMM.Get_size()
     grid = default_grid(size)
     N = global_size(args, *grid)
@@ -301,11 +292,11 @@ def main():
         }
         if args.app == "poisson":
             row["preconditioner"] = args.preconditioner
-            if isinstance(problem.preconditioner, poisson.Multigrid):
+            if isinstance(problem.preconditioner, preconditioners.Multigrid):
                 mg = problem.preconditioner
-                row["multigrid_levels"] = [[lv["rows"], lv["cols"]] for lv in mg.levels]
+                row["multigrid_levels"] = [[lv.rows, lv.cols] for lv in mg.levels]
                 row["multigrid_exchanges"] = [mg.halo_exchanges(lv) for lv in mg.levels]
-                row["multigrid_gathered"] = [[lv["rows"], lv["cols"]] for lv in mg.gathered_levels]
+                row["multigrid_gathered"] = [[lv.rows, lv.cols] for lv in mg.gathered_levels]
         config = {"intra_op_parallelism_threads": 1}
         with am.Session(graph=graph, **config) as sess:
             if args.link_delays_us:

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from grid import print_in_rank_order, require_ranks
+from adcme_mpi.apps.grid import print_in_rank_order, require_ranks
 
 tf.compat.v1.disable_eager_execution()
 require_ranks("broadcast.py", at_least=4)

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from grid import print_in_rank_order
+from adcme_mpi.apps.grid import print_in_rank_order
 
 tf.compat.v1.disable_eager_execution()
 

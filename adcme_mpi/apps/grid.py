@@ -1,4 +1,4 @@
-"""Helpers shared by the examples: an N x N grid of interior nodes on [0,1]^2
+"""Helpers shared by the applications and examples: an N x N grid of interior nodes on [0,1]^2
 (h = 1/(N+1), zero Dirichlet boundary) split into m x n patches, rank r owning
 patch (r // n, r % n); the inverse problems' objective recorder and figures;
 printing in rank order."""
@@ -7,8 +7,9 @@ import os
 import sys
 
 import numpy as np
-from adcme_mpi.wrappers.halo import near_square_grid
-from mpi4py import MPI  # (after adcme_mpi: it picks the libmpi)
+from mpi4py import MPI
+
+from ..wrappers.halo import near_square_grid
 
 
 class Patch:

@@ -16,15 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
+from adcme_mpi.apps import heat, poisson
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "mpi"))
-import heat  # noqa: E402
-import poisson  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "mpi"))  # the tests' helpers
 from helpers import near_square_grid, rosenbrock_weighted_by_rank  # noqa: E402
 
 tf.compat.v1.disable_eager_execution()
+am.mpi_init()
 RANK, SIZE = am.mpi_rank(), am.mpi_size()
 
 

@@ -1,10 +1,10 @@
-"""The heat and Poisson applications (examples/heat.py, examples/poisson.py),
+"""The heat and Poisson applications (adcme_mpi.apps: heat, poisson, the
+preconditioners and transfer operators, the sparse ones),
 small enough for CI: forward on N ranks against one rank (COMM_SELF) and
 against scipy.sparse, the adjoint-method gradient against central finite
 differences, and loss reductions of the inverse problems."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +16,7 @@ from mpi4py import MPI
 import adcme_mpi as am
 from helpers import RANK, SIZE, run_graph
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-import heat  # noqa: E402
-import poisson  # noqa: E402
+from adcme_mpi.apps import heat, poisson, preconditioners, transfer
 
 N = 12  # divisible by every grid the default factorisation picks for 1, 2, 3, 4, 6 ranks
 
@@ -86,8 +84,7 @@ def test_poisson_block_jacobi_same_solution_fewer_iterations():
 
     def solve(preconditioner):
         prob = poisson.PoissonProblem(N=24, preconditioner=preconditioner)
-        u = prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
-        return [u, prob.iterations]
+        return list(prob.solve_counted(tf.constant(poisson.exact_kappa(prob.xb, prob.yb))))
 
     results = {pc: run_graph(lambda pc=pc: solve(pc)) for pc in ("block-jacobi", None)}
     (u_pc, its_pc), (u_cg, its_cg) = results["block-jacobi"], results[None]
@@ -101,8 +98,7 @@ def test_poisson_two_level_same_solution_iterations_flat():
 
     def solve(preconditioner):
         prob = poisson.PoissonProblem(N=24, preconditioner=preconditioner)
-        u = prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
-        return [u, prob.iterations]
+        return list(prob.solve_counted(tf.constant(poisson.exact_kappa(prob.xb, prob.yb))))
 
     u_2l, its_2l = run_graph(lambda: solve("two-level"))
     u_bj, its_bj = run_graph(lambda: solve("block-jacobi"))
@@ -117,8 +113,7 @@ def test_poisson_multigrid_same_solution_iterations_as_one_rank():
     32-42 on 2-6 ranks)."""
 
     def solve(prob):
-        u = prob.solve(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
-        return [u, prob.iterations]
+        return list(prob.solve_counted(tf.constant(poisson.exact_kappa(prob.xb, prob.yb))))
 
     prob = poisson.PoissonProblem(N=24, preconditioner="multigrid")
     one = poisson.PoissonProblem(N=24, grid=(1, 1), comm=MPI.COMM_SELF, preconditioner="multigrid")
@@ -135,12 +130,12 @@ def test_poisson_multigrid_gathered_at_once_solves_the_same_problem():
     benchmarks/scaling.py --mode vcycle times, is a working preconditioner
     too: the same solution, in no more iterations than block-Jacobi needs."""
     prob = poisson.PoissonProblem(N=24, preconditioner=None)
-    prob.preconditioner = poisson.Multigrid(prob, coarsen_blocks=False)
+    prob.preconditioner = preconditioners.Multigrid(prob, coarsen_blocks=False)
     assert len(prob.preconditioner.levels) == 1
     reference = poisson.PoissonProblem(N=24, preconditioner="block-jacobi")
 
     def solve(p):
-        return [p.solve(tf.constant(poisson.exact_kappa(p.xb, p.yb))), p.iterations]
+        return list(p.solve_counted(tf.constant(poisson.exact_kappa(p.xb, p.yb))))
 
     u, its, u_bj, its_bj = run_graph(lambda: solve(prob) + solve(reference))
     np.testing.assert_allclose(u, u_bj, rtol=0, atol=1e-10 * np.max(np.abs(u_bj)))
@@ -178,11 +173,11 @@ def test_poisson_multigrid_on_rings_is_the_same_v_cycle(N):
     every sweep, on every rank: at the block edges, the physical boundary
     and the corners the redundant values are the neighbours' own."""
 
-    class ExchangingEverySweep(poisson.Multigrid):
+    class ExchangingEverySweep(preconditioners.Multigrid):
         RING = 10**6  # no level is that large: none smooths on rings
 
     prob = poisson.PoissonProblem(N=N, preconditioner="multigrid")
-    on_rings = [level.get("on_rings", False) for level in prob.preconditioner.levels]
+    on_rings = [bool(g.transfer and g.transfer.on_rings) for g in prob.preconditioner.levels]
     assert any(on_rings) == (min(prob.patch.rows, prob.patch.cols) >= 3), on_rings
     r = np.random.default_rng(RANK).standard_normal((prob.patch.rows, prob.patch.cols))
 
@@ -228,13 +223,13 @@ def test_multigrid_interpolation_is_linear_and_reaches_as_far_as_the_halo(fine):
     `reach` cells is enough and no wider than needed. Restriction is the
     literal transpose of the same matrix; the multi-rank SPD test above
     checks it across blocks and boundaries."""
-    coarse = poisson.halved(fine)
-    reach = poisson.restriction_reach(fine, coarse)
+    coarse = transfer.halved(fine)
+    reach = transfer.restriction_reach(fine, coarse)
     assert reach <= 1 and (coarse < fine) == (reach == 1), (fine, coarse, reach)
     H = fine / coarse
     coarse_x = (np.arange(-1, coarse + 1) + 0.5) * H  # in fine widths
     beyond = reach + 1
-    P = poisson.linear_interpolation(fine, coarse, beyond)
+    P = transfer.linear_interpolation(fine, coarse, beyond)
     fine_x = np.arange(-beyond, fine + beyond) + 0.5
     for a, b in [(1.0, 0.0), (0.3, -1.7)]:
         inside = P[1 : fine + 2 * beyond - 1]  # every row but the ones one past the reach
@@ -243,8 +238,8 @@ def test_multigrid_interpolation_is_linear_and_reaches_as_far_as_the_halo(fine):
     assert not P[[0, -1]][:, own].any(), "a cell past the reach takes this block's coarse cells"
     if reach:
         assert P[[1, -2]][:, own].any(), "the reach is wider than needed"
-    np.testing.assert_array_equal(poisson.linear_interpolation(fine, coarse), P[beyond:-beyond])
-    average = poisson.cell_average(fine, coarse)
+    np.testing.assert_array_equal(transfer.linear_interpolation(fine, coarse), P[beyond:-beyond])
+    average = transfer.cell_average(fine, coarse)
     np.testing.assert_allclose(average.sum(axis=1), 1.0)
     assert ((average > 0).sum(axis=0) == 1).all(), "a fine cell in two coarse cells"
 
@@ -254,11 +249,11 @@ def test_poisson_two_level_coarse_matrix_is_galerkin():
     built serially from the whole grid (scipy) for the same kappa."""
     prob = poisson.PoissonProblem(N=24, preconditioner="two-level")
     two_level = prob.preconditioner
-    if not isinstance(two_level, poisson.TwoLevel):  # it fell back to block-Jacobi
+    if not isinstance(two_level, preconditioners.TwoLevel):  # it fell back to block-Jacobi
         pytest.skip("a 1 x n grid has no interior block corners")
     A0 = run_graph(
         lambda: two_level.coarse_matrix(
-            prob, prob.faces(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
+            prob.faces(tf.constant(poisson.exact_kappa(prob.xb, prob.yb)))
         )
     )
     serial = poisson.PoissonProblem(N=24, grid=(1, 1), comm=MPI.COMM_SELF)
@@ -314,7 +309,7 @@ def test_poisson_inverse_reduces_loss(tmp_path_factory):
 
 
 def sparse_poisson_or_skip():
-    """examples/sparse_poisson.py, where the sparse ops were built (PETSc)."""
+    """adcme_mpi.apps.sparse_poisson, where the sparse ops were built (PETSc)."""
     if os.environ.get("ADCME_MPI_ACROSS_HOSTS") == "1":
         pytest.skip(
             "PETSc's GAMG set-up hangs now and then across hosts over MPICH's UCX/TCP "
@@ -326,7 +321,7 @@ def sparse_poisson_or_skip():
         if os.environ.get("ADCME_MPI_REQUIRE_PETSC") == "1":
             raise
         pytest.skip(f"sparse ops not built: {err}")
-    import sparse_poisson
+    from adcme_mpi.apps import sparse_poisson
 
     return sparse_poisson
 
@@ -374,15 +369,15 @@ def test_sparse_poisson_is_the_matrix_free_problem():
 
 
 def test_fem_rows_across_ranks_are_the_whole_matrix_and_solve_it():
-    """examples/fem_inverse.py: every rank's stripe of the P1 stiffness
+    """adcme_mpi.apps.fem (examples/fem_inverse.py): every rank's stripe of the P1 stiffness
     matrix (assembled from the triangles touching its nodes) put together is
     the matrix assembled whole on one process; it is symmetric; the solve
     matches SciPy's; the same at every rank count."""
     sparse_poisson_or_skip()
-    import fem_inverse
+    from adcme_mpi.apps import fem
 
-    problem = fem_inverse.FEMProblem(points=300)
-    theta = fem_inverse.TRUE_THETA
+    problem = fem.FEMProblem(points=300)
+    theta = fem.TRUE_THETA
     dense, u = run_graph(
         lambda: (
             problem.matrix(tf.constant(theta)).to_dense(),

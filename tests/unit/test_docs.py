@@ -23,6 +23,8 @@ def public_objects():
     for name in am.ordering.__all__:
         if name != "current_token":
             yield f"adcme_mpi.ordering.{name}", getattr(am.ordering, name)
+    for name in am.linalg.__all__:
+        yield f"adcme_mpi.linalg.{name}", getattr(am.linalg, name)
 
 
 @pytest.mark.parametrize("qualified,obj", list(public_objects()), ids=lambda v: str(v)[:40])

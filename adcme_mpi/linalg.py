@@ -1,0 +1,151 @@
+"""Distributed Krylov solves over callables: preconditioned conjugate gradient
+and a symmetric solve whose gradient is the adjoint method (one more solve),
+not differentiation through the iterations. Each rank holds its own part of
+every vector; global sums go through one reduction per CG iteration."""
+
+import tensorflow as tf
+
+from . import ordering
+from .wrappers.collectives import mpi_allreduce
+
+__all__ = ["pcg", "symmetric_solve", "SplitPreconditioner"]
+
+
+class SplitPreconditioner:
+    """A preconditioner that needs a global sum of its own (a coarse space:
+    z = B^-1 r + Phi A0^-1 Phi^T r, with Phi^T r summed over ranks) and puts it
+    in the one reduction CG makes per iteration instead of a second one.
+
+    Subclasses define `split(r) -> (z_local, extra)`: the part of z computable
+    on this rank and this rank's share of the extra sums (a 1-D tensor), and
+    `join(z_local, extra_sum) -> (z, rz_extra)`: z from the summed extras, and
+    what z adds to <r, z> beyond <r, z_local>.
+
+    Example::
+
+        class CoarseCorrected(am.linalg.SplitPreconditioner):
+            def split(self, r):
+                return smooth(r), tf.einsum("uij,ij->u", hats, r)
+            def join(self, z, coarse_r):
+                y0 = coarse_solve(coarse_r)
+                return z + prolong(y0), tf.reduce_sum(coarse_r * y0)
+    """
+
+    def split(self, r):
+        raise NotImplementedError
+
+    def join(self, z_local, extra_sum):
+        raise NotImplementedError
+
+
+def _default_reduce(comm):
+    return lambda local: mpi_allreduce(local, comm=comm)
+
+
+def pcg(apply, b, precondition=None, reduce=None, comm=None, tol=1e-12, maxiter=100):
+    """Preconditioned conjugate gradient for K x = b from x = 0, until
+    ||r|| <= tol ||b|| or `maxiter` iterations, inside one while loop (its MPI
+    ops in program order). K must be symmetric positive definite, and so must
+    the preconditioner M^-1.
+
+    - `apply(p)`: this rank's part of K p.
+    - `precondition(r)`: this rank's part of M^-1 r (None: no preconditioner),
+      or a :class:`SplitPreconditioner`.
+    - `reduce(local)`: the sum over ranks of a tensor; default
+      ``mpi_allreduce`` on `comm` (default COMM_WORLD). Each iteration makes
+      two: <p, K p>, then <r, z> and <r, r> together.
+
+    Returns `(x, iterations)`.
+
+    Example::
+
+        # K = tridiag(-1, 2, -1) on rows split across ranks: the halo is one
+        # value from each neighbour (mpi_sendrecv, or a 1 x P halo exchange)
+        def apply(p):
+            padded = am.mpi_halo_exchange(p[None, :], 1, am.mpi_size())[1]
+            return 2 * p - padded[:-2] - padded[2:]
+        x, iterations = am.linalg.pcg(apply, tf.ones([10], tf.float64), tol=1e-10)
+    """
+    reduce = reduce or _default_reduce(comm)
+    split = isinstance(precondition, SplitPreconditioner)
+
+    def precondition_and_sums(r):
+        """z = M^-1 r and the global [<r, z>, <r, r>] in one reduction."""
+        z = r if precondition is None else (precondition.split(r) if split else precondition(r))
+        if not split:
+            return z, reduce(tf.stack([tf.reduce_sum(r * z), tf.reduce_sum(r * r)]))
+        z, extra = z
+        local = tf.stack([tf.reduce_sum(r * z), tf.reduce_sum(r * r)])
+        sums = reduce(tf.concat([local, extra], 0))
+        z, rz_extra = precondition.join(z, sums[2:])
+        return z, tf.stack([sums[0] + rz_extra, sums[1]])
+
+    z, sums = precondition_and_sums(b)
+    stop2 = tol**2 * sums[1]
+
+    def cond(k, x, r, p, rz, rr):
+        return tf.logical_and(k < maxiter, rr > stop2)
+
+    def body(k, x, r, p, rz, rr):
+        Kp = apply(p)
+        alpha = rz / reduce(tf.reduce_sum(p * Kp))
+        x = x + alpha * p
+        r = r - alpha * Kp
+        z, sums = precondition_and_sums(r)
+        return k + 1, x, r, z + (sums[0] / rz) * p, sums[0], sums[1]
+
+    start = [tf.constant(0), tf.zeros_like(b), b, z, sums[0], sums[1]]
+    iterations, x, *_ = ordering.while_loop(cond, body, start)
+    return x, iterations
+
+
+def symmetric_solve(apply, solve, theta, b):
+    """x = K(theta)^-1 b for a symmetric K(theta), differentiable with respect
+    to `theta` and `b` by the adjoint method: with g the cotangent of x,
+    lambda = K^-1 g (one more solve, K symmetric), the gradient of b is
+    lambda, and that of theta is -d/dtheta <lambda, K(theta) x> with lambda
+    and x held fixed.
+
+    - `apply(theta, x)`: this rank's part of K(theta) x (differentiable in theta).
+    - `solve(theta, rhs)`: `(x, iterations)` with K(theta) x = rhs, e.g. from :func:`pcg`.
+
+    Returns `(x, iterations)` of the forward solve. The solves' MPI ops, forward
+    and backward, stay in program order (``adcme_mpi.ordering.custom_gradient``).
+    First derivatives only: differentiating the gradient again raises an
+    error (a second derivative would need lambda's and x's own derivatives).
+
+    Example::
+
+        def apply(kappa, u):
+            return kappa * u   # any symmetric operator of theta
+        def solve(kappa, rhs):
+            return am.linalg.pcg(lambda p: apply(kappa, p), rhs)
+        x, iterations = am.linalg.symmetric_solve(apply, solve, kappa, b)
+    """
+
+    @ordering.custom_gradient
+    def solve_with_adjoint(theta, b):
+        x, iterations = solve(theta, b)
+
+        def grad(dx, _):
+            lam, _ = solve(theta, dx)  # K is symmetric: K^T lam = dx
+            # the partial derivative in theta alone, lambda and x held fixed
+            lam_fixed, x_fixed = tf.stop_gradient(lam), tf.stop_gradient(x)
+            with tf.GradientTape() as tape:
+                tape.watch(theta)
+                inner = -tf.reduce_sum(lam_fixed * apply(theta, x_fixed))
+            return [_first_order_only(g) for g in (tape.gradient(inner, theta), lam)]
+
+        return (x, iterations), grad
+
+    return solve_with_adjoint(theta, tf.convert_to_tensor(b, theta.dtype))
+
+
+def _first_order_only(gradient):
+    """The gradient, which must not be differentiated again: held-fixed lambda
+    and x would make a second derivative silently wrong, so it is an error."""
+    return tf.raw_ops.PreventGradient(
+        input=gradient,
+        message="adcme_mpi.linalg.symmetric_solve: second derivatives (Hessian-vector "
+        "products) through the adjoint-method gradient are not supported yet",
+    )
