@@ -18,9 +18,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "op_table.h"  // generated from adcme_mpi/op_table.py
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -63,8 +65,10 @@ struct CallSite {
   absl::Status InvalidArgument(const std::string& what) const;
 };
 
-// Base of every MPI kernel. Subclasses implement Run(); it executes inline
-// (default) or, with ADCME_MPI_THREAD=1, on one dedicated MPI thread that
+// Base of every MPI kernel. Subclasses implement Run(). By default it runs
+// inline, as a synchronous kernel (TensorFlow's cheapest dispatch: no async
+// bookkeeping, no hand-off to another thread); with ADCME_MPI_THREAD=1 it is
+// an asynchronous kernel whose work runs on one dedicated MPI thread that
 // keeps blocking MPI calls off TF's inter-op pool. Either way kernels reach
 // MPI in the order TF starts them, which the ordering token makes program order.
 // The base writes the token output (always the last output).
@@ -72,12 +76,25 @@ class MpiKernel : public tensorflow::AsyncOpKernel {
  public:
   explicit MpiKernel(OpKernelConstruction* c);
   void ComputeAsync(OpKernelContext* ctx, DoneCallback done) final;
+  void Compute(OpKernelContext* ctx) final;
+  // nullptr (a synchronous kernel) unless ADCME_MPI_THREAD=1
+  tensorflow::AsyncOpKernel* AsAsync() final;
+  // inline: never worth a thread hop (its waits block the caller either way)
+  bool IsExpensive() final;
 
  protected:
   virtual absl::Status Run(OpKernelContext* ctx, const CallSite& site) = 0;
 
  private:
+  void Work(OpKernelContext* ctx);
+  // The op's name, communicators, rank and size: built on the first run (the
+  // communicator is registered by then) and the same for every later one.
+  absl::StatusOr<const CallSite*> Site();
+
   int64_t comm_handle_;
+  std::once_flag site_once_;
+  CallSite site_;
+  absl::Status site_status_;
 };
 
 // A scalar int32 input (root, dest, src, tag) checked to lie in [lo, hi].

@@ -217,47 +217,74 @@ MpiKernel::MpiKernel(OpKernelConstruction* c) : AsyncOpKernel(c) {
   OP_REQUIRES_OK(c, c->GetAttr("comm", &comm_handle_));
 }
 
-// Where kernels run. Default: inline on the TF thread that starts them (a
-// few microseconds per op). The ordering token keeps at most one MPI op of a
-// program in flight, so a blocking wait holds at most one inter-op thread.
-// ADCME_MPI_THREAD=1 moves all MPI work to one dedicated thread instead (TF
-// threads stay free to overlap computation; each op pays a hand-off, ~50 us).
-void MpiKernel::ComputeAsync(OpKernelContext* ctx, DoneCallback done) {
-  auto work = [this, ctx, done] {
-    CallSite site;
-    site.op = UserFacingName(type_string(), false);
-    int initialized = 0, finalized = 0;
-    MPI_Initialized(&initialized);
-    MPI_Finalized(&finalized);
-    if (!initialized || finalized) {
-      ctx->SetStatus(absl::FailedPreconditionError(
-          absl::StrCat(site.op, ": MPI is ", finalized ? "already finalized" : "not initialized",
-                       "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end")));
-      done();
-      return;
-    }
-    site.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(comm_handle_));
-    const CommRoute route = RouteOf(site.comm);
-    site.backward = route.backward;
-    site.check_comm = route.check;
-    if (site.backward) site.op = UserFacingName(type_string(), true);
-    ProgressDetachedSends();
-    absl::Status status = site.Check(MPI_Comm_rank(site.comm, &site.rank), "MPI_Comm_rank");
-    if (status.ok()) status = site.Check(MPI_Comm_size(site.comm, &site.size), "MPI_Comm_size");
-    if (status.ok()) status = Run(ctx, site);
-    if (status.ok()) {
-      Tensor* token = nullptr;
-      status = ctx->allocate_output(ctx->num_outputs() - 1, TensorShape({}), &token);
-      if (status.ok()) token->scalar<float>()() = 0.0f;
-    }
-    if (!status.ok()) ctx->SetStatus(status);
-    done();
-  };
+// Where kernels run. Default: inline on the TF thread that reaches them, as
+// synchronous kernels (a few microseconds per op). The ordering token keeps
+// at most one MPI op of a program in flight, so a blocking wait holds at most
+// one inter-op thread. ADCME_MPI_THREAD=1 moves all MPI work to one dedicated
+// thread instead (TF threads stay free to overlap computation; each op pays a
+// hand-off, ~50 us), through the asynchronous interface.
+tensorflow::AsyncOpKernel* MpiKernel::AsAsync() {
+  return GetSettings().mpi_thread ? this : nullptr;
+}
+
+bool MpiKernel::IsExpensive() { return GetSettings().mpi_thread; }
+
+void MpiKernel::Compute(OpKernelContext* ctx) {
   if (GetSettings().mpi_thread) {
-    MpiThread::Get().Enqueue(std::move(work));
-  } else {
-    work();
+    AsyncOpKernel::Compute(ctx);  // (only if TF calls it anyway: waits for the MPI thread)
+    return;
   }
+  Work(ctx);
+}
+
+void MpiKernel::ComputeAsync(OpKernelContext* ctx, DoneCallback done) {
+  if (!GetSettings().mpi_thread) {
+    Work(ctx);
+    done();
+    return;
+  }
+  MpiThread::Get().Enqueue([this, ctx, done] {
+    Work(ctx);
+    done();
+  });
+}
+
+absl::StatusOr<const CallSite*> MpiKernel::Site() {
+  std::call_once(site_once_, [this] {
+    site_.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(comm_handle_));
+    const CommRoute route = RouteOf(site_.comm);
+    site_.backward = route.backward;
+    site_.check_comm = route.check;
+    site_.op = UserFacingName(type_string(), site_.backward);
+    site_status_ = site_.Check(MPI_Comm_rank(site_.comm, &site_.rank), "MPI_Comm_rank");
+    if (site_status_.ok()) {
+      site_status_ = site_.Check(MPI_Comm_size(site_.comm, &site_.size), "MPI_Comm_size");
+    }
+  });
+  if (!site_status_.ok()) return site_status_;
+  return &site_;
+}
+
+void MpiKernel::Work(OpKernelContext* ctx) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) {
+    ctx->SetStatus(absl::FailedPreconditionError(
+        absl::StrCat(UserFacingName(type_string(), false), ": MPI is ",
+                     finalized ? "already finalized" : "not initialized",
+                     "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end")));
+    return;
+  }
+  ProgressDetachedSends();
+  absl::StatusOr<const CallSite*> site = Site();
+  absl::Status status = site.ok() ? Run(ctx, **site) : site.status();
+  if (status.ok()) {
+    Tensor* token = nullptr;
+    status = ctx->allocate_output(ctx->num_outputs() - 1, TensorShape({}), &token);
+    if (status.ok()) token->scalar<float>()() = 0.0f;
+  }
+  if (!status.ok()) ctx->SetStatus(status);
 }
 
 }  // namespace adcme_mpi
