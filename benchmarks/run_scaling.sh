@@ -65,5 +65,21 @@ done
   "$PY" benchmarks/scaling.py --app poisson --preconditioner multigrid --mode weak --rounds 21 \
   --iterations 12 --link-delays-us $delays --out "$out/poisson_multigrid_weak_2hosts_link.json" ||
   echo "netns run of multigrid skipped"
+# 4 hosts x 1 rank (2x2 grid): the any-P rule for heat over both MPICH network
+# modules, and the sparse solve (over OFI only: UCX's any-source receives hang
+# across hosts) with its MPI calls counted by tools/mpi_count.c (preloaded)
+counter=$(mktemp -d)/libmpi_count.so
+"$(dirname "$(command -v "$PY")")/mpicc" -shared -fPIC -O2 -o "$counter" tools/mpi_count.c
+export ADCME_MPI_OVERSUBSCRIBED=1  # 4 ranks on fewer cores: yield, do not spin
+for netmod in ofi ucx; do
+  MPIR_CVAR_CH4_NETMOD=$netmod "$PY" tools/netns_hosts.py run --hosts 4 --per-host 1 \
+    --delay-us $delays --rate-gbit 10 -- env LD_PRELOAD="$counter" "$PY" benchmarks/scaling.py \
+    --app heat --mode weak --block 100 --rounds 7 --link-delays-us $delays \
+    --out "$out/heat_weak_4hosts_link_$netmod.json" || echo "netns run of heat ($netmod) skipped"
+done
+MPIR_CVAR_CH4_NETMOD=ofi "$PY" tools/netns_hosts.py run --hosts 4 --per-host 1 \
+  --delay-us $delays --rate-gbit 10 -- env LD_PRELOAD="$counter" "$PY" benchmarks/scaling.py \
+  --app sparse --mode weak --block 100 --rounds 7 --link-delays-us $delays \
+  --out "$out/sparse_weak_4hosts_link_ofi.json" || echo "netns run of sparse skipped"
 "$PY" benchmarks/scaling_report.py "$out" benchmarks/results/ops_check.json \
   benchmarks/SCALING.md benchmarks/scaling.png

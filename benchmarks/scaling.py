@@ -20,9 +20,17 @@ extra time over the first delay is the median of per-round differences.
 
     python tools/netns_hosts.py run --hosts 2 --delay-us 0,50,1000 -- python \
         benchmarks/scaling.py --app heat --mode weak --link-delays-us 0,50,1000 --out X.json
+
+--app sparse is ADCME's MPI Poisson on PETSc (adcme_mpi.apps.sparse_poisson:
+about block x block rows per rank, --solver GAMG to --rtol). PETSc decides
+its messages, so the latency check counts them: with tools/mpi_count.c
+preloaded (LD_PRELOAD, compiled by benchmarks/run_scaling.sh), a
+--link-delays-us run records each run's MPI calls per rank (mpi_calls), and
+scaling_report.py turns them into latency events.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -34,7 +42,7 @@ import tensorflow as tf
 
 import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
 from adcme_mpi import op_table  # noqa: E402
-from adcme_mpi.apps import heat, poisson, preconditioners
+from adcme_mpi.apps import heat, poisson, preconditioners, sparse_poisson
 from adcme_mpi.apps.communication import LocalOps, MPIOps
 from adcme_mpi.apps.grid import default_grid
 from mpi4py import MPI  # noqa: E402
@@ -63,6 +71,18 @@ def build(args, N, grid):
         observed = tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
         params, loss, grad = heat.build_inverse(problem, observed)
         return problem, params, loss, grad, heat.TRUE_THETA
+    if args.app == "sparse":
+        # ADCME's MPI Poisson on PETSc: N x N rows in row stripes, solved to
+        # a fixed tolerance (PETSc decides the iterations; the MPI calls are
+        # counted instead, see mpi_calls)
+        problem = sparse_poisson.SparsePoisson(N)
+        weights0 = tf.compat.v1.placeholder(tf.float64, [poisson.n_weights()])
+        weights = am.mpi_bcast(weights0)
+        u = problem.solve(
+            lambda x, y: poisson.network_kappa(weights, x, y), args.solver, rtol=args.rtol
+        )
+        loss = am.mpi_sum(tf.reduce_sum(u**2))
+        return problem, weights0, loss, tf.gradients(loss, weights0)[0], poisson.init_weights()
     problem = poisson.PoissonProblem(
         N=N,
         grid=grid,
@@ -120,6 +140,43 @@ def op_shares(sess, fetch, feed):
     return per_type, wall
 
 
+# tools/mpi_count.c's counters, in its order
+MPI_CALLS = (
+    "allreduce iallreduce reduce bcast allgather alltoall isend send irecv recv waitall "
+    "barrier allreduce_c startall start isend_c irecv_c"
+).split()
+
+
+def mpi_call_counts():
+    """This process's MPI calls so far, by name, when tools/mpi_count.c is
+    preloaded (LD_PRELOAD); else None."""
+    try:
+        read = ctypes.CDLL(None).mpi_count_read
+    except AttributeError:
+        return None
+    buffer = (ctypes.c_double * 64)()
+    n = read(buffer, 64)
+    return dict(zip(MPI_CALLS, buffer[:n]))
+
+
+def mpi_calls(sess, fetches, feed):
+    """MPI calls of one run of each fetch, the largest count over ranks per
+    call (the critical path goes through the busiest rank), or None without
+    the counting library."""
+    if mpi_call_counts() is None:
+        return None
+    calls = {}
+    for name, fetch in fetches.items():
+        COMM.Barrier()
+        before = mpi_call_counts()
+        sess.run(fetch, feed)
+        after = mpi_call_counts()
+        mine = {k: after[k] - before[k] for k in after}
+        calls[name] = {k: COMM.allreduce(v, op=MPI.MAX) for k, v in mine.items() if k}
+        calls[name] = {k: v for k, v in calls[name].items() if v}
+    return calls
+
+
 def half_round_trip_us(repeats):
     """The link as MPI sees it: median half round trip of an 8-byte mpi4py
     ping-pong between ranks 0 and 1 (the latency the model is then given for
@@ -150,6 +207,7 @@ def across_link_delays(sess, loss, grad, feed, delays, rounds):
     """Per delay: the link's half round trip, forward and forward+gradient
     times, and their extra over delays[0] as medians of per-round differences."""
     fetches = warmed_up_fetches(sess, loss, grad, feed)
+    calls = mpi_calls(sess, fetches, feed)
     times = {(d, name): [] for d in delays for name in [*fetches, "half_round_trip_us"]}
     for _ in range(rounds):
         for delay in delays:  # the link is at `delay` now; moved on at the end
@@ -168,7 +226,17 @@ def across_link_delays(sess, loss, grad, feed, delays, rounds):
             row["extra_" + name] = float(np.median(extra))
             row["extra_" + name + "_spread"] = [float(extra.min()), float(extra.max())]
         rows.append(row)
-    return rows
+    return rows, calls
+
+
+def transport():
+    """ "MPICH 5.0.2 OFI/tcp" when a run chose MPICH's network module
+    (MPIR_CVAR_CH4_NETMOD, as tools/netns_hosts.py does), else None."""
+    netmod = os.environ.get("MPIR_CVAR_CH4_NETMOD")
+    version = re.search(r"MPICH Version:\s*(\S+)", MPI.Get_library_version())
+    if not netmod or not version:
+        return None
+    return f"MPICH {version.group(1)} {netmod.upper()}/tcp"
 
 
 def write_result(path, row):
@@ -238,7 +306,7 @@ def time_v_cycle(args):
 def main():
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--app", choices=["heat", "poisson"], required=True)
+    parser.add_argument("--app", choices=["heat", "poisson", "sparse"], required=True)
     parser.add_argument("--mode", choices=["weak", "strong", "iterations", "vcycle"], required=True)
     parser.add_argument("--block", type=int, default=300, help="weak: cells per rank per side")
     parser.add_argument("--global-size", type=int, default=600, help="strong: global N")
@@ -251,6 +319,8 @@ def main():
         choices=["block-jacobi", "two-level", "multigrid"],
         help="poisson",
     )
+    parser.add_argument("--solver", default="GAMG", help="sparse: the PETSc solver")
+    parser.add_argument("--rtol", type=float, default=1e-10, help="sparse: the solve's tolerance")
     parser.add_argument("--no-comm", action="store_true")
     parser.add_argument(
         "--link-delays-us",
@@ -280,16 +350,23 @@ def main():
             "ranks": size,
             "grid": list(grid),
             "N": N,
-            "block": [problem.patch.rows, problem.patch.cols],
+            "block": (
+                [int(problem.iupper - problem.ilower + 1), 1]  # a stripe of rows
+                if args.app == "sparse"
+                else [problem.patch.rows, problem.patch.cols]
+            ),
             "no_comm": args.no_comm,
             "check": os.environ.get("ADCME_MPI_CHECK", "1") != "0",
             # how the halo's check ran: "deferred" (since 51cec46) or "off";
             # runs of earlier builds are marked "blocking" by hand
             "halo_check": "off" if os.environ.get("ADCME_MPI_CHECK") == "0" else "deferred",
-            "steps" if args.app == "heat" else "iterations": (
-                args.steps if args.app == "heat" else args.iterations
-            ),
         }
+        if args.app == "heat":
+            row["steps"] = args.steps
+        elif args.app == "poisson":
+            row["iterations"] = args.iterations
+        else:
+            row.update(solver=args.solver, rtol=args.rtol)
         if args.app == "poisson":
             row["preconditioner"] = args.preconditioner
             if isinstance(problem.preconditioner, preconditioners.Multigrid):
@@ -302,7 +379,11 @@ def main():
             if args.link_delays_us:
                 delays = [float(d) for d in args.link_delays_us.split(",")]
                 row["rounds"] = args.rounds
-                row["link"] = across_link_delays(sess, loss, grad, feed, delays, args.rounds)
+                if transport():
+                    row["build"] = transport()
+                row["link"], calls = across_link_delays(sess, loss, grad, feed, delays, args.rounds)
+                if calls:
+                    row["mpi_calls"] = calls  # per run, the busiest rank's count of each call
                 return write_result(args.out, row)
             forward, both = forward_and_gradient_times(sess, loss, grad, feed, args.rounds)
             shares, traced_wall = op_shares(sess, [loss, grad], feed)

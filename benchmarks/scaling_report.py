@@ -32,6 +32,18 @@ measured in the same sitting) for comparison. The 1-2 rank tables and the
 multigrid counts are from the build of the multigrid on rings (after that
 change); the block-Jacobi and two-level counts are older (their code did not
 change).
+
+At P ranks (latency_events) a halo exchange stays one latency event and a
+small reduction costs ceil(log2 P), model()'s rule. On 4 hosts (2x2 grid,
+heat) it held over MPICH's UCX: measured/predicted 0.88-1.01. Over MPICH's
+OFI/TCP the same run measured 1.14-1.56 (the forward up to 2.1), with the
+same ping-pong latency, so that transport adds latency that a ping-pong does
+not show. The sparse solve (PETSc decides its messages) is predicted from its
+MPI calls, counted by tools/mpi_count.c: each PETSc reduction ceil(log2 P)
+events, each neighbour exchange one. On 4 hosts it measured 1.53-1.58 times
+that, over OFI only: UCX cannot run it across hosts (its any-source receives
+hang; docs/sparse.md). Telling PETSc's own extra latencies from OFI's needs
+this run on another transport (Open MPI, or real hosts).
 """
 
 import glob
@@ -292,14 +304,21 @@ def multigrid_model(mg1, it_one, it_most, v_cycles):
     return efficiency
 
 
-def latency_events(app, count, halo_check, exchanges=None):
+def reduction_steps(ranks):
+    """Latencies on the critical path of one small reduction (allreduce,
+    bcast, the checks' packet) over `ranks`: recursive doubling, as model()
+    charges it (log2 P, rounded up: a non-power of two adds a step)."""
+    return math.ceil(math.log2(ranks)) if ranks > 1 else 0
+
+
+def latency_events(app, count, halo_check, exchanges=None, ranks=2):
     """Latency-bound events on the critical path of one forward and one
-    forward+gradient (2 ranks, so an allreduce is one exchange). A halo
-    exchange is one (its check is deferred: posted with the exchange, its
-    single reduction step travels alongside it), or two with the blocking
-    halo check of builds before 51cec46 (`halo_check` "blocking": the
-    check's reduction, then the exchange); a collective of at most 256 bytes
-    one (it rides in the check packet).
+    forward+gradient on `ranks` ranks, by model()'s rules: a halo exchange is
+    one event whatever P (all neighbours at once; its check is deferred,
+    posted with the exchange), or two with the blocking halo check of builds
+    before 51cec46 (`halo_check` "blocking": the check's reduction, then the
+    exchange); a small collective (at most 256 bytes: it rides in the check
+    packet) is one reduction, reduction_steps(P) events.
     Heat, per step: one halo exchange forward, its adjoint backward; per
     evaluation: the parameters' bcast and the loss's mpi_sum, and their
     adjoints. Poisson, per CG iteration: one halo exchange and two dot-product
@@ -307,46 +326,92 @@ def latency_events(app, count, halo_check, exchanges=None):
     the gradient solves once more and exchanges u's halo once. With multigrid
     (`exchanges`: the run's halo exchanges per V-cycle and level), each
     application of it adds those exchanges and the coarse gather (16 bytes:
-    one), once per iteration and once for the first residual; each solve
-    prepares the levels first: the faces on rings (four exchanges per level
-    on rings), each coarser level's kappa halo and the gather of kappa."""
+    one reduction), once per iteration and once for the first residual; each
+    solve prepares the levels first: the faces on rings (four exchanges per
+    level on rings), each coarser level's kappa halo and the gather of kappa.
+    With 2 ranks a reduction is one event (the counts of the 2-host checks)."""
     halo = 2 if halo_check == "blocking" else 1
+    reduction = reduction_steps(ranks)
     if app == "heat":
-        forward = count * halo + 2
+        forward = count * halo + 2 * reduction
         return forward, 2 * forward
-    solve = count * (halo + 2) + 1
+    solve = count * (halo + 2 * reduction) + reduction
     if exchanges:
-        cycle = sum(exchanges) + 1
-        prepare = 4 * exchanges.count(2) + (len(exchanges) - 2) + 1
+        cycle = sum(exchanges) + reduction
+        prepare = 4 * exchanges.count(2) + (len(exchanges) - 2) + reduction
         solve += (count + 1) * cycle + prepare
-    forward = solve + 2
-    return forward, 2 * solve + halo + 4
+    forward = solve + 2 * reduction
+    return forward, 2 * solve + halo + 4 * reduction
+
+
+# MPI calls (tools/mpi_count.c) that are one small reduction each
+REDUCTIONS = ("allreduce", "allreduce_c", "iallreduce", "reduce", "bcast", "allgather", "barrier")
+
+
+def latency_events_from_calls(calls, ranks):
+    """Latency events of a run whose messages PETSc decides (the sparse
+    solve), from its counted MPI calls (the busiest rank's): each small
+    reduction reduction_steps(P) events, each neighbour exchange one. PETSc
+    exchanges through persistent requests, started in two sets (receives,
+    then sends): an exchange is two MPI_Startall calls; each of the ops' own
+    point-to-point messages is one."""
+    reductions = sum(calls.get(name, 0) for name in REDUCTIONS)
+    exchanges = calls.get("startall", 0) / 2 + calls.get("isend", 0)
+    return reductions * reduction_steps(ranks) + exchanges, reductions, exchanges
 
 
 def measured_vs_predicted(rows):
-    """2 hosts x 1 rank over a shaped link, every latency in one job, round by
+    """P hosts x 1 rank over shaped links, every latency in one job, round by
     round (benchmarks/scaling.py --link-delays-us): the extra time over the
     first delay (median of per-round differences, [min..max]) against the
     latency events times the link's extra half round trip, as MPI measured
-    it in the same rounds."""
+    it in the same rounds. The sparse solve's events come from its counted
+    MPI calls (PETSc decides them), the others' from latency_events."""
     lines = []
     for r in rows:  # runs from before 51cec46 recorded no halo_check
         r.setdefault("halo_check", "blocking")
     linked = [r for r in rows if "link" in r]
-    for r in sorted(linked, key=lambda r: (r["app"], r.get("preconditioner", ""), r["halo_check"])):
-        count = r["steps"] if r["app"] == "heat" else r["iterations"]
+    key = lambda r: (r["app"], r.get("ranks", 2), r.get("preconditioner", ""), r["halo_check"])  # noqa: E731
+    for r in sorted(linked, key=key):
+        ranks = r.get("ranks", 2)
         halo_check = r["halo_check"]
-        events = latency_events(r["app"], count, halo_check, r.get("multigrid_exchanges"))
-        unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
+        if r["app"] == "sparse":
+            if "mpi_calls" not in r:
+                continue  # run without tools/mpi_count.c: nothing to predict from
+            counted = {
+                name: latency_events_from_calls(r["mpi_calls"][name], ranks)
+                for name in ("forward", "forward_gradient")
+            }
+            events = tuple(round(counted[name][0]) for name in ("forward", "forward_gradient"))
+            what = (
+                f"{r['block'][0]} rows per rank, {r['solver']} to rtol {r['rtol']:g}, "
+                f"checks {'on' if r['check'] else 'off'}"
+                f"{', ' + r['build'] if 'build' in r else ''}"
+            )
+            how = "; ".join(
+                f"{name.replace('_', '+')}: {reductions:g} reductions x "
+                f"{reduction_steps(ranks)} + {exchanges:g} neighbour exchanges"
+                for name, (_, reductions, exchanges) in counted.items()
+            )
+            source = f" (from the MPI calls counted on the busiest rank: {how})"
+        else:
+            count = r["steps"] if r["app"] == "heat" else r["iterations"]
+            events = latency_events(
+                r["app"], count, halo_check, r.get("multigrid_exchanges"), ranks
+            )
+            unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
+            what = (
+                f"{r['block'][0]}x{r['block'][1]} blocks, {count} {unit}, checks "
+                f"{'on' if r['check'] else 'off'} (halo check {halo_check}"
+                f"{', ' + r['build'] if 'build' in r else ''})"
+            )
+            source = ""
         lines += [
             f"### Injected latency, measured vs predicted: {r['app']}"
             f"{', ' + r['preconditioner'] if r.get('preconditioner') == 'multigrid' else ''}, "
-            "2 hosts x 1 rank, "
-            f"{r['block'][0]}x{r['block'][1]} blocks, {count} {unit}, checks "
-            f"{'on' if r['check'] else 'off'} (halo check {halo_check}"
-            f"{', ' + r['build'] if 'build' in r else ''}), {r['rounds']} interleaved rounds",
+            f"{ranks} hosts x 1 rank, {what}, {r['rounds']} interleaved rounds",
             "",
-            f"Latency events: {events[0]} per forward, {events[1]} per forward+gradient.",
+            f"Latency events: {events[0]} per forward, {events[1]} per forward+gradient{source}.",
             "",
             "| link delay | MPI half round trip (extra) | fwd extra measured | fwd predicted | "
             "fwd+grad extra measured | fwd+grad predicted | measured / predicted (fwd+grad) |",

@@ -19,8 +19,13 @@ measure every latency round by round (benchmarks/scaling.py --link-delays-us).
         [--delay-us 10] [--rate-gbit 10] -- python script.py ...
 
 runs the script on hosts*per_host ranks across the hosts, over TCP only:
-- MPICH (hydra): ssh launcher replaced by tools/netns_launch.sh, UCX forced
-  onto TCP (`UCX_TLS=tcp,self UCX_NET_DEVICES=eth0`);
+- MPICH (hydra): ssh launcher replaced by tools/netns_launch.sh; the OFI
+  network module over libfabric's TCP provider on the data link
+  (`MPIR_CVAR_CH4_NETMOD=ofi FI_PROVIDER=tcp FI_TCP_IFACE=eth0`), because
+  the wheel's default, UCX over TCP, leaves MPI_ANY_SOURCE receives across
+  hosts unmatched (tools/any_source_check.py shows it; PETSc's set-up uses
+  them). MPIR_CVAR_CH4_NETMOD=ucx in the caller's environment keeps UCX,
+  forced onto TCP (`UCX_TLS=tcp,self UCX_NET_DEVICES=eth0`);
 - Open MPI: `--mca plm_rsh_agent tools/netns_launch.sh`, `--mca btl tcp,self`,
   both BTL and runtime (OOB) traffic restricted to the hosts' subnet.
 The MPI is recognised from `mpiexec --version`. It then prints the bytes that
@@ -217,13 +222,18 @@ class Hosts:
         ]  # fmt: skip
 
     def env(self, mpiexec, base=None):
-        """Environment for the launch: MPICH's UCX over TCP on the data link
-        (eth0, or eth1 when shaped); Open MPI's runtime noticing a lost host
-        within seconds."""
+        """Environment for the launch: MPICH's OFI (or, if the caller chose it,
+        UCX) over TCP on the data link (eth0, or eth1 when shaped); Open
+        MPI's runtime noticing a lost host within seconds."""
         env = dict(os.environ if base is None else base)
         if self.shaped:
             env["ADCME_DELAY_LINK_PID"] = str(self.delay_link.pid)
         if mpi_kind(mpiexec) == "mpich":
+            # UCX over TCP leaves MPI_ANY_SOURCE receives across hosts
+            # unmatched (MPICH 5.0.2's wheel; tools/any_source_check.py):
+            # OFI's TCP provider unless the caller chose a network module
+            env.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
+            env.update(FI_PROVIDER="tcp", FI_TCP_IFACE=self.data_device)
             env.update(UCX_TLS="tcp,self", UCX_NET_DEVICES=self.data_device)
         else:
             # mpirun learns that a node is gone only through TCP keepalive

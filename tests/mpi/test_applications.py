@@ -310,11 +310,6 @@ def test_poisson_inverse_reduces_loss(tmp_path_factory):
 
 def sparse_poisson_or_skip():
     """adcme_mpi.apps.sparse_poisson, where the sparse ops were built (PETSc)."""
-    if os.environ.get("ADCME_MPI_ACROSS_HOSTS") == "1":
-        pytest.skip(
-            "PETSc's GAMG set-up hangs now and then across hosts over MPICH's UCX/TCP "
-            "(docs/sparse.md, 'Across hosts'): not run across hosts until that is fixed"
-        )
     try:
         am.petsc_info()
     except am.PETScUnavailableError as err:
