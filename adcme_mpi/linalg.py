@@ -71,10 +71,10 @@ def pcg(apply, b, precondition=None, reduce=None, comm=None, tol=1e-12, maxiter=
 
     def precondition_and_sums(r):
         """z = M^-1 r and the global [<r, z>, <r, r>] in one reduction."""
-        z = r if precondition is None else (precondition.split(r) if split else precondition(r))
         if not split:
+            z = r if precondition is None else precondition(r)
             return z, reduce(tf.stack([tf.reduce_sum(r * z), tf.reduce_sum(r * r)]))
-        z, extra = z
+        z, extra = precondition.split(r)
         local = tf.stack([tf.reduce_sum(r * z), tf.reduce_sum(r * r)])
         sums = reduce(tf.concat([local, extra], 0))
         z, rz_extra = precondition.join(z, sums[2:])

@@ -171,9 +171,10 @@ def mpi_calls(sess, fetches, feed):
         before = mpi_call_counts()
         sess.run(fetch, feed)
         after = mpi_call_counts()
-        mine = {k: after[k] - before[k] for k in after}
-        calls[name] = {k: COMM.allreduce(v, op=MPI.MAX) for k, v in mine.items() if k}
-        calls[name] = {k: v for k, v in calls[name].items() if v}
+        mine = np.array([after[k] - before[k] for k in after])
+        busiest = np.empty_like(mine)
+        COMM.Allreduce(mine, busiest, op=MPI.MAX)
+        calls[name] = {k: float(v) for k, v in zip(after, busiest) if v}
     return calls
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,3 +78,12 @@ def _run(cmd, cwd, full_env, timeout, start):
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
         return Result("timeout", out, time.time() - start)
+
+
+def ended_with(result, pattern):
+    """Assert that the job ended on its own (non-zero exit, not the timeout)
+    with output matching `pattern`; return the match."""
+    assert result.code not in (0, "timeout"), result
+    match = re.search(pattern, result.out)
+    assert match, result
+    return match
