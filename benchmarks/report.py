@@ -17,6 +17,12 @@ def load(name):
 
 check, nocheck = load("ops_check.json"), load("ops_nocheck.json")
 apps = {1: load("apps1.json"), 2: load("apps2.json")}
+# the same runs with XLA auto-clustering (run.sh sets TF_XLA_FLAGS for them)
+apps_xla = {
+    n: load(f"apps{n}_xla.json")
+    for n in apps
+    if os.path.exists(os.path.join(results, f"apps{n}_xla.json"))
+}
 key = lambda r: (r["op"], r["bytes"])  # noqa: E731
 fast = {key(r): r for r in nocheck["rows"]}
 # Optional: the same script run on an earlier build, for a before/after column
@@ -45,7 +51,10 @@ lines = [
     f"{check['meta']['ranks']} ranks, shared memory.",
     "",
     "Command: `bash benchmarks/run.sh` (runs `mpiexec -n 2 python benchmarks/bench_ops.py` with "
-    "and without `ADCME_MPI_CHECK=0`, and `benchmarks/bench_apps.py` on 1 and 2 ranks).",
+    "and without `ADCME_MPI_CHECK=0`, `benchmarks/bench_apps.py` on 1 and 2 ranks with and "
+    "without XLA auto-clustering, `benchmarks/bench_xla.py` for heat and Poisson, and "
+    "`benchmarks/inline_threshold.c` on 2 and 4 ranks; mpi4jax's columns need "
+    "`bash benchmarks/install_mpi4jax.sh` first).",
     "",
     f"Per-op time of many back-to-back ops in one graph (slowest rank). The implementations "
     f"of a row are interleaved: each of {check['meta'].get('rounds', '?')} rounds times every one "
@@ -89,30 +98,138 @@ lines += [
     "Which ops reuse their input's buffer, what TF's and glibc's allocator settings change "
     "at 1-8 MiB, and why the mpi4py column is hard to match there: `LARGE_BUFFERS.md`.",
 ]
+
+
+def breakdown_rows():
+    """Where an op's time goes (microseconds): MPI (the mpi4py column: the same
+    call on NumPy buffers), the cross-rank check, the copy (the halo
+    exchange's block into its padded output: the plain-copy floor timed in
+    the same rounds; the other ops copy nothing, MPI writes their output as
+    it writes mpi4py's), and the rest: TF's dispatch, the output's
+    allocation and the kernel's own work (what is left). The check is the
+    difference of the two runs' ratios to their own mpi4py rounds, times
+    this run's mpi4py time: the runs are separate, and a difference of raw
+    times would carry the drift between them."""
+    out = []
+    for r in check["rows"]:
+        f = fast.get(key(r))
+        if f is None:
+            continue
+        total, mpi = r["adcme"], r["mpi4py"]
+        checking = (r["adcme/mpi4py"][0] - f["adcme/mpi4py"][0]) * mpi
+        halo = r["op"] == "halo"
+        # the halo's mpi4py reference copies too, and exchanges through subarray
+        # types (a different MPI path): its exchange is not ours to subtract
+        copying = r.get("copy", 0.0)
+        rest = total - checking - copying - (0.0 if halo else mpi)
+        jax_us = us(mpi * r["mpi4jax/mpi4py"][0]) if "mpi4jax/mpi4py" in r else "-"
+        out.append(
+            f"| {r['op']} | {r['bytes']} | {us(total)} | {'-' if halo else us(mpi)} | "
+            f"{us(checking)} | {us(copying) if halo else '0'} | {us(rest)} | {jax_us} |"
+        )
+    return out
+
+
 lines += [
     "",
-    "## Applications",
+    "## Where the time goes",
     "",
-    "| run | ranks | grid | forward s | forward+gradient s | steps/s | (fwd+grad - fwd) / fwd, median of per-round ratios |",
-    "|---|---:|---|---:|---:|---:|---:|",
+    "Per op, in microseconds: *MPI* = the mpi4py column (the same MPI call on NumPy "
+    "buffers); *check* = (adcme/mpi4py of this run - adcme/mpi4py of the "
+    "`ADCME_MPI_CHECK=0` run) x this run's mpi4py time: the runs are separate, so "
+    "their noise (a few tenths of a microsecond at small sizes, more at 1-8 MiB, "
+    "sometimes negative) is in this column; *copy* = the halo exchange's block copied "
+    "into its padded output, timed as a plain copy of the same bytes in the same "
+    "rounds (the other ops copy nothing: MPI writes their output); *the rest* = what "
+    "is left: TF's dispatch of the op, its output's allocation and the kernel's own "
+    "bookkeeping, and for the halo exchange its MPI exchange too (its mpi4py reference "
+    "exchanges through subarray types, another MPI path, so it is no measure of "
+    "ours). *mpi4jax* = its time per op in the same rounds.",
+    "",
+    "| op | bytes | adcme | MPI | check | copy | the rest | mpi4jax |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    *breakdown_rows(),
+    "",
+    "The halo exchange against its floor, a plain copy of the block's bytes timed in "
+    "the same rounds (`adcme/copy`, median of per-round ratios [min..max]):",
+    "",
+    "| bytes | copy us | adcme us | adcme/copy | mpi4py (subarray types)/copy |",
+    "|---:|---:|---:|---:|---:|",
 ]
-graph_ops = None
-for n, rows in apps.items():
-    for name, r in rows.items():
-        if "N" not in r:  # heat_graph_ops: graph size at 10 and 10,000 steps
-            graph_ops = r
-            continue
+for r in check["rows"]:
+    if r["op"] == "halo" and "copy" in r:
         lines.append(
-            f"| {name} | {n} | {r['N']}x{r['N']} | {r['forward_s']:.4f} | "
-            f"{r['forward_and_gradient_s']:.4f} | {r.get('steps_per_s', float('nan')):.0f} | "
-            f"{r['gradient_over_forward']:.2f} |"
+            f"| {r['bytes']} | {us(r['copy'])} | {us(r['adcme'])} | {spread(r, 'adcme/copy')} | "
+            f"{r['mpi4py'] / r['copy']:.2f} |"
         )
-if graph_ops:
+
+# The inline threshold: benchmarks/inline_threshold.c's runs, if present.
+inline_runs = sorted(name for name in os.listdir(results) if name.startswith("inline_threshold_"))
+if inline_runs:
     lines += [
         "",
-        f"Heat's graph (time loop in `tf.while_loop`): {graph_ops['steps_10']} ops for 10 steps, "
-        f"{graph_ops['steps_10000']} ops for 10,000 steps.",
+        "## The check's inline threshold",
+        "",
+        "`benchmarks/inline_threshold.c` (MPI alone, no TF): a collective of s bytes "
+        "inside the check's reduction (one packet of 64 + s bytes, a user-defined op) "
+        "against the check alone (64 bytes) followed by the data's own `MPI_Allreduce` "
+        "or `MPI_Bcast`; and what a packet sized for s bytes costs a check that carries "
+        "no data (every larger collective's and every halo exchange's check pays it). "
+        "Medians of per-round ratios [min..max].",
+        "",
+        "The 4-rank run is oversubscribed (4 ranks, 2 cores): every message step waits "
+        "for a time slice, so its times are the scheduler's, not latencies.",
+        "",
+        "| ranks | bytes | check alone us | inline sum / separate | inline bcast / separate "
+        "| padded check / check alone |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
+    for name in inline_runs:
+        run = load(name)
+        for r in run["rows"]:
+            lines.append(
+                f"| {run['ranks']} | {r['bytes']} | {r['check_alone_us']:.2f} | "
+                f"{spread(r, 'inline/separate_sum')} | {spread(r, 'inline/separate_bcast')} | "
+                f"{spread(r, 'check_padded/check_alone')} |"
+            )
+
+# XLA around the ops, and JAX + mpi4jax on the same code: bench_xla.py.
+xla_runs = sorted(name for name in os.listdir(results) if name.startswith("xla_"))
+if xla_runs:
+    lines += [
+        "",
+        "## Heat and Poisson with XLA, and in JAX + mpi4jax",
+        "",
+        "`python benchmarks/bench_xla.py --ranks 2 [--problem poisson]`: issue 24's heat "
+        "stencil (20 steps) and 20 CG iterations of Poisson's equation on the same grid "
+        "(512 x 512 per rank on a 1 x P grid, public ops only, differentiated through the "
+        "steps, one thread). The settings alternate job by job; medians of the jobs' "
+        "medians [min..max]. Every setting computes the same loss; *gradient error* is "
+        "relative to TF's (heat) or to the exact 2 loss / kappa (Poisson: x is linear in "
+        "kappa).",
+        "",
+        "| problem | setting | ranks | forward ms | forward + gradient ms | gradient error |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "plain": "TF + adcme_mpi",
+        "xla": "TF + adcme_mpi, XLA auto-clustering",
+        "jax_mpi4jax": "JAX + mpi4jax (jax.jit)",
+    }
+    for name in xla_runs:
+        run = load(name)
+        errors = run.get("gradient_relative_to_exact", run.get("gradient_relative_to_plain", {}))
+        for setting, label in labels.items():
+            if f"{setting}_forward_ms" not in run:
+                continue
+            fwd, both = run[f"{setting}_forward_ms"], run[f"{setting}_both_ms"]
+            error = f"{errors[setting]:.1e}" if setting in errors else "-"
+            lines.append(
+                f"| {run.get('problem', 'heat')} | {label} | {run['ranks']} | "
+                f"{fwd[0]:.1f} [{fwd[1]:.1f}..{fwd[2]:.1f}] | "
+                f"{both[0]:.1f} [{both[1]:.1f}..{both[2]:.1f}] | {error} |"
+            )
+
 with open(md_path, "w") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every benchmark on 2 ranks (1 and 2 for the applications) and writes
-# benchmarks/results/*.json, benchmarks/RESULTS.md and benchmarks/ops.png.
+# Runs every benchmark on 2 ranks (1 and 2 for the applications, with and
+# without XLA auto-clustering; the check's inline threshold on 2 and 4) and
+# writes benchmarks/results/*.json, benchmarks/RESULTS.md and benchmarks/ops.png.
+# mpi4jax's columns need `bash benchmarks/install_mpi4jax.sh` first.
 #   bash benchmarks/run.sh            (from the repo, with the venv's python first on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,17 @@ out=benchmarks/results
 mkdir -p "$out"
 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_ops.py --out "$out/ops_check.json"
 ADCME_MPI_CHECK=0 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_ops.py --out "$out/ops_nocheck.json"
-timeout 900 "$MPIEXEC" -n 1 "$PY" benchmarks/bench_apps.py --out "$out/apps1.json"
-timeout 900 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_apps.py --out "$out/apps2.json"
+for n in 1 2; do
+  timeout 900 "$MPIEXEC" -n $n "$PY" benchmarks/bench_apps.py --out "$out/apps$n.json"
+  TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" \
+    timeout 900 "$MPIEXEC" -n $n "$PY" benchmarks/bench_apps.py --out "$out/apps${n}_xla.json"
+done
+timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2
+timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2 --problem poisson
+# MPI alone: the cross-rank check with and without a collective's data inside
+threshold=$(mktemp -d)/inline_threshold
+"$(dirname "$MPIEXEC")/mpicc" -O2 -o "$threshold" benchmarks/inline_threshold.c
+timeout 600 "$MPIEXEC" -n 2 "$threshold" 21 >"$out/inline_threshold_2.json"
+# 4 ranks on a 2-core machine wait for time slices: fewer repetitions
+timeout 900 "$MPIEXEC" -n 4 "$threshold" 7 100 >"$out/inline_threshold_4.json"
 "$PY" benchmarks/report.py "$out" benchmarks/RESULTS.md benchmarks/ops.png
