@@ -43,6 +43,15 @@ def spread(r, key):
     return f"{med:.2f} [{lo:.2f}..{hi:.2f}]"
 
 
+def section(title, paragraphs, columns):
+    """A report section's lines: its title, its paragraphs, and a table's
+    header for `columns` (the first left-aligned, the others right)."""
+    lines = ["", f"## {title}", ""]
+    for paragraph in paragraphs:
+        lines += [paragraph, ""]
+    return lines + ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+
+
 lines = [
     "# Benchmarks",
     "",
@@ -166,24 +175,27 @@ for r in check["rows"]:
 # The inline threshold: benchmarks/inline_threshold.c's runs, if present.
 inline_runs = sorted(name for name in os.listdir(results) if name.startswith("inline_threshold_"))
 if inline_runs:
-    lines += [
-        "",
-        "## The check's inline threshold",
-        "",
-        "`benchmarks/inline_threshold.c` (MPI alone, no TF): a collective of s bytes "
-        "inside the check's reduction (one packet of 64 + s bytes, a user-defined op) "
-        "against the check alone (64 bytes) followed by the data's own `MPI_Allreduce` "
-        "or `MPI_Bcast`; and what a packet sized for s bytes costs a check that carries "
-        "no data (every larger collective's and every halo exchange's check pays it). "
-        "Medians of per-round ratios [min..max].",
-        "",
-        "The 4-rank run is oversubscribed (4 ranks, 2 cores): every message step waits "
-        "for a time slice, so its times are the scheduler's, not latencies.",
-        "",
-        "| ranks | bytes | check alone us | inline sum / separate | inline bcast / separate "
-        "| padded check / check alone |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines += section(
+        "The check's inline threshold",
+        [
+            "`benchmarks/inline_threshold.c` (MPI alone, no TF): a collective of s bytes "
+            "inside the check's reduction (one packet of 64 + s bytes, a user-defined op) "
+            "against the check alone (64 bytes) followed by the data's own `MPI_Allreduce` "
+            "or `MPI_Bcast`; and what a packet sized for s bytes costs a check that carries "
+            "no data (every larger collective's and every halo exchange's check pays it). "
+            "Medians of per-round ratios [min..max].",
+            "The 4-rank run is oversubscribed (4 ranks, 2 cores): every message step waits "
+            "for a time slice, so its times are the scheduler's, not latencies.",
+        ],
+        [
+            "ranks",
+            "bytes",
+            "check alone us",
+            "inline sum / separate",
+            "inline bcast / separate",
+            "padded check / check alone",
+        ],
+    )
     for name in inline_runs:
         run = load(name)
         for r in run["rows"]:
@@ -196,21 +208,19 @@ if inline_runs:
 # XLA around the ops, and JAX + mpi4jax on the same code: bench_xla.py.
 xla_runs = sorted(name for name in os.listdir(results) if name.startswith("xla_"))
 if xla_runs:
-    lines += [
-        "",
-        "## Heat and Poisson with XLA, and in JAX + mpi4jax",
-        "",
-        "`python benchmarks/bench_xla.py --ranks 2 [--problem poisson]`: issue 24's heat "
-        "stencil (20 steps) and 20 CG iterations of Poisson's equation on the same grid "
-        "(512 x 512 per rank on a 1 x P grid, public ops only, differentiated through the "
-        "steps, one thread). The settings alternate job by job; medians of the jobs' "
-        "medians [min..max]. Every setting computes the same loss; *gradient error* is "
-        "relative to TF's (heat) or to the exact 2 loss / kappa (Poisson: x is linear in "
-        "kappa).",
-        "",
-        "| problem | setting | ranks | forward ms | forward + gradient ms | gradient error |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    lines += section(
+        "Heat and Poisson with XLA, and in JAX + mpi4jax",
+        [
+            "`python benchmarks/bench_xla.py --ranks 2 [--problem poisson]`: issue 24's heat "
+            "stencil (20 steps) and 20 CG iterations of Poisson's equation on the same grid "
+            "(512 x 512 per rank on a 1 x P grid, public ops only, differentiated through the "
+            "steps, one thread). The settings alternate job by job; medians of the jobs' "
+            "medians [min..max]. Every setting computes the same loss; *gradient error* is "
+            "relative to TF's (heat) or to the exact 2 loss / kappa (Poisson: x is linear in "
+            "kappa)."
+        ],
+        ["problem", "setting", "ranks", "forward ms", "forward + gradient ms", "gradient error"],
+    )
     labels = {
         "plain": "TF + adcme_mpi",
         "xla": "TF + adcme_mpi, XLA auto-clustering",
