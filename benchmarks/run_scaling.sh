@@ -20,6 +20,13 @@ for app in heat poisson; do
     done
   done
 done
+# heat and Poisson (weak) with XLA auto-clustering, beside the runs above
+for app in heat poisson; do
+  for p in 1 2; do
+    TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" run -n $p "$PY" \
+      benchmarks/scaling.py --app $app --mode weak --out "$out/${app}_weak_${p}_xla.json"
+  done
+done
 # Poisson with multigrid: the same at 1 and 2 ranks (without communication on 1
 # rank only: its coarse grid is gathered by an allreduce)
 for p in 1 2; do

@@ -7,6 +7,10 @@ alone). One configuration per launch:
     mpiexec -n P python benchmarks/scaling.py --app heat --mode weak --block 300 \\
         --out benchmarks/results/scaling/heat_weak_P.json [--no-comm]
 
+With TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" in the
+environment, XLA auto-clustering compiles the arithmetic between the MPI ops;
+the row records it ("xla") and scaling_report.py tables those runs apart.
+
 weak: about block x block cells per rank (the global grid grows with P);
 strong: a fixed --global N x N grid. Heat runs --steps explicit steps; Poisson
 runs exactly --iterations CG iterations (tolerance 0), so runs with and
@@ -361,6 +365,8 @@ def main():
             # how the halo's check ran: "deferred" (since 51cec46) or "off";
             # runs of earlier builds are marked "blocking" by hand
             "halo_check": "off" if os.environ.get("ADCME_MPI_CHECK") == "0" else "deferred",
+            # XLA auto-clustering around the MPI ops (TF_XLA_FLAGS, read when TF starts)
+            "xla": "--tf_xla_auto_jit" in os.environ.get("TF_XLA_FLAGS", ""),
         }
         if args.app == "heat":
             row["steps"] = args.steps

@@ -118,6 +118,32 @@ def efficiency_table(rows, app, mode):
     return lines
 
 
+def xla_table(rows, with_xla):
+    """The runs made with XLA auto-clustering beside the same runs without it."""
+    if not with_xla:
+        return []
+    lines = [
+        "### With XLA auto-clustering",
+        "",
+        'The same runs with `TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"` '
+        "(made in the same sitting as the runs without it; run_scaling.sh).",
+        "",
+        "| run | ranks | fwd s | fwd+grad s | XLA: fwd s | XLA: fwd+grad s | fwd+grad / XLA |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(with_xla, key=lambda r: (r["label"], r["mode"], r["ranks"])):
+        plain = lookup(rows, label=r["label"], mode=r["mode"], ranks=r["ranks"], no_comm=False)
+        if plain is None:
+            continue
+        lines.append(
+            f"| {r['label']}, {r['mode']} | {r['ranks']} | {plain['forward_s']:.4f} | "
+            f"{plain['forward_gradient_s']:.4f} | {r['forward_s']:.4f} | "
+            f"{r['forward_gradient_s']:.4f} | "
+            f"{plain['forward_gradient_s'] / r['forward_gradient_s']:.2f} |"
+        )
+    return lines + [""]
+
+
 CHECK_PACKET_BYTES = 64 + 256  # ops/checks.cc: digest header + inline data
 # One multigrid level on a tiny grid is all op-launch overhead: a 24 x 24 solve on
 # 1 rank (6 levels) takes 11 CG iterations in 17 ms, about 0.25 ms per level and
@@ -490,6 +516,8 @@ def main():
     for r in rows:  # block-Jacobi is Poisson's default; other preconditioners are named
         pc = r.get("preconditioner", "block-jacobi")
         r["label"] = r["app"] if pc == "block-jacobi" else f"{r['app']}, {pc}"
+    with_xla = [r for r in rows if r.get("xla")]
+    rows = [r for r in rows if not r.get("xla")]
     several = [(k, n) for k, n in counts if k >= 2]  # one block is solved exactly: its own case
     if len(several) >= 2:
         k, its = np.array(several, float).T
@@ -523,6 +551,7 @@ def main():
             ]
             + [""]
         )
+    lines += xla_table(rows, with_xla)
     lines += model(rows, ops_json, iterations, v_cycles) + [""] + measured_vs_predicted(linked)
     with open(out_md, "w") as f:
         f.write("\n".join(lines) + "\n")
