@@ -237,6 +237,68 @@ class HaloKernelBase : public MpiKernel {
     return SettleDeferredChecks(site, /*block=*/false, sequence);
   }
 
+  // What arrived from one neighbour: where it goes, and the values.
+  struct Arrived {
+    Region region;
+    const char* data;
+  };
+  // The exchange of packed bands, for both directions: for every neighbour,
+  // one band of `from` (a row-major matrix with `ld` columns) is packed into
+  // one contiguous buffer and sent, and one band is received into another.
+  // Forward, the block's edge goes out (`from` is the block) and the padded
+  // output's ghost band comes in; the adjoint sends the ghost band's
+  // gradient (`from` is the padded gradient) and receives the edge's. The
+  // messages touch only the two buffers, which stay alive if the exchange is
+  // abandoned. On success, `arrived` lists every neighbour's data and its region (in the
+  // padded output forward, in the block backward); `buffers` owns the data.
+  absl::Status ExchangeBands(OpKernelContext* ctx, const CallSite& site, bool forward,
+                             const Tensor& from, int ld, int tag, MPI_Datatype type, int rows,
+                             int cols, int64_t sequence, const std::vector<Neighbour>& nbs,
+                             std::vector<Arrived>* arrived, Tensor* buffers) const {
+    const size_t elem = tensorflow::DataTypeSize(from.dtype());
+    auto sent = [&](const Neighbour& nb) {
+      return forward ? Edge(nb, rows, cols) : Ghost(nb, rows, cols);
+    };
+    auto received = [&](const Neighbour& nb) {
+      return forward ? Ghost(nb, rows, cols) : Edge(nb, rows, cols);
+    };
+    int64_t out_total = 0, in_total = 0;
+    for (const Neighbour& nb : nbs) {
+      if (nb.rank == MPI_PROC_NULL) continue;
+      out_total += sent(nb).size();
+      in_total += received(nb).size();
+    }
+    Tensor outgoing;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        from.dtype(), TensorShape({std::max<int64_t>(out_total, 1)}), &outgoing));
+    TF_RETURN_IF_ERROR(
+        ctx->allocate_temp(from.dtype(), TensorShape({std::max<int64_t>(in_total, 1)}), buffers));
+    char* send = DataOf(outgoing);
+    char* receive = DataOf(*buffers);
+    std::vector<MPI_Request> requests;
+    std::vector<Band> bands;
+    arrived->clear();
+    for (const Neighbour& nb : nbs) {
+      if (nb.rank == MPI_PROC_NULL) continue;  // a physical boundary: nothing to exchange
+      const Region out = sent(nb), in = received(nb);
+      PackRegion(DataOf(from), ld, out, elem, send);
+      bands.push_back({nb, in.size(), requests.size()});
+      arrived->push_back({in, receive});
+      requests.emplace_back();
+      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(receive, static_cast<int>(in.size()), type, nb.rank,
+                                              tag, site.comm, &requests.back()),
+                                    "MPI_Irecv"));
+      requests.emplace_back();
+      TF_RETURN_IF_ERROR(site.Check(MPI_Isend(send, static_cast<int>(out.size()), type, nb.rank,
+                                              tag, site.comm, &requests.back()),
+                                    "MPI_Isend"));
+      send += out.size() * elem;
+      receive += in.size() * elem;
+    }
+    return WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence,
+                        {outgoing, *buffers});
+  }
+
   // Blocks that share an edge must agree on its length. A neighbour whose
   // edge is longer makes the receive fail (MPI_ERR_TRUNCATE), a shorter one
   // fills less of the band: either names both ranks and the mismatch.
@@ -352,46 +414,12 @@ class HaloExchangeKernel : public HaloKernelBase {
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
     WritePadded(u, DataOf(fill), nbs, rows, cols, out);
 
-    // every edge packed into one tensor, every ghost band received into
-    // another (both kept alive if the exchange is abandoned), then unpacked
+    std::vector<Arrived> arrived;
+    Tensor buffers;
+    TF_RETURN_IF_ERROR(ExchangeBands(ctx, site, /*forward=*/true, u, cols, tag, type, rows, cols,
+                                     sequence, nbs, &arrived, &buffers));
     const size_t elem = tensorflow::DataTypeSize(u.dtype());
-    int64_t total = 0;
-    for (const Neighbour& nb : nbs)
-      if (nb.rank != MPI_PROC_NULL) total += Ghost(nb, rows, cols).size();
-    Tensor outgoing, incoming;
-    TF_RETURN_IF_ERROR(
-        ctx->allocate_temp(u.dtype(), TensorShape({std::max<int64_t>(total, 1)}), &outgoing));
-    TF_RETURN_IF_ERROR(
-        ctx->allocate_temp(u.dtype(), TensorShape({std::max<int64_t>(total, 1)}), &incoming));
-    char* send = DataOf(outgoing);
-    char* receive = DataOf(incoming);
-    std::vector<MPI_Request> requests;
-    std::vector<Band> bands;
-    std::vector<Region> ghosts;  // where each received band goes
-    std::vector<char*> received;
-    char* dst = DataOf(*out);
-    for (const Neighbour& nb : nbs) {
-      if (nb.rank == MPI_PROC_NULL) continue;  // physical boundary: filled above
-      const Region ghost = Ghost(nb, rows, cols);
-      const Region edge = Edge(nb, rows, cols);
-      PackRegion(DataOf(u), cols, edge, elem, send);
-      bands.push_back({nb, ghost.size(), requests.size()});
-      ghosts.push_back(ghost);
-      received.push_back(receive);
-      requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(receive, static_cast<int>(ghost.size()), type,
-                                              nb.rank, tag, site.comm, &requests.back()),
-                                    "MPI_Irecv"));
-      requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Isend(send, static_cast<int>(edge.size()), type, nb.rank,
-                                              tag, site.comm, &requests.back()),
-                                    "MPI_Isend"));
-      send += edge.size() * elem;
-      receive += ghost.size() * elem;
-    }
-    TF_RETURN_IF_ERROR(WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence,
-                                    {*out, outgoing, incoming}));
-    for (size_t k = 0; k < ghosts.size(); ++k) UnpackRegion(received[k], ghosts[k], Q, elem, dst);
+    for (const Arrived& band : arrived) UnpackRegion(band.data, band.region, Q, elem, DataOf(*out));
     return absl::OkStatus();
   }
 };
@@ -441,55 +469,22 @@ class HaloExchangeGradKernel : public HaloKernelBase {
     for (int i = 0; i < rows; ++i)
       std::memcpy(gu + i * size_t(cols), g + (i + w) * size_t(Q) + w, cols * sizeof(T));
 
+    // the fill value's gradient: the ghost bands of physical boundaries
     T fill_sum = 0;
-    std::vector<MPI_Request> requests;
-    std::vector<Region> incoming_region;  // where each received edge adds in
-    std::vector<int64_t> incoming_offset;
-    std::vector<Band> bands;
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
-    int64_t incoming_total = 0, outgoing_total = 0;
     for (const Neighbour& nb : nbs) {
-      if (nb.rank == MPI_PROC_NULL) continue;
-      incoming_offset.push_back(incoming_total);
-      incoming_total += Edge(nb, rows, cols).size();
-      outgoing_total += Ghost(nb, rows, cols).size();
-    }
-    // one tensor for all received edges, one for the packed ghost bands sent:
-    // kept alive if the exchange is abandoned
-    Tensor incoming, outgoing;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(
-        dy.dtype(), TensorShape({std::max<int64_t>(incoming_total, 1)}), &incoming));
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(
-        dy.dtype(), TensorShape({std::max<int64_t>(outgoing_total, 1)}), &outgoing));
-    T* incoming_data = incoming.flat<T>().data();
-    T* send = outgoing.flat<T>().data();
-    for (const Neighbour& nb : nbs) {
+      if (nb.rank != MPI_PROC_NULL) continue;
       const Region ghost = Ghost(nb, rows, cols);
-      if (nb.rank == MPI_PROC_NULL) {
-        for (int i = 0; i < ghost.rows.length; ++i)
-          for (int j = 0; j < ghost.cols.length; ++j)
-            fill_sum += g[(ghost.rows.begin + i) * size_t(Q) + ghost.cols.begin + j];
-        continue;
-      }
-      const Region edge = Edge(nb, rows, cols);
-      T* into = incoming_data + incoming_offset[incoming_region.size()];
-      incoming_region.push_back(edge);
-      bands.push_back({nb, edge.size(), requests.size()});
-      requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(into, static_cast<int>(edge.size()), type, nb.rank,
-                                              tag, site.comm, &requests.back()),
-                                    "MPI_Irecv"));
-      PackRegion(DataOf(dy), Q, ghost, sizeof(T), reinterpret_cast<char*>(send));
-      requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Isend(send, static_cast<int>(ghost.size()), type, nb.rank,
-                                              tag, site.comm, &requests.back()),
-                                    "MPI_Isend"));
-      send += ghost.size();
+      for (int i = 0; i < ghost.rows.length; ++i)
+        for (int j = 0; j < ghost.cols.length; ++j)
+          fill_sum += g[(ghost.rows.begin + i) * size_t(Q) + ghost.cols.begin + j];
     }
-    TF_RETURN_IF_ERROR(WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence,
-                                    {dy, incoming, outgoing}));
-    for (size_t k = 0; k < incoming_region.size(); ++k)
-      AddRegion(incoming_data + incoming_offset[k], incoming_region[k], gu, cols);
+    std::vector<Arrived> arrived;
+    Tensor buffers;
+    TF_RETURN_IF_ERROR(ExchangeBands(ctx, site, /*forward=*/false, dy, Q, tag, type, rows, cols,
+                                     sequence, nbs, &arrived, &buffers));
+    for (const Arrived& band : arrived)
+      AddRegion(reinterpret_cast<const T*>(band.data), band.region, gu, cols);
     grad_fill->scalar<T>()() = fill_sum;
     return absl::OkStatus();
   }
