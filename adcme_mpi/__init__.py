@@ -6,6 +6,7 @@ the ops' communicators are duplicated by mpi_init() or by the first collective
 op on them.
 """
 
+from .settings import SettingsError  # (first: a malformed ADCME_MPI_* variable stops the import)
 from . import _loader  # noqa: F401  (first: picks the libmpi before mpi4py.MPI loads one)
 from . import _tf_private, ordering, runtime  # noqa: F401
 from ._loader import MPILibraryMismatch, MPILibraryMismatchError, PETScUnavailableError
@@ -49,6 +50,7 @@ __all__ = [
     "register_comm",
     "PETScUnavailableError",
     "XLACompilationError",
+    "SettingsError",
     "mpi_optimize",
     "MPIOptimizeError",
     "MPINotReadyError",

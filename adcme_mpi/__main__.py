@@ -10,14 +10,11 @@ import subprocess
 import sys
 import time
 
+from .settings import VARIABLES
+
+# the package's variables (adcme_mpi/settings.py) and the launcher's for --check
 ENV_VARS = {
-    "ADCME_MPI_CHECK": "cross-rank checks before collectives (default on; 0 = off)",
-    "ADCME_MPI_TIMEOUT": "watchdog seconds for any MPI wait (default off)",
-    "ADCME_MPI_THREAD": "1 = run kernels on one dedicated MPI thread (default inline)",
-    "ADCME_MPI_NO_ABORT": "1 = an uncaught exception does not abort the job",
-    "ADCME_MPI_OVERSUBSCRIBED": "0/1 overrides the ranks-vs-cores guess (polling)",
-    "ADCME_MPI_LIBMPI": "libmpi to load before mpi4py (overrides the build's)",
-    "ADCME_MPI_OPS_LIBRARY": "op library path (overrides the installed one)",
+    **{variable.name: variable.meaning for variable in VARIABLES},
     "MPIEXEC": "launcher for --check (default: the mpiexec next to this Python)",
     "MPIEXEC_FLAGS": "extra launcher flags for --check (e.g. --oversubscribe)",
 }

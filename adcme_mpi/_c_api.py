@@ -8,9 +8,14 @@ _i64, _int, _dbl, _str = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c
 
 # name: (restype, argtypes)
 OPS_LIBRARY = {
+    "adcme_mpi_configure": (None, [_int, _int, _dbl, _int]),
+    "adcme_mpi_tag_upper_bound": (_int, [_i64]),
     "adcme_mpi_register_comms": (None, [_i64, _i64, _i64]),
+    "adcme_mpi_close": (None, [_str]),
     "adcme_mpi_forget_comms": (None, []),
     "adcme_mpi_libmpi_info": (_int, [_str, _int]),
+    "adcme_mpi_watch_begin": (_i64, [_str, _str, _dbl]),
+    "adcme_mpi_watch_end": (None, [_i64]),
     "adcme_mpi_complete_detached_sends": (_int, [_dbl, _str, _int]),
     "adcme_mpi_end_of_program": (_int, [_i64, _str, _int]),
 }

@@ -14,6 +14,7 @@ import re
 import sys
 
 from . import _c_api
+from .settings import CURRENT as SETTINGS
 
 LIBRARY_NAME = "libadcme_mpi_ops.so"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +54,7 @@ def _preload_libmpi():
     """Load the MPI the ops were built against (a system/site MPI named by
     MPI_C_LIBRARIES) globally before mpi4py looks for one, so both use it.
     ADCME_MPI_LIBMPI=<path> overrides."""
-    path = os.environ.get("ADCME_MPI_LIBMPI") or getattr(_build_info, "PRELOAD_LIBMPI", "")
+    path = SETTINGS.libmpi or getattr(_build_info, "PRELOAD_LIBMPI", "")
     if path and "mpi4py.MPI" not in sys.modules:
         ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
 
@@ -86,10 +87,7 @@ MPILibraryMismatch = MPILibraryMismatchError  # the name before 0.2
 
 
 def _library_path():
-    override = os.environ.get("ADCME_MPI_OPS_LIBRARY")
-    if override:
-        return override
-    return os.path.join(BUILT_DIR, LIBRARY_NAME)
+    return SETTINGS.ops_library or os.path.join(BUILT_DIR, LIBRARY_NAME)
 
 
 # An MPI's core library (libmpi.so.40, libmpi.so.12, libmpich.so.12), not its
@@ -163,6 +161,8 @@ def check_same_libmpi(path):
 
 ops = _load()
 capi = _c_api.bind(_library_path(), _c_api.OPS_LIBRARY)
+# the op library reads no environment variable itself: the settings, once
+capi.adcme_mpi_configure(SETTINGS.check, SETTINGS.thread, SETTINGS.timeout, SETTINGS.oversubscribed)
 
 
 # ---- the sparse ops (PETSc), a library of their own, loaded on first use ----
@@ -184,9 +184,7 @@ def sparse_library():
     global _sparse
     if _sparse is not None:
         return _sparse
-    path = os.environ.get("ADCME_MPI_SPARSE_LIBRARY") or os.path.join(
-        BUILT_DIR, SPARSE_LIBRARY_NAME
-    )
+    path = SETTINGS.sparse_library or os.path.join(BUILT_DIR, SPARSE_LIBRARY_NAME)
     petsc = getattr(_build_info, "PETSC_LIBRARY", "")
     if not os.path.exists(path) or not petsc:
         why = getattr(_build_info, "PETSC_MISSING", "") or "this build predates the sparse ops"

@@ -79,7 +79,12 @@ MESSAGES = {
     "dtype": "argument '$0' has dtype $1; supported: $2",
     "to_oneself": "argument '$0' = $1 is this rank; sending to oneself is an error",
     "same_everywhere": "argument '$0' must be the same on every rank; got$1",
+    "solver": "argument 'solver' = '$0' is not one of $1",
 }
+
+# The sparse solve's solvers (ADCME's names, plus GAMG), written once: the
+# wrapper checks against them and the kernel's header gets them.
+SOLVERS = ("BoomerAMG", "GAMG", "GMRES", "CG")
 
 TYPES = frozenset(op.type for op in OPS)
 DATA_DTYPES = "float32, float64, int32, int64"
@@ -108,14 +113,14 @@ def cpp_header():
         if op.checked:
             kinds[op.type] = len(kinds) + 1
     for op in OPS:
-        forward = by_type(op.adjoint).name
-        rows.append(f'  X({op.type}, "{op.name}", "{forward}", {kinds.get(op.type, 0)})')
+        backward = "gradient of " + by_type(op.adjoint).name
+        rows.append(f'  X({op.type}, "{op.name}", "{backward}", {kinds.get(op.type, 0)})')
     lines = [
         "// Generated from adcme_mpi/op_table.py at build time; do not edit.",
         "#ifndef ADCME_MPI_OPS_OP_TABLE_H_",
         "#define ADCME_MPI_OPS_OP_TABLE_H_",
         "",
-        "// X(type, name in messages, name of the op it is the gradient of, check kind or 0)",
+        "// X(type, name in messages, name in a backward pass, check kind or 0)",
         "#define ADCME_MPI_OP_TABLE(X) \\",
         " \\\n".join(rows),
         "",
@@ -128,6 +133,9 @@ def cpp_header():
     lines += [
         f'constexpr char kDataDtypes[] = "{DATA_DTYPES}";',
         "}  // namespace messages",
+        "constexpr const char* kSolvers[] = {" + ", ".join(f'"{s}"' for s in SOLVERS) + "};",
+        f"constexpr int kSolverCount = {len(SOLVERS)};",
+        f'constexpr char kSolverNames[] = "{", ".join(SOLVERS)}";',
         "}  // namespace adcme_mpi",
         "",
         "#endif  // ADCME_MPI_OPS_OP_TABLE_H_",

@@ -7,13 +7,13 @@ ops need every rank), and scipy uses rank 0's values. At the end rank 0
 broadcasts the result, so every rank returns the same OptimizeResult.
 """
 
-import time
 import traceback
 
 import numpy as np
 import scipy.optimize
 from mpi4py import MPI
 
+from ._watch import watched
 from .runtime import require_mpi
 
 __all__ = ["mpi_optimize", "MPIOptimizeError"]
@@ -29,32 +29,40 @@ class _Control:
     """Commands and error votes on a private duplicate of the communicator."""
 
     def __init__(self, comm, error_wait):
-        self.comm = comm.Dup()
+        self.who = f"mpi_optimize (rank {comm.Get_rank()} of {comm.Get_size()})"
+        with watched(self.who, "every rank to start mpi_optimize"):
+            self.comm = comm.Dup()
         self.rank = self.comm.Get_rank()
         self.error_wait = error_wait
+
+    def bcast(self, value, waiting_for):
+        """comm.bcast from rank 0, under the watchdog (ADCME_MPI_TIMEOUT)."""
+        with watched(self.who, waiting_for):
+            return self.comm.bcast(value, root=0)
 
     def agree_on_errors(self, error):
         """Every rank says whether its evaluation failed. If the others do not
         answer within `error_wait` seconds (they are stuck inside an MPI op
-        that this rank never reached), abort the job instead of hanging."""
+        that this rank never reached), the watchdog aborts the job instead of
+        hanging, quoting this rank's error."""
         flag = np.array([1 if error else 0], dtype=np.int32)
         total = np.zeros(1, dtype=np.int32)
         request = self.comm.Iallreduce(flag, total, op=MPI.SUM)
-        deadline = time.monotonic() + self.error_wait
-        while not request.Test():
-            if error and time.monotonic() > deadline:
-                print(
-                    f"[rank {self.rank}] mpi_optimize: evaluation failed and the other ranks "
-                    f"did not answer within {self.error_wait:g} s (they wait inside an MPI "
-                    f"op); aborting the job.\n{error}",
-                    flush=True,
-                )
-                time.sleep(0.5)
-                MPI.COMM_WORLD.Abort(1)
-            time.sleep(0.0005)
+        if error:
+            last = error.strip().splitlines()[-1]
+            waiting_for = (
+                "the other ranks to report their evaluation (they may wait inside an MPI op "
+                f"this rank never reached); this rank's evaluation raised: {last}"
+            )
+            timeout = self.error_wait
+        else:
+            waiting_for, timeout = "every rank to report its evaluation", None
+        with watched(self.who, waiting_for, timeout):
+            request.Wait()
         if total[0] == 0:
             return
-        messages = self.comm.allgather(error)
+        with watched(self.who, "every rank's error message"):
+            messages = self.comm.allgather(error)
         text = "\n".join(f"--- rank {r} ---\n{m}" for r, m in enumerate(messages) if m)
         bad = [r for r, m in enumerate(messages) if m]
         raise MPIOptimizeError(f"mpi_optimize: evaluation raised on rank(s) {bad}:\n{text}")
@@ -130,7 +138,7 @@ def mpi_optimize(
     control = _Control(comm or MPI.COMM_WORLD, error_wait)
     try:
         x0 = np.array(x0, dtype=np.float64)
-        x0 = control.comm.bcast(x0, root=0)
+        x0 = control.bcast(x0, "rank 0's x0")
         if control.rank == 0:
             result = _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_kw)
         else:
@@ -144,7 +152,7 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
     def remote(kind):
         def evaluate(x):
             x = np.asarray(x, dtype=np.float64).reshape(x0.shape)
-            control.comm.bcast((_EVAL, kind, x), root=0)
+            control.bcast((_EVAL, kind, x), "the workers")
             return _run_one(control, kind, x, f, g, fg)
 
         return evaluate
@@ -189,15 +197,15 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
         raise  # every rank raises it already
     except BaseException as err:
         # scipy itself (or the callback) failed on rank 0: release the workers first
-        control.comm.bcast((_STOP, None, f"rank 0 failed: {err!r}"), root=0)
+        control.bcast((_STOP, None, f"rank 0 failed: {err!r}"), "the workers")
         raise
-    control.comm.bcast((_STOP, result, None), root=0)
+    control.bcast((_STOP, result, None), "the workers")
     return result
 
 
 def _worker(control, f, g, fg):
     while True:
-        command, payload, extra = control.comm.bcast(None, root=0)
+        command, payload, extra = control.bcast(None, "rank 0's next command")
         if command == _STOP:
             if extra is not None:
                 raise MPIOptimizeError(f"mpi_optimize: {extra}")

@@ -1,6 +1,5 @@
 """MPI runtime: initialisation, ranks, communicators, sessions, abort on error."""
 
-import os
 import sys
 import threading
 import time
@@ -14,6 +13,8 @@ from mpi4py import MPI
 import tensorflow as tf
 
 from . import _loader
+from ._watch import watched
+from .settings import CURRENT as SETTINGS
 
 __all__ = [
     "mpi_init",
@@ -54,9 +55,8 @@ class _CommPair:
         )
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        # MPI_TAG_UB is only guaranteed on COMM_WORLD (Open MPI leaves it off dups)
-        ub = self.forward.Get_attr(MPI.TAG_UB)
-        self.tag_ub = int(ub if ub is not None else MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))
+        # read where the ops read it (ops/core.cc, TagUpperBound)
+        self.tag_ub = _loader.capi.adcme_mpi_tag_upper_bound(self.forward.py2f())
 
     @property
     def forward_handle(self):
@@ -73,27 +73,13 @@ def _duplicate(comm, count, op):
     so a rank whose peers never make an op on `comm` is told so instead of
     waiting unseen."""
     made = [comm.Idup() for _ in range(count)]
-    requests = [request for _, request in made]
-    timeout = float(os.environ.get("ADCME_MPI_TIMEOUT") or 0)
-    start = time.monotonic()
-    polls = 0
-    while not MPI.Request.Testall(requests):
-        polls += 1
-        if polls > 1000:
-            time.sleep(0.001)  # yield the core: peers may share it
-        waited = time.monotonic() - start
-        if timeout > 0 and waited > timeout:
-            rank = MPI.COMM_WORLD.Get_rank()
-            sys.stderr.write(
-                f"adcme_mpi watchdog: {op} (rank {comm.Get_rank()} of {comm.Get_size()}) waited "
-                f"{waited:.1f} s (ADCME_MPI_TIMEOUT={timeout:g}) for every rank of "
-                f"{_comm_name(comm)} to make its first op on it (that duplicates the "
-                "communicator, a collective; call adcme_mpi.mpi_init() on every rank first if "
-                f"some make no op); aborting the job (world rank {rank})\n"
-            )
-            sys.stderr.flush()
-            time.sleep(0.5)  # let mpiexec forward the message
-            MPI.COMM_WORLD.Abort(124)
+    with watched(
+        f"{op} (rank {comm.Get_rank()} of {comm.Get_size()})",
+        f"every rank of {_comm_name(comm)} to make its first op on it (that duplicates the "
+        "communicator, a collective; call adcme_mpi.mpi_init() on every rank first if some "
+        f"make no op; world rank {MPI.COMM_WORLD.Get_rank()})",
+    ):
+        MPI.Request.Waitall([request for _, request in made])
     return [duplicate for duplicate, _ in made]
 
 
@@ -165,12 +151,23 @@ def _comm_name(comm):
 
 
 def mpi_initialized():
-    """Whether MPI is initialised and not yet finalised.
+    """Whether the package is ready for every op: mpi_init() has run (or the
+    first collective op prepared COMM_WORLD) and mpi_finalize() has not.
+    False right after `import adcme_mpi`, as in ADCME, so ADCME's guard
+    `if not am.mpi_initialized(): am.mpi_init()` works. (Importing the
+    package initialises MPI itself but does nothing collective; only
+    mpi_init, a collective, makes point-to-point ops safe.)
 
     Example::
 
-        am.mpi_initialized()   # True after `import adcme_mpi`
+        if not am.mpi_initialized():
+            am.mpi_init()
     """
+    return _mpi_usable() and MPI.COMM_WORLD.py2f() in _pairs
+
+
+def _mpi_usable():
+    """MPI is initialised and not yet finalised."""
     return bool(MPI.Is_initialized()) and not MPI.Is_finalized()
 
 
@@ -252,7 +249,7 @@ def end_of_program_check():
     doing, instead of a hang. Then, with every rank at its end, gradient
     sends that nobody received are reported (a peer's backward pass left out
     the matching op). Returns the message, or None when all is well."""
-    if not mpi_initialized() or MPI.COMM_WORLD.Get_size() == 1:
+    if not _mpi_usable() or MPI.COMM_WORLD.Get_size() == 1:
         return None
     rank = MPI.COMM_WORLD.Get_rank()
     pair = _pairs.get(MPI.COMM_WORLD.py2f())
@@ -261,8 +258,9 @@ def end_of_program_check():
         return None
     if _loader.capi.adcme_mpi_end_of_program(pair.forward_handle, buffer, len(buffer)) != 0:
         return f"adcme_mpi (rank {rank}): {buffer.value.decode(errors='replace')}"
-    if os.environ.get("ADCME_MPI_CHECK") == "0":
-        pair.check.Barrier()  # the end-of-program check was off: every rank here first
+    if not SETTINGS.check:  # the end-of-program check was off: every rank here first
+        with watched(f"adcme_mpi end of program (rank {rank})", "every rank to end its program"):
+            pair.check.Barrier()
     # every rank has ended: a gradient send still unreceived now never will be
     if _loader.capi.adcme_mpi_complete_detached_sends(2.0, buffer, len(buffer)) > 0:
         return f"adcme_mpi (rank {rank}): {buffer.value.decode(errors='replace')}"
@@ -286,12 +284,12 @@ def mpi_finalize():
 
         am.mpi_finalize()   # last, on every rank
     """
-    if not mpi_initialized():
+    if not _mpi_usable():
         return
     problem = end_of_program_check()
     if problem:
         _abort_with(problem)
-    _loader.finalize_sparse()  # PETSc's objects live on the ops' communicators
+    _close("mpi_finalize")
     with _lock:
         _loader.capi.adcme_mpi_forget_comms()
         for pair in _pairs.values():
@@ -302,15 +300,24 @@ def mpi_finalize():
     MPI.Finalize()
 
 
+def _close(who):
+    """Ops still waiting on this rank (another thread's) end with an error
+    naming mpi_finalize, no op starts any more, and once none is in flight
+    PETSc ends: its objects live on the ops' communicators."""
+    rank = MPI.COMM_WORLD.Get_rank()
+    _loader.capi.adcme_mpi_close(f"{who} (rank {rank} of {MPI.COMM_WORLD.Get_size()})".encode())
+    _loader.finalize_sparse()
+
+
 def _at_exit():
     """A script that ends without mpi_finalize gets the same end-of-program
     check (before mpi4py finalises MPI)."""
-    if _hook_installed and mpi_initialized() and os.environ.get("ADCME_MPI_NO_ABORT") != "1":
+    if _hook_installed and _mpi_usable() and not SETTINGS.no_abort:
         problem = end_of_program_check()
         if problem:
             _abort_with(problem)
-    if mpi_initialized():
-        _loader.finalize_sparse()
+    if _mpi_usable():
+        _close("adcme_mpi end of program")
         # the checks' persistent requests, before mpi4py's MPI_Finalize (which
         # warns about any left); no op runs after this
         with _lock:
@@ -413,13 +420,13 @@ def _install_abort_on_uncaught_exception():
     rank) and aborts the whole job, so no peer waits forever in a collective.
     Set ADCME_MPI_NO_ABORT=1 to keep Python's default behaviour."""
     global _hook_installed
-    if _hook_installed or os.environ.get("ADCME_MPI_NO_ABORT") == "1":
+    if _hook_installed or SETTINGS.no_abort:
         return
     _hook_installed = True
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        if not mpi_initialized() or kind is KeyboardInterrupt or MPI.COMM_WORLD.Get_size() == 1:
+        if not _mpi_usable() or kind is KeyboardInterrupt or MPI.COMM_WORLD.Get_size() == 1:
             previous(kind, value, tb)
             return
         rank = MPI.COMM_WORLD.Get_rank()

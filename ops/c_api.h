@@ -11,24 +11,47 @@
 
 // ---- libadcme_mpi_ops.so ----
 
-// Registers the duplicates of one user communicator (Fortran handles):
-// forward messages, gradient messages, and the one all their cross-rank
-// checks share (so a rank in a forward op and a rank in a gradient op see
-// each other's op). (execution.cc)
+// The settings adcme_mpi/settings.py parsed from the environment, handed
+// over once at import, before any kernel runs. (core.cc)
+ADCME_MPI_C_API void adcme_mpi_configure(int check, int mpi_thread, double timeout,
+                                         int oversubscribed);
+
+// MPI_TAG_UB of a communicator (Fortran handle), or of COMM_WORLD where the
+// communicator has none. (core.cc)
+ADCME_MPI_C_API int adcme_mpi_tag_upper_bound(int64_t comm);
+
+// Registers the duplicates of one user communicator (Fortran handles) as a
+// family: forward messages, gradient messages, and the one all their
+// cross-rank checks share (so a rank in a forward op and a rank in a
+// gradient op see each other's op). (family.cc)
 ADCME_MPI_C_API void adcme_mpi_register_comms(int64_t forward, int64_t backward, int64_t check);
 
-// Frees every family's check requests and forgets the communicators, before
-// the Python side frees them. (execution.cc)
+// mpi_finalize's first step on this rank: ops still waiting end with an
+// error naming mpi_finalize, no op may start, and it returns once none is in
+// flight (under the watchdog, as `who`). (family.cc)
+ADCME_MPI_C_API void adcme_mpi_close(const char* who);
+
+// Drops every family (their check requests are freed), before the Python
+// side frees the communicators. (family.cc)
 ADCME_MPI_C_API void adcme_mpi_forget_comms(void);
 
 // "<MPI_Get_library_version>\x1f<path of the shared object defining MPI_Init>",
 // for the import-time check that the ops and mpi4py share one libmpi.
-// Returns the length snprintf would write. (execution.cc)
+// Returns the length snprintf would write. (kernel.cc)
 ADCME_MPI_C_API int adcme_mpi_libmpi_info(char* buffer, int length);
+
+// A watched section for a blocking call made elsewhere (mpi4py's, on the
+// Python side): the watchdog aborts the job with "adcme_mpi watchdog: <who>
+// waited <s> s (...) for <waiting_for>" if it lasts longer than `timeout`
+// seconds (< 0: ADCME_MPI_TIMEOUT; 0: not watched). Returns the handle
+// adcme_mpi_watch_end takes. (wait.cc)
+ADCME_MPI_C_API int64_t adcme_mpi_watch_begin(const char* who, const char* waiting_for,
+                                              double timeout);
+ADCME_MPI_C_API void adcme_mpi_watch_end(int64_t section);
 
 // Called once every rank has reached the end of its program: waits up to
 // `grace_seconds` for gradient sends still in flight, then writes the first
-// one nobody received into `buffer`. Returns how many were left. (waiting.cc)
+// one nobody received into `buffer`. Returns how many were left. (wait.cc)
 ADCME_MPI_C_API int adcme_mpi_complete_detached_sends(double grace_seconds, char* buffer,
                                                       int length);
 

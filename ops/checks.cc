@@ -34,6 +34,16 @@
 // mpi_finalize and the end of the program join the same sequence
 // (OpKind::kEndOfProgram), so "rank 0 ended while the others wait in a
 // gradient" is a message, too.
+//
+// Bad input on one rank: a checked op validates its input locally first;
+// when that fails, the rank still takes part in the op's check with a
+// verdict (its error code) in the header. The digests then differ, the
+// ranks exchange their headers, and the rank with the bad input sends its
+// message to the others: every rank fails, each naming that rank, instead
+// of the others waiting for a rank that has left. The state of a family's
+// checks lives in its CommFamily (family.h), under its mutex.
+#include "checks.h"
+
 #include <algorithm>
 #include <cstring>
 #include <deque>
@@ -45,13 +55,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/substitute.h"
 #include "c_api.h"
-#include "common.h"
-#include "registry.h"
+#include "family.h"
+#include "wait.h"
 
 namespace adcme_mpi {
 namespace {
 
-constexpr int kHeader = 3;  // kind, backward, sequence number
+constexpr int kHeader =
+    4;  // kind, backward, sequence number, verdict (0: fine; else a status code)
 constexpr int kPayload = 12;
 constexpr int kMaxDims = 8;
 
@@ -137,38 +148,91 @@ std::string Doing(const std::vector<int64_t>& row) {
 // The error path: every rank's header and payload, for the message. Point
 // to point on the check communicator (whose collectives are only checks),
 // one message from each rank to each other rank.
-constexpr int kRowsTag = 7;
+constexpr int kRowsTag = 7, kTextTag = 8;
+constexpr int kTextBytes = 2048;  // a failed rank's message, as its peers quote it
+
+// The verdicts' second round: each rank whose verdict is a failure sends
+// its message to every rank whose verdict is fine; those fail with the
+// first failed rank's code and message. `verdicts[r]` is rank r's.
+absl::Status ShareFailures(const CallSite& site, MPI_Comm check,
+                           const std::vector<int64_t>& verdicts, const absl::Status* own_failure) {
+  RequestSet requests(site);
+  auto texts = std::make_shared<std::vector<char>>(static_cast<size_t>(kTextBytes) * site.size, 0);
+  requests.Keep(texts);
+  if (own_failure != nullptr) {
+    auto text = std::make_shared<std::string>(own_failure->message().substr(0, kTextBytes - 1));
+    requests.Keep(text);
+    for (int r = 0; r < site.size; ++r) {
+      if (verdicts[r] != 0) continue;
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Isend(text->data(), static_cast<int>(text->size()),
+                                                   MPI_CHAR, r, kTextTag, check, requests.Next()),
+                                         "MPI_Isend"));
+    }
+  } else {
+    for (int r = 0; r < site.size; ++r) {
+      if (verdicts[r] == 0) continue;
+      char* into = texts->data() + static_cast<size_t>(kTextBytes) * r;
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Irecv(into, kTextBytes - 1, MPI_CHAR, r, kTextTag,
+                                                   check, requests.Next(/*receive=*/true)),
+                                         "MPI_Irecv"));
+    }
+  }
+  TF_RETURN_IF_ERROR(requests.Wait("the rank(s) with bad input to send their message"));
+  if (own_failure != nullptr) return *own_failure;
+  for (int r = 0; r < site.size; ++r) {
+    if (verdicts[r] == 0) continue;
+    const char* text = texts->data() + static_cast<size_t>(kTextBytes) * r;
+    return absl::Status(static_cast<absl::StatusCode>(verdicts[r]),
+                        absl::StrCat(site.Describe(), ": rank ", r,
+                                     " has bad input, so this op fails on every rank: ", text));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status GatherRows(const CallSite& site, MPI_Comm check, const std::vector<int64_t>& mine,
-                        std::vector<std::vector<int64_t>>* rows) {
+                        std::vector<std::vector<int64_t>>* rows,
+                        const absl::Status* own_failure = nullptr) {
   const int width = kHeader + kPayload;
-  std::vector<int64_t> all(static_cast<size_t>(width) * site.size);
-  std::copy(mine.begin(), mine.end(), all.begin() + static_cast<size_t>(width) * site.rank);
-  std::vector<MPI_Request> requests;
-  for (int r = 0; r < site.size; ++r) {
-    if (r == site.rank) continue;
-    requests.emplace_back();
-    TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(all.data() + static_cast<size_t>(width) * r, width,
-                                            MPI_INT64_T, r, kRowsTag, check, &requests.back()),
-                                  "MPI_Irecv"));
-    requests.emplace_back();
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Isend(mine.data(), width, MPI_INT64_T, r, kRowsTag, check, &requests.back()),
-                   "MPI_Isend"));
+  auto all = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(width) * site.size);
+  auto sent = std::make_shared<std::vector<int64_t>>(mine);
+  std::copy(mine.begin(), mine.end(), all->begin() + static_cast<size_t>(width) * site.rank);
+  {
+    RequestSet requests(site);
+    requests.Keep(all);
+    requests.Keep(sent);
+    for (int r = 0; r < site.size; ++r) {
+      if (r == site.rank) continue;
+      TF_RETURN_IF_ERROR(
+          requests.Posted(MPI_Irecv(all->data() + static_cast<size_t>(width) * r, width,
+                                    MPI_INT64_T, r, kRowsTag, check, requests.Next(true)),
+                          "MPI_Irecv"));
+      TF_RETURN_IF_ERROR(requests.Posted(
+          MPI_Isend(sent->data(), width, MPI_INT64_T, r, kRowsTag, check, requests.Next()),
+          "MPI_Isend"));
+    }
+    TF_RETURN_IF_ERROR(requests.Wait("every rank (metadata check)"));
   }
-  TF_RETURN_IF_ERROR(WaitAll(site, &requests, "every rank (metadata check)"));
   std::vector<std::vector<int64_t>> headers(site.size);
+  std::vector<int64_t> verdicts(site.size);
   rows->assign(site.size, {});
-  bool agree = true;
+  bool agree = true, failed = false;
   for (int r = 0; r < site.size; ++r) {
-    headers[r].assign(all.begin() + r * width, all.begin() + r * width + kHeader);
-    (*rows)[r].assign(all.begin() + r * width + kHeader, all.begin() + (r + 1) * width);
-    if (headers[r] != std::vector<int64_t>(mine.begin(), mine.begin() + kHeader)) agree = false;
+    const auto row = all->begin() + static_cast<size_t>(width) * r;
+    headers[r].assign(row, row + kHeader);
+    (*rows)[r].assign(row + kHeader, row + width);
+    verdicts[r] = headers[r][3];
+    failed = failed || verdicts[r] != 0;
+    // the same op at the same point: kind, direction and sequence number
+    if (!std::equal(mine.begin(), mine.begin() + 3, headers[r].begin())) agree = false;
   }
-  if (agree) return absl::OkStatus();
-  std::string text = "ranks disagree on which collective comes next (their programs differ):";
-  for (int r = 0; r < site.size; ++r)
-    absl::StrAppend(&text, r ? ";" : "", " rank ", r, " is at ", Doing(headers[r]));
-  return site.InvalidArgument(text);
+  if (!agree) {
+    std::string text = "ranks disagree on which collective comes next (their programs differ):";
+    for (int r = 0; r < site.size; ++r)
+      absl::StrAppend(&text, r ? ";" : "", " rank ", r, " is at ", Doing(headers[r]));
+    return site.InvalidArgument(text);
+  }
+  if (failed) return ShareFailures(site, check, verdicts, own_failure);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -191,34 +255,65 @@ struct PendingCheck {
   ExplainRows explain;        // its message when the ranks' payloads differ
 };
 
-// A family's checks: every checked op of the family takes the next slot of
-// the ring, so a slot is free again once the check that used it, kSlots
-// checks earlier, is complete. At most kSlots - 1 deferred checks are in
-// flight; the oldest is waited for before another is posted.
+// A family's checks (its CommFamily::checks, under CommFamily::mu): every
+// checked op of the family takes the next slot of the ring, so a slot is
+// free again once the check that used it, kSlots checks earlier, is
+// complete. At most kSlots - 1 deferred checks are in flight; the oldest is
+// waited for before another is posted.
 constexpr size_t kSlots = 16;
 struct CheckQueue {
-  explicit CheckQueue(MPI_Comm c) : check(c) {}
-  const MPI_Comm check;
-  std::mutex mu;
   std::vector<std::unique_ptr<CheckSlot>> slots;
   size_t next = 0;
   std::deque<PendingCheck> pending;
+  std::set<CheckSlot*> abandoned;  // a blocking check whose wait ended early (mpi_finalize)
+
+  // Made by every rank at its first check on the family: the same point of
+  // the family's collective sequence everywhere (MPI_Allreduce_init is a
+  // collective, like the checks themselves).
+  explicit CheckQueue(MPI_Comm check) {
+    const PacketMpi& mpi = PacketTypes();
+    for (size_t i = 0; i < kSlots; ++i) {
+      slots.push_back(std::make_unique<CheckSlot>());
+#if MPI_VERSION >= 4
+      CheckSlot* slot = slots.back().get();
+      slot->persistent = MPI_Allreduce_init(MPI_IN_PLACE, &slot->packet, 1, mpi.type, mpi.op, check,
+                                            MPI_INFO_NULL, &slot->request) == MPI_SUCCESS;
+#endif
+    }
+  }
+  // Runs when the family is forgotten (mpi_finalize), before its
+  // communicators are freed. An active request must not be freed (a check
+  // still in flight after a failed program): those slots, packet and
+  // request, are left to MPI_Finalize.
+  ~CheckQueue() {
+    std::set<CheckSlot*> in_flight = abandoned;
+    for (const PendingCheck& check : pending) in_flight.insert(check.slot);
+    for (auto& slot : slots) {
+      if (in_flight.count(slot.get())) {
+        slot.release();
+      } else if (slot->persistent) {
+        MPI_Request_free(&slot->request);
+      }
+    }
+  }
 };
 
 namespace {
 
-std::mutex queues_mu;
-std::vector<CheckQueue*>& AllQueues() {
-  static auto* queues = new std::vector<CheckQueue*>();
-  return *queues;
+// The family's queue, made on its first check. Call with family->mu held.
+CheckQueue* QueueOf(CommFamily* family) {
+  if (!family->checks) family->checks = std::make_shared<CheckQueue>(family->check);
+  return static_cast<CheckQueue*>(family->checks.get());
 }
+
+thread_local int64_t checks_posted = 0;
 
 // The verdict of a completed check that found a disagreement, as `site`
 // reports it: the posting op's own message, prefixed when a later op
 // (or the end of the program) is the one to find it.
 absl::Status Disagreement(const CallSite& site, int64_t own_sequence, PendingCheck& check) {
   std::vector<std::vector<int64_t>> rows;
-  absl::Status status = GatherRows(check.site, check.site.check_comm, check.mine, &rows);
+  absl::Status status = GatherRows(check.site, check.site.family->check, check.mine, &rows);
   if (status.ok() && !rows.empty()) status = check.explain(rows);
   if (status.ok()) status = check.site.InvalidArgument("ranks disagree (digest mismatch)");
   if (check.mine[2] == own_sequence && check.site.op == site.op) return status;
@@ -229,14 +324,14 @@ absl::Status Disagreement(const CallSite& site, int64_t own_sequence, PendingChe
 }
 
 absl::Status WaitSlot(const CallSite& site, CheckSlot* slot) {
-  TF_RETURN_IF_ERROR(WaitOne(site, slot->request, "every rank (metadata check)"));
+  TF_RETURN_IF_ERROR(WaitRequest(site, &slot->request, "every rank (metadata check)"));
   if (!slot->persistent) slot->request = MPI_REQUEST_NULL;  // complete: freed by MPI
   return absl::OkStatus();
 }
 
 // Completes the queue's deferred checks in posting order, down to `keep`:
-// waiting for each (block), or only those already complete. Call with
-// queue->mu held.
+// waiting for each (block), or only those already complete. Call with the
+// family's mutex held.
 absl::Status SettleLocked(const CallSite& site, CheckQueue* queue, bool block, int64_t own_sequence,
                           size_t keep = 0) {
   while (queue->pending.size() > keep) {
@@ -256,13 +351,16 @@ absl::Status SettleLocked(const CallSite& site, CheckQueue* queue, bool block, i
   return absl::OkStatus();
 }
 
-// Header (kind, direction, the family's next sequence number) and payload.
-std::vector<int64_t> HeaderAndPayload(const CallSite& site, const CommRoute& route, OpKind kind,
-                                      const std::vector<int64_t>& payload) {
+// Header (kind, direction, the family's next sequence number, verdict) and
+// payload. Call with the family's mutex held.
+std::vector<int64_t> HeaderAndPayload(const CallSite& site, OpKind kind,
+                                      const std::vector<int64_t>& payload, int64_t verdict) {
+  ++checks_posted;
   std::vector<int64_t> mine(kHeader + kPayload, -1);
   mine[0] = static_cast<int64_t>(kind);
   mine[1] = site.backward;
-  mine[2] = NextSequenceNumber(route);
+  mine[2] = site.family ? ++site.family->sequence : 0;
+  mine[3] = verdict;
   for (size_t i = 0; i < payload.size() && i < kPayload; ++i) mine[kHeader + i] = payload[i];
   return mine;
 }
@@ -289,107 +387,37 @@ absl::Status StartSlot(const CallSite& site, MPI_Comm check, CheckSlot* slot) {
       MPI_Iallreduce(MPI_IN_PLACE, &slot->packet, 1, mpi.type, mpi.op, check, &slot->request),
       "MPI_Iallreduce");
 }
-}  // namespace
 
-CheckQueue* NewCheckQueue(MPI_Comm check) {
-  auto* queue = new CheckQueue(check);
-  if (GetSettings().check) {
-    const PacketMpi& mpi = PacketTypes();
-    for (size_t i = 0; i < kSlots; ++i) {
-      queue->slots.push_back(std::make_unique<CheckSlot>());
-#if MPI_VERSION >= 4
-      CheckSlot* slot = queue->slots.back().get();
-      // collective, like the communicator's creation just before: every rank
-      // makes its slots at the same point
-      slot->persistent = MPI_Allreduce_init(MPI_IN_PLACE, &slot->packet, 1, mpi.type, mpi.op, check,
-                                            MPI_INFO_NULL, &slot->request) == MPI_SUCCESS;
-#endif
-    }
-  }
-  std::lock_guard<std::mutex> lock(queues_mu);
-  AllQueues().push_back(queue);
-  return queue;
-}
-
-void FreeCheckQueues() {
-  std::lock_guard<std::mutex> lock(queues_mu);
-  for (CheckQueue* queue : AllQueues()) {
-    std::lock_guard<std::mutex> queue_lock(queue->mu);
-    // an active request must not be freed (a check still in flight after a
-    // failed program): those slots, packet and request, are left to MPI_Finalize
-    std::set<CheckSlot*> in_flight;
-    for (const PendingCheck& check : queue->pending) in_flight.insert(check.slot);
-    for (auto& slot : queue->slots) {
-      if (in_flight.count(slot.get())) {
-        slot.release();
-      } else if (slot->persistent) {
-        MPI_Request_free(&slot->request);
-      }
-    }
-    queue->pending.clear();
-    queue->slots.clear();
-  }
-  AllQueues().clear();  // the queues themselves leak with their routes' counters
-}
-
-absl::Status PostDeferredCheck(const CallSite& site, OpKind kind,
-                               const std::vector<int64_t>& payload, ExplainRows explain,
-                               int64_t* sequence) {
-  *sequence = -1;
-  if (!GetSettings().check || site.size == 1) return absl::OkStatus();
-  const CommRoute route = RouteOf(site.comm);
-  if (route.deferred == nullptr) {  // unregistered communicator: check now
-    std::vector<std::vector<int64_t>> rows;
-    TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, payload, &rows));
-    return rows.empty() ? absl::OkStatus() : explain(rows);
-  }
-  CheckQueue* queue = route.deferred;
-  std::lock_guard<std::mutex> lock(queue->mu);
-  TF_RETURN_IF_ERROR(SettleLocked(site, queue, /*block=*/false, -1));
-  TF_RETURN_IF_ERROR(SettleLocked(site, queue, /*block=*/true, -1, queue->slots.size() - 1));
-  PendingCheck check;
-  check.mine = HeaderAndPayload(site, route, kind, payload);
-  check.slot = TakeSlot(queue, check.mine);
-  check.site = site;
-  check.explain = std::move(explain);
-  TF_RETURN_IF_ERROR(StartSlot(site, queue->check, check.slot));
-  *sequence = check.mine[2];
-  queue->pending.push_back(std::move(check));
-  return absl::OkStatus();
-}
-
-absl::Status SettleDeferredChecks(const CallSite& site, bool block, int64_t own_sequence) {
-  const CommRoute route = RouteOf(site.comm);
-  if (route.deferred == nullptr) return absl::OkStatus();
-  std::lock_guard<std::mutex> lock(route.deferred->mu);
-  return SettleLocked(site, route.deferred, block, own_sequence);
-}
-
-bool Carried::Fits(const Tensor& t) { return t.TotalBytes() <= kInlineBytes; }
-
-absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
-                              const std::vector<int64_t>& payload,
-                              std::vector<std::vector<int64_t>>* rows, Carried* carried) {
+// AgreeAcrossRanks, with this rank's verdict: `failure` (not null) marks it failed.
+absl::Status Agree(const CallSite& site, OpKind kind, const std::vector<int64_t>& payload,
+                   std::vector<std::vector<int64_t>>* rows, Carried* carried,
+                   const absl::Status* failure) {
   rows->clear();
-  if (!GetSettings().check || site.size == 1) return absl::OkStatus();
-  const CommRoute route = RouteOf(site.comm);
-  // a registered family: its deferred checks first (verdicts in order),
-  // then this one in the next slot; otherwise a packet of its own. Waiting
-  // for them before posting this one costs at most log2 P latencies once per
+  if (!GetSettings().check || site.size == 1) return failure ? *failure : absl::OkStatus();
+  // a family: its deferred checks first (verdicts in order), then this one
+  // in the next slot; otherwise a packet of its own. Waiting for them
+  // before posting this one costs at most log2 P latencies once per
   // blocking check (not per halo), and keeps the ranks' checks in step after
   // a reported disagreement: no rank has posted a check past the failed one.
   std::unique_lock<std::mutex> lock;
-  CheckSlot own;
-  CheckSlot* slot = &own;
-  if (route.deferred != nullptr) {
-    lock = std::unique_lock<std::mutex>(route.deferred->mu);
-    TF_RETURN_IF_ERROR(SettleLocked(site, route.deferred, /*block=*/true, -1));
+  CheckQueue* queue = nullptr;
+  MPI_Comm check = site.comm;
+  if (site.family != nullptr) {
+    lock = std::unique_lock<std::mutex>(site.family->mu);
+    queue = QueueOf(site.family);
+    check = site.family->check;
+    TF_RETURN_IF_ERROR(SettleLocked(site, queue, /*block=*/true, -1));
   }
-  const std::vector<int64_t> mine = HeaderAndPayload(site, route, kind, payload);
-  if (route.deferred != nullptr) {
-    slot = TakeSlot(route.deferred, mine);
+  const int64_t verdict = failure ? static_cast<int64_t>(failure->code()) : 0;
+  const std::vector<int64_t> mine = HeaderAndPayload(site, kind, payload, verdict);
+  std::shared_ptr<CheckSlot> own;  // no family: a slot of this check's own
+  CheckSlot* slot = nullptr;
+  if (queue != nullptr) {
+    slot = TakeSlot(queue, mine);
   } else {
-    ResetPacket(&own.packet, mine);
+    own = std::make_shared<CheckSlot>();
+    slot = own.get();
+    ResetPacket(&slot->packet, mine);
   }
   Packet& packet = slot->packet;
   const bool inline_data = carried != nullptr && Carried::Fits(*carried->input);
@@ -403,15 +431,72 @@ absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
       packet.from_root = carried->is_root;
     }
   }
-  TF_RETURN_IF_ERROR(StartSlot(site, route.check, slot));
-  TF_RETURN_IF_ERROR(WaitSlot(site, slot));
-  if (packet.disagree) return GatherRows(site, route.check, mine, rows);
+  if (own) {  // its request must not outlive the packet: a request set keeps it
+    RequestSet requests(site);
+    requests.Keep(own);
+    const PacketMpi& mpi = PacketTypes();
+    TF_RETURN_IF_ERROR(requests.Posted(
+        MPI_Iallreduce(MPI_IN_PLACE, &packet, 1, mpi.type, mpi.op, check, requests.Next()),
+        "MPI_Iallreduce"));
+    TF_RETURN_IF_ERROR(requests.Wait("every rank (metadata check)"));
+  } else {
+    TF_RETURN_IF_ERROR(StartSlot(site, check, slot));
+    const absl::Status waited = WaitSlot(site, slot);
+    if (!waited.ok()) {
+      queue->abandoned.insert(slot);  // still active: never started again nor freed
+      return waited;
+    }
+  }
+  if (packet.disagree) return GatherRows(site, check, mine, rows, failure);
+  if (failure != nullptr) return *failure;  // every rank failed alike
   if (inline_data) {
     if (carried->output != nullptr)
       std::memcpy(carried->output, packet.data, carried->input->TotalBytes());
     carried->done = true;
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PostDeferredCheck(const CallSite& site, OpKind kind,
+                               const std::vector<int64_t>& payload, ExplainRows explain,
+                               int64_t* sequence) {
+  *sequence = -1;
+  if (!GetSettings().check || site.size == 1) return absl::OkStatus();
+  if (site.family == nullptr) {  // no family: check now
+    std::vector<std::vector<int64_t>> rows;
+    TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, payload, &rows));
+    return rows.empty() ? absl::OkStatus() : explain(rows);
+  }
+  std::lock_guard<std::mutex> lock(site.family->mu);
+  CheckQueue* queue = QueueOf(site.family);
+  TF_RETURN_IF_ERROR(SettleLocked(site, queue, /*block=*/false, -1));
+  TF_RETURN_IF_ERROR(SettleLocked(site, queue, /*block=*/true, -1, queue->slots.size() - 1));
+  PendingCheck check;
+  check.mine = HeaderAndPayload(site, kind, payload, 0);
+  check.slot = TakeSlot(queue, check.mine);
+  check.site = site;
+  check.explain = std::move(explain);
+  TF_RETURN_IF_ERROR(StartSlot(site, site.family->check, check.slot));
+  *sequence = check.mine[2];
+  queue->pending.push_back(std::move(check));
+  return absl::OkStatus();
+}
+
+absl::Status SettleDeferredChecks(const CallSite& site, bool block, int64_t own_sequence) {
+  if (site.family == nullptr) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(site.family->mu);
+  if (!site.family->checks) return absl::OkStatus();
+  return SettleLocked(site, QueueOf(site.family), block, own_sequence);
+}
+
+bool Carried::Fits(const Tensor& t) { return t.TotalBytes() <= kInlineBytes; }
+
+absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
+                              const std::vector<int64_t>& payload,
+                              std::vector<std::vector<int64_t>>* rows, Carried* carried) {
+  return Agree(site, kind, payload, rows, carried, nullptr);
 }
 
 absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char* arg,
@@ -454,6 +539,16 @@ absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char*
   return site.InvalidArgument(msg.str());
 }
 
+int64_t ChecksPostedOnThisThread() { return checks_posted; }
+
+absl::Status ShareLocalFailure(const CallSite& site, OpKind kind, const absl::Status& failure) {
+  std::vector<std::vector<int64_t>> rows;
+  const absl::Status shared = Agree(site, kind, {}, &rows, nullptr, &failure);
+  // this rank's own message, unless the check found something else first
+  // (the ranks at different ops, or an earlier op's disagreement)
+  return shared.message() == failure.message() || shared.ok() ? failure : shared;
+}
+
 }  // namespace adcme_mpi
 
 // The end of the program (mpi_finalize, or interpreter exit) as a checked
@@ -461,20 +556,17 @@ absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char*
 // too; otherwise 1 with the message in `buffer`.
 ADCME_MPI_C_API int adcme_mpi_end_of_program(int64_t forward_handle, char* buffer, int length) {
   using namespace adcme_mpi;
-  CallSite site;
-  site.op = "adcme_mpi end of program";
-  site.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(forward_handle));
-  MPI_Comm_rank(site.comm, &site.rank);
-  MPI_Comm_size(site.comm, &site.size);
+  const MPI_Comm comm = MPI_Comm_f2c(static_cast<MPI_Fint>(forward_handle));
+  CallSite site = SiteOn("adcme_mpi end of program", comm);
+  bool backward = false;
+  const std::shared_ptr<CommFamily> own = FamilyOf(comm, &backward);
+  site.family = own.get();
   // every family's deferred checks first (registration order, the same on
   // every rank), so none is left in flight when the communicators are freed
   absl::Status status;
-  {
-    std::lock_guard<std::mutex> lock(queues_mu);
-    for (CheckQueue* queue : AllQueues()) {
-      std::lock_guard<std::mutex> queue_lock(queue->mu);
-      status.Update(SettleLocked(site, queue, /*block=*/true, -1));
-    }
+  for (const std::shared_ptr<CommFamily>& family : AllFamilies()) {
+    std::lock_guard<std::mutex> lock(family->mu);
+    if (family->checks) status.Update(SettleLocked(site, QueueOf(family.get()), true, -1));
   }
   std::vector<std::vector<int64_t>> rows;
   if (status.ok()) status = AgreeAcrossRanks(site, OpKind::kEndOfProgram, {}, &rows);

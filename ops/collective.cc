@@ -167,13 +167,15 @@ class SumKernel : public RootedKernel {
     TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a, &carried));
     if (!carried.done) {
       const bool in_place = DataOf(*out) == DataOf(*a.tensor);
-      MPI_Request request;
+      RequestSet requests(site);
+      requests.Keep(*a.tensor);
+      requests.Keep(*out);
       TF_RETURN_IF_ERROR(
-          site.Check(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
-                                 is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM, root,
-                                 site.comm, &request),
-                     "MPI_Ireduce"));
-      TF_RETURN_IF_ERROR(WaitOne(site, request, "every rank to join the reduction"));
+          requests.Posted(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
+                                      is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM,
+                                      root, site.comm, requests.Next()),
+                          "MPI_Ireduce"));
+      TF_RETURN_IF_ERROR(requests.Wait("every rank to join the reduction"));
     }
     if (!is_root) ZeroFill(out);
     return absl::OkStatus();
@@ -201,10 +203,12 @@ class BcastKernel : public RootedKernel {
     }
     TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a, &carried));
     if (carried.done) return absl::OkStatus();
-    MPI_Request request;
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Ibcast(buffer, a.count, a.type, root, site.comm, &request), "MPI_Ibcast"));
-    return WaitOne(site, request, absl::StrCat("root rank ", root));
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    if (!carried.is_root) requests.Keep(*ctx->mutable_output(0));
+    TF_RETURN_IF_ERROR(requests.Posted(
+        MPI_Ibcast(buffer, a.count, a.type, root, site.comm, requests.Next()), "MPI_Ibcast"));
+    return requests.Wait(absl::StrCat("root rank ", root));
   }
 };
 
@@ -223,12 +227,14 @@ class GatherKernel : public RootedKernel {
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
     const bool is_root = site.rank == root;
-    MPI_Request request;
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Igather(DataOf(*a.tensor), a.count, a.type, is_root ? DataOf(*out) : nullptr,
-                               a.count, a.type, root, site.comm, &request),
-                   "MPI_Igather"));
-    TF_RETURN_IF_ERROR(WaitOne(site, request, "every rank to join the gather"));
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
+    TF_RETURN_IF_ERROR(requests.Posted(
+        MPI_Igather(DataOf(*a.tensor), a.count, a.type, is_root ? DataOf(*out) : nullptr, a.count,
+                    a.type, root, site.comm, requests.Next()),
+        "MPI_Igather"));
+    TF_RETURN_IF_ERROR(requests.Wait("every rank to join the gather"));
     if (!is_root) ZeroFill(out);
     return absl::OkStatus();
   }
@@ -249,12 +255,14 @@ class ScatterKernel : public RootedKernel {
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
     const int part = a.count / site.size;
-    MPI_Request request;
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
     TF_RETURN_IF_ERROR(
-        site.Check(MPI_Iscatter(site.rank == root ? DataOf(*a.tensor) : nullptr, part, a.type,
-                                DataOf(*out), part, a.type, root, site.comm, &request),
-                   "MPI_Iscatter"));
-    return WaitOne(site, request, absl::StrCat("root rank ", root));
+        requests.Posted(MPI_Iscatter(site.rank == root ? DataOf(*a.tensor) : nullptr, part, a.type,
+                                     DataOf(*out), part, a.type, root, site.comm, requests.Next()),
+                        "MPI_Iscatter"));
+    return requests.Wait(absl::StrCat("root rank ", root));
   }
 };
 
@@ -275,12 +283,14 @@ class AllreduceKernel : public MpiKernel {
         CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1, &carried));
     if (carried.done) return absl::OkStatus();
     const bool in_place = DataOf(*out) == DataOf(*a.tensor);
-    MPI_Request request;
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
     TF_RETURN_IF_ERROR(
-        site.Check(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*a.tensor), DataOf(*out),
-                                  a.count, a.type, MPI_SUM, site.comm, &request),
-                   "MPI_Iallreduce"));
-    return WaitOne(site, request, "every rank to join the allreduce");
+        requests.Posted(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*a.tensor), DataOf(*out),
+                                       a.count, a.type, MPI_SUM, site.comm, requests.Next()),
+                        "MPI_Iallreduce"));
+    return requests.Wait("every rank to join the allreduce");
   }
 };
 

@@ -112,9 +112,6 @@ Range EdgeRange(int d, int len, int w) {
 struct Region {
   Range rows, cols;
   int64_t size() const { return static_cast<int64_t>(rows.length) * cols.length; }
-  Region Shifted(int by) const {
-    return {{rows.begin + by, rows.length}, {cols.begin + by, cols.length}};
-  }
 };
 
 // `rows` rows of `row_bytes` bytes from `src` (rows `src_stride` bytes
@@ -210,24 +207,18 @@ class HaloKernelBase : public MpiKernel {
   }
 
   // Waits for the exchange while completing the checks in flight. If a check
-  // fails first, the exchange's requests are abandoned (`buffers` are kept
-  // alive for them) and its error returned. Then, if a band is wrong, the
-  // checks are completed first: a disagreement on m, n, width or dtype is
-  // the cause to name, not the bands it garbled.
-  absl::Status WaitWatching(const CallSite& site, std::vector<MPI_Request>* requests,
+  // fails first, the exchange's requests are abandoned (the request set
+  // keeps its buffers alive for them) and its error returned. Then, if a
+  // band is wrong, the checks are completed first: a disagreement on m, n,
+  // width or dtype is the cause to name, not the bands it garbled.
+  absl::Status WaitWatching(const CallSite& site, RequestSet* requests,
                             const std::vector<Band>& bands, const std::vector<Neighbour>& nbs,
-                            MPI_Datatype type, int rows, int cols, int64_t sequence,
-                            const std::vector<Tensor>& buffers) const {
+                            MPI_Datatype type, int rows, int cols, int64_t sequence) const {
     std::vector<MPI_Status> statuses;
-    const absl::Status waited = WaitAll(site, requests, Peers(nbs), &statuses, [&] {
+    const absl::Status waited = requests->Wait(Peers(nbs), &statuses, [&] {
       return SettleDeferredChecks(site, /*block=*/false, sequence);
     });
-    if (!waited.ok() && statuses.empty()) {  // ended by a check, or MPI failed: not complete
-      std::vector<size_t> receives;
-      for (const Band& band : bands) receives.push_back(band.request);
-      AbandonRequests(requests, receives, buffers);
-      return waited;
-    }
+    if (!waited.ok() && statuses.empty()) return waited;  // not complete: abandoned
     const absl::Status bands_ok = CheckBands(site, bands, statuses, type, rows, cols);
     if (!bands_ok.ok()) {
       TF_RETURN_IF_ERROR(SettleDeferredChecks(site, /*block=*/true, sequence));
@@ -275,28 +266,28 @@ class HaloKernelBase : public MpiKernel {
         ctx->allocate_temp(from.dtype(), TensorShape({std::max<int64_t>(in_total, 1)}), buffers));
     char* send = DataOf(outgoing);
     char* receive = DataOf(*buffers);
-    std::vector<MPI_Request> requests;
+    // the messages touch only these two buffers: kept alive if abandoned
+    RequestSet requests(site);
+    requests.Keep(outgoing);
+    requests.Keep(*buffers);
     std::vector<Band> bands;
     arrived->clear();
     for (const Neighbour& nb : nbs) {
       if (nb.rank == MPI_PROC_NULL) continue;  // a physical boundary: nothing to exchange
       const Region out = sent(nb), in = received(nb);
       PackRegion(DataOf(from), ld, out, elem, send);
-      bands.push_back({nb, in.size(), requests.size()});
       arrived->push_back({in, receive});
-      requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Irecv(receive, static_cast<int>(in.size()), type, nb.rank,
-                                              tag, site.comm, &requests.back()),
-                                    "MPI_Irecv"));
-      requests.emplace_back();
-      TF_RETURN_IF_ERROR(site.Check(MPI_Isend(send, static_cast<int>(out.size()), type, nb.rank,
-                                              tag, site.comm, &requests.back()),
-                                    "MPI_Isend"));
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Irecv(receive, static_cast<int>(in.size()), type,
+                                                   nb.rank, tag, site.comm, requests.Next(true)),
+                                         "MPI_Irecv"));
+      bands.push_back({nb, in.size(), requests.Last()});
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Isend(send, static_cast<int>(out.size()), type,
+                                                   nb.rank, tag, site.comm, requests.Next()),
+                                         "MPI_Isend"));
       send += out.size() * elem;
       receive += in.size() * elem;
     }
-    return WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence,
-                        {outgoing, *buffers});
+    return WaitWatching(site, &requests, bands, nbs, type, rows, cols, sequence);
   }
 
   // Blocks that share an edge must agree on its length. A neighbour whose

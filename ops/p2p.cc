@@ -82,13 +82,13 @@ class SendKernel : public PointToPointKernel {
   absl::Status Transfer(OpKernelContext* ctx, const CallSite& site, const Tensor& a,
                         MPI_Datatype type, int count, int dest, int tag) override {
     ctx->set_output(0, a);  // returns its input: no copy
-    MPI_Request request;
     if (detached_) {
+      MPI_Request request;
       // Synchronous mode: it completes only once the receive has matched, so
       // a send nobody receives is seen (and reported) at the end of the program.
       TF_RETURN_IF_ERROR(site.Check(
           MPI_Issend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Issend"));
-      DetachSend(request, {a},
+      DetachSend(request, a,
                  absl::StrCat(site.Describe(), " sent a gradient to rank ", dest, " (tag ", tag,
                               ") that rank ", dest,
                               " never received: its backward pass did not include the matching "
@@ -97,9 +97,11 @@ class SendKernel : public PointToPointKernel {
                               "that mpi_send's result (e.g. tf.reduce_sum(sent * 0.0))"));
       return absl::OkStatus();
     }
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Isend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Isend"));
-    return WaitOne(site, request, absl::StrCat("rank ", dest, " to receive (tag ", tag, ")"));
+    RequestSet requests(site);
+    requests.Keep(a);
+    TF_RETURN_IF_ERROR(requests.Posted(
+        MPI_Isend(DataOf(a), count, type, dest, tag, site.comm, requests.Next()), "MPI_Isend"));
+    return requests.Wait(absl::StrCat("rank ", dest, " to receive (tag ", tag, ")"));
   }
 
  private:
@@ -132,10 +134,12 @@ class RecvKernel : public PointToPointKernel {
     // The template's values are never read: receive into its buffer when TF can hand it over.
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.shape(), &out));
-    MPI_Request request;
-    TF_RETURN_IF_ERROR(
-        site.Check(MPI_Imrecv(DataOf(*out), count, type, &message, &request), "MPI_Imrecv"));
-    return WaitOne(site, request, waiting_for);
+    // (a matched receive: its message is already this op's, nothing to cancel)
+    RequestSet requests(site);
+    requests.Keep(*out);
+    TF_RETURN_IF_ERROR(requests.Posted(
+        MPI_Imrecv(DataOf(*out), count, type, &message, requests.Next()), "MPI_Imrecv"));
+    return requests.Wait(waiting_for);
   }
 };
 

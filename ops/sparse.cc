@@ -39,7 +39,6 @@
 #include "absl/strings/substitute.h"
 #include "c_api.h"
 #include "common.h"
-#include "registry.h"
 #include "tensorflow/core/framework/op.h"
 
 namespace adcme_mpi {
@@ -227,18 +226,20 @@ struct System {
   }
 };
 
-// Per communicator family: its Systems, at most kMaxSystems (the least
-// recently used goes first; every rank evicts the same one, since every
-// rank makes the same calls in the same order).
+// Per communicator family (its CommFamily::sparse_cache, under petsc_mu):
+// its Systems, at most kMaxSystems (the least recently used goes first;
+// every rank evicts the same one, since every rank makes the same calls in
+// the same order).
 constexpr size_t kMaxSystems = 8;
-struct Family {
+struct SparseCache {
   int64_t next_serial = 1;
   int64_t clock = 0;
   std::vector<std::unique_ptr<System>> systems;
 };
-std::map<MPI_Comm, Family>& Families() {
-  static auto* families = new std::map<MPI_Comm, Family>();
-  return *families;
+// The family's cache, made on first use. Call with petsc_mu held.
+SparseCache& CacheOf(CommFamily* family) {
+  if (!family->sparse_cache) family->sparse_cache = std::make_shared<SparseCache>();
+  return *static_cast<SparseCache*>(family->sparse_cache.get());
 }
 
 // Statistics of the last solve, for the benchmarks (adcme_mpi_sparse_last_solve).
@@ -254,67 +255,55 @@ const T* Data(const Tensor& t) {
   return reinterpret_cast<const T*>(t.tensor_data().data());
 }
 
-// The inputs of every sparse op, read and checked on this rank.
-struct Inputs {
-  Pattern pattern;
-  absl::Status local;  // what is wrong with this rank's input (agreed on before returning it)
-};
-
-Inputs ReadPattern(OpKernelContext* ctx, const CallSite& site, int64_t N, int64_t ilower) {
-  Inputs in;
-  Pattern& p = in.pattern;
+// The sparsity pattern every sparse op takes, read and checked on this rank.
+absl::Status ReadPattern(OpKernelContext* ctx, const CallSite& site, int64_t N, int64_t ilower,
+                         Pattern* pattern) {
+  Pattern& p = *pattern;
   const Tensor& row_ptr = ctx->input(0);
   const Tensor& cols = ctx->input(1);
   p.N = N;
   p.ilower = ilower;
   p.m = row_ptr.NumElements() - 1;
   if (p.m < 1) {
-    in.local = site.InvalidArgument(absl::StrCat("this rank owns no rows (row_ptr has ",
-                                                 row_ptr.NumElements(),
-                                                 " entries); every rank of the "
-                                                 "communicator must own at least one row"));
-    return in;
+    return site.InvalidArgument(absl::StrCat("this rank owns no rows (row_ptr has ",
+                                             row_ptr.NumElements(),
+                                             " entries); every rank of the "
+                                             "communicator must own at least one row"));
   }
   const int64_t* rp = Data<int64_t>(row_ptr);
   const int64_t* cp = Data<int64_t>(cols);
   const int64_t nnz = cols.NumElements();
   if (rp[0] != 0 || rp[p.m] != nnz) {
-    in.local = site.InvalidArgument(absl::StrCat("argument 'row_ptr' must start at 0 and end at ",
-                                                 nnz, " (the number of nonzeros); got ", rp[0],
-                                                 " .. ", rp[p.m]));
-    return in;
+    return site.InvalidArgument(absl::StrCat("argument 'row_ptr' must start at 0 and end at ", nnz,
+                                             " (the number of nonzeros); got ", rp[0], " .. ",
+                                             rp[p.m]));
   }
   if (N > static_cast<int64_t>(PETSC_MAX_INT) || nnz > static_cast<int64_t>(PETSC_MAX_INT)) {
-    in.local = site.InvalidArgument(
+    return site.InvalidArgument(
         absl::StrCat("N = ", N, " or ", nnz, " nonzeros exceed this PETSc's index range (",
                      PETSC_MAX_INT, "); use a PETSc configured --with-64-bit-indices"));
-    return in;
   }
   p.row_ptr.assign(rp, rp + p.m + 1);
   p.cols.resize(nnz);
   for (int64_t i = 0; i < p.m; ++i) {
     if (rp[i + 1] < rp[i]) {
-      in.local = site.InvalidArgument(absl::StrCat("argument 'row_ptr' decreases at local row ", i,
-                                                   " (global row ", ilower + i, ")"));
-      return in;
+      return site.InvalidArgument(absl::StrCat("argument 'row_ptr' decreases at local row ", i,
+                                               " (global row ", ilower + i, ")"));
     }
     for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
       if (cp[k] < 0 || cp[k] >= N) {
-        in.local =
-            site.InvalidArgument(absl::StrCat("argument 'cols' has column ", cp[k], " in row ",
-                                              ilower + i, ", out of range [0, ", N - 1, "]"));
-        return in;
+        return site.InvalidArgument(absl::StrCat("argument 'cols' has column ", cp[k], " in row ",
+                                                 ilower + i, ", out of range [0, ", N - 1, "]"));
       }
       if (k > rp[i] && cp[k] <= cp[k - 1]) {
-        in.local = site.InvalidArgument(
+        return site.InvalidArgument(
             absl::StrCat("argument 'cols' must be strictly increasing within a row; row ",
                          ilower + i, " has column ", cp[k], " after ", cp[k - 1]));
-        return in;
       }
       p.cols[k] = static_cast<PetscInt>(cp[k]);
     }
   }
-  return in;
+  return absl::OkStatus();
 }
 
 absl::Status CheckLength(const CallSite& site, const char* arg, const Tensor& t, int64_t want,
@@ -326,9 +315,11 @@ absl::Status CheckLength(const CallSite& site, const char* arg, const Tensor& t,
 
 // What the ranks agree on before any PETSc call: the checked-collective
 // sequence with the op's global arguments (a divergent program, a different
-// N or solver is an error on every rank), then every rank's stripe, local
-// verdict and reusable System, gathered on the op's communicator.
-constexpr int kRowWidth = 4;  // ilower, m, local input ok, serial of a reusable System (0: none)
+// N or solver is an error on every rank; a rank whose own input is bad has
+// already failed, and the kernel base made every rank fail with its
+// message), then every rank's stripe and reusable System, gathered on the
+// op's communicator.
+constexpr int kRowWidth = 3;  // ilower, m, serial of a reusable System (0: none)
 
 std::string DescribeStripes(const std::vector<int64_t>& rows, int size) {
   std::ostringstream s;
@@ -349,8 +340,8 @@ struct Agreed {
 
 std::string ShowInt(int64_t word) { return absl::StrCat(word); }
 
-absl::Status Agree(const CallSite& site, OpKind kind, const std::vector<Agreed>& agreed, Inputs* in,
-                   System** system) {
+absl::Status Agree(const CallSite& site, OpKind kind, const std::vector<Agreed>& agreed,
+                   const Pattern& pattern, System** system) {
   std::vector<int64_t> payload;
   for (const Agreed& a : agreed) payload.push_back(a.word);
   std::vector<std::vector<int64_t>> rows;
@@ -366,41 +357,31 @@ absl::Status Agree(const CallSite& site, OpKind kind, const std::vector<Agreed>&
       return site.InvalidArgument(absl::Substitute(messages::kSameEverywhere, agreed[i].name, got));
     }
   }
-  Family& family = Families()[RouteOf(site.comm).check];
+  SparseCache& family = CacheOf(site.family);
   System* found = nullptr;
-  if (in->local.ok()) {
-    for (auto& s : family.systems)
-      if (s->pattern == in->pattern) found = s.get();
-  }
-  const int64_t mine[kRowWidth] = {in->pattern.ilower, in->pattern.m, in->local.ok() ? 1 : 0,
-                                   found ? found->serial : 0};
+  for (auto& s : family.systems)
+    if (s->pattern == pattern) found = s.get();
+  const int64_t mine[kRowWidth] = {pattern.ilower, pattern.m, found ? found->serial : 0};
   std::vector<int64_t> all(static_cast<size_t>(kRowWidth) * site.size);
   TF_RETURN_IF_ERROR(site.Check(
       MPI_Allgather(mine, kRowWidth, MPI_INT64_T, all.data(), kRowWidth, MPI_INT64_T, site.comm),
       "MPI_Allgather"));
-  if (!in->local.ok()) return in->local;
-  std::string bad;
-  for (int r = 0; r < site.size; ++r)
-    if (!all[r * kRowWidth + 2]) absl::StrAppend(&bad, bad.empty() ? "" : ", ", r);
-  if (!bad.empty())
-    return site.InvalidArgument(
-        absl::StrCat("rank(s) ", bad, " reported bad input to this op (see their messages)"));
   // the stripes must tile 0..N-1 in rank order
   int64_t next = 0;
   for (int r = 0; r < site.size; ++r) {
     if (all[r * kRowWidth] != next)
       return site.InvalidArgument(absl::StrCat(
-          "the row stripes must tile rows 0..", in->pattern.N - 1,
+          "the row stripes must tile rows 0..", pattern.N - 1,
           " in rank order, without gap or overlap; rank ", r, " starts at row ", all[r * kRowWidth],
           " where row ", next, " is next (", DescribeStripes(all, site.size), ")"));
     next += all[r * kRowWidth + 1];
   }
-  if (next != in->pattern.N)
+  if (next != pattern.N)
     return site.InvalidArgument(absl::StrCat("the row stripes cover rows 0..", next - 1,
-                                             " but N = ", in->pattern.N, " (",
+                                             " but N = ", pattern.N, " (",
                                              DescribeStripes(all, site.size), ")"));
   bool reuse = found != nullptr;
-  for (int r = 0; r < site.size && reuse; ++r) reuse = all[r * kRowWidth + 3] == found->serial;
+  for (int r = 0; r < site.size && reuse; ++r) reuse = all[r * kRowWidth + 2] == found->serial;
   if (!reuse) {
     // every rank creates one, in the same call: PETSc objects are collective
     if (family.systems.size() >= kMaxSystems) {
@@ -411,7 +392,7 @@ absl::Status Agree(const CallSite& site, OpKind kind, const std::vector<Agreed>&
     }
     auto s = std::make_unique<System>();
     s->serial = family.next_serial++;
-    s->pattern = in->pattern;
+    s->pattern = pattern;
     const Pattern& p = s->pattern;
     PETSC_OK(site, MatCreate(site.comm, &s->A));
     PETSC_OK(site, MatSetSizes(s->A, p.m, p.m, p.N, p.N));
@@ -494,8 +475,7 @@ absl::Status EnsureScatter(const CallSite& site, System* s) {
 
 std::string ShowBool(int64_t word) { return word ? "true" : "false"; }
 
-constexpr const char* kSolvers[] = {"GAMG", "BoomerAMG", "GMRES", "CG"};
-constexpr int64_t kSolverCount = 4;
+// (kSolvers, kSolverCount: the op table's SOLVERS)
 int64_t SolverIndex(const std::string& name) {
   for (int64_t i = 0; i < kSolverCount; ++i)
     if (name == kSolvers[i]) return i;
@@ -524,19 +504,27 @@ class SparseKernel : public MpiKernel {
 
  protected:
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) final {
+    // PETSc's calls block inside PETSc and cannot be polled: the watchdog
+    // watches the whole op (and still ends the job if a peer never comes)
+    WatchedSection watched(site.Describe(), "every rank to join this sparse op (inside PETSc)");
     std::lock_guard<std::mutex> lock(petsc_mu);
     TF_RETURN_IF_ERROR(StartPetsc(site));
-    Inputs in = ReadPattern(ctx, site, N_, ilower_);
-    if (in.local.ok()) in.local = CheckData(site, ctx, in.pattern);
+    // local validation first: a rank with bad input fails here, and the
+    // kernel base makes every rank fail with its message
+    Pattern pattern;
+    TF_RETURN_IF_ERROR(Validate(site));
+    TF_RETURN_IF_ERROR(ReadPattern(ctx, site, N_, ilower_, &pattern));
+    TF_RETURN_IF_ERROR(CheckData(site, ctx, pattern));
     std::vector<Agreed> agreed = {
         {"N", N_, ShowInt},
         {"dtype", dtype_, [](int64_t t) { return DataTypeString(static_cast<DataType>(t)); }}};
     AddAgreed(&agreed);
     System* system = nullptr;
-    TF_RETURN_IF_ERROR(Agree(site, kind_, agreed, &in, &system));
+    TF_RETURN_IF_ERROR(Agree(site, kind_, agreed, pattern, &system));
     return Compute(ctx, site, system);
   }
-  // This op's own checks of its data inputs (local; agreed on with the rest).
+  // This op's own checks of its attributes and data inputs (local).
+  virtual absl::Status Validate(const CallSite& site) { return absl::OkStatus(); }
   virtual absl::Status CheckData(const CallSite& site, OpKernelContext* ctx, const Pattern& p) = 0;
   // Further arguments every rank must pass alike (at most 10 in all).
   virtual void AddAgreed(std::vector<Agreed>* agreed) {}
@@ -638,17 +626,18 @@ class SolveKernel : public MatrixKernel {
     OP_REQUIRES_OK(c, c->GetAttr("options_prefix", &prefix_));
     rtol_ = rtol;
     atol_ = atol;
+    config_ = absl::StrCat(solver_, "|", rtol_, "|", atol_, "|", max_it_, "|", prefix_);
+  }
+  absl::Status Validate(const CallSite& site) override {
     if (SolverIndex(solver_) < 0)
-      c->CtxFailure(absl::InvalidArgumentError(
-          absl::StrCat("mpi_sparse_solve: argument 'solver' = '", solver_,
-                       "' is not one of 'GAMG', 'BoomerAMG', 'GMRES', 'CG'")));
+      return site.InvalidArgument(absl::Substitute(messages::kSolver, solver_, kSolverNames));
 #ifndef PETSC_HAVE_HYPRE
     if (solver_ == "BoomerAMG")
-      c->CtxFailure(absl::InvalidArgumentError(
-          "mpi_sparse_solve: solver 'BoomerAMG' needs a PETSc with hypre; this one has none "
-          "(use 'GAMG', or build against a PETSc configured with hypre)"));
+      return site.InvalidArgument(
+          "solver 'BoomerAMG' needs a PETSc with hypre; this one has none "
+          "(use 'GAMG', or build against a PETSc configured with hypre)");
 #endif
-    config_ = absl::StrCat(solver_, "|", rtol_, "|", atol_, "|", max_it_, "|", prefix_);
+    return absl::OkStatus();
   }
   void AddAgreed(std::vector<Agreed>* agreed) override {
     auto show_double = [](int64_t word) {
@@ -810,7 +799,8 @@ ADCME_MPI_C_API void adcme_mpi_petsc_finalize(void) {
   using namespace adcme_mpi;
   std::lock_guard<std::mutex> lock(petsc_mu);
   if (!petsc_started) return;
-  Families().clear();  // destroys every System's PETSc objects
+  // every family's Systems (their PETSc objects), before PETSc's end
+  for (const std::shared_ptr<CommFamily>& family : AllFamilies()) family->sparse_cache.reset();
   PetscBool finalized = PETSC_FALSE;
   PetscFinalized(&finalized);
   if (!finalized) PetscFinalize();

@@ -25,13 +25,12 @@ import numpy as np
 import tensorflow as tf
 
 from .. import _loader, ordering
-from ..op_table import message
+from ..op_table import SOLVERS, message
 from ._adjoint import adjoint, cotangent
 from ._callsite import CallSite
 
 __all__ = ["mpi_SparseTensor", "mpi_sparse_solve", "petsc_options", "petsc_info"]
 
-SOLVERS = ("BoomerAMG", "GAMG", "GMRES", "CG")
 FLOAT_DTYPES = (tf.float32, tf.float64)
 
 
@@ -415,9 +414,7 @@ def mpi_sparse_solve(
     b = _vector(site, A, "b", b)
     solver = default_solver() if solver is None else solver
     if solver not in SOLVERS:
-        raise site.error(
-            ValueError, f"argument 'solver' = {solver!r} is not one of {', '.join(SOLVERS)}"
-        )
+        raise site.error(ValueError, message("solver", solver, ", ".join(SOLVERS)))
     rtol, atol = float(rtol), float(atol)
     max_it = int(max_it)
     if not (0 <= rtol < 1 and atol >= 0 and max_it >= 1):
