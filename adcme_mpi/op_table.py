@@ -80,6 +80,8 @@ MESSAGES = {
     "to_oneself": "argument '$0' = $1 is this rank; sending to oneself is an error",
     "same_everywhere": "argument '$0' must be the same on every rank; got$1",
     "solver": "argument 'solver' = '$0' is not one of $1",
+    "grid_size": "m * n = $0 * $1 = $2 must equal the communicator size $3",
+    "halo_width": "argument '$0' has shape $1; each dimension must be at least width = $2",
 }
 
 # The sparse solve's solvers (ADCME's names, plus GAMG), written once: the

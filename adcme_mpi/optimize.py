@@ -131,10 +131,11 @@ def mpi_optimize(
         result.x   # the same on every rank
     """
     require_mpi("mpi_optimize")
+    where = f"mpi_optimize (rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()})"
     if fg is None and (f is None or g is None):
-        raise TypeError("mpi_optimize: pass f and g, or fg")
+        raise TypeError(f"{where}: pass f and g, or fg")
     if x0 is None:
-        raise TypeError("mpi_optimize: x0 is required")
+        raise TypeError(f"{where}: x0 is required")
     control = _Control(comm or MPI.COMM_WORLD, error_wait)
     try:
         x0 = np.array(x0, dtype=np.float64)

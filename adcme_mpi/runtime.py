@@ -119,12 +119,13 @@ def comm_pair(comm, op, collective):
     """The _CommPair for `comm` (default COMM_WORLD) as an op wrapper needs it."""
     require_mpi(op)
     comm = MPI.COMM_WORLD if comm is None else comm
+    where = f"{op} (rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()})"
     if not isinstance(comm, MPI.Comm):
         raise TypeError(
-            f"{op}: argument 'comm' must be an mpi4py communicator, got {type(comm).__name__}"
+            f"{where}: argument 'comm' must be an mpi4py communicator, got {type(comm).__name__}"
         )
     if comm == MPI.COMM_NULL:
-        raise ValueError(f"{op}: argument 'comm' is MPI.COMM_NULL (this rank is not in it)")
+        raise ValueError(f"{where}: argument 'comm' is MPI.COMM_NULL (this rank is not in it)")
     pair = _pairs.get(comm.py2f())
     if pair is None:
         if not collective:

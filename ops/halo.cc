@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/substitute.h"
 #include "common.h"
 #include "tensorflow/core/framework/op.h"
 
@@ -184,11 +185,11 @@ class HaloKernelBase : public MpiKernel {
   absl::Status CheckGrid(const CallSite& site, OpKind kind, DataType dtype, int rows, int cols,
                          int64_t* sequence) const {
     if (m_ * n_ != site.size)
-      return site.InvalidArgument(absl::StrCat("m * n = ", m_, " * ", n_, " = ", m_ * n_,
-                                               " must equal the communicator size ", site.size));
+      return site.InvalidArgument(
+          absl::Substitute(messages::kGridSize, m_, n_, m_ * n_, site.size));
     if (rows < width_ || cols < width_)
-      return site.InvalidArgument(absl::StrCat("block of shape [", rows, ",", cols,
-                                               "] is smaller than the halo width ", width_));
+      return site.InvalidArgument(absl::Substitute(
+          messages::kHaloWidth, "u", absl::StrCat("(", rows, ", ", cols, ")"), width_));
     // Every rank's grid, only when some rank's differ: names who and how.
     const int64_t m = m_, n = n_, width = width_;
     auto explain = [site, m, n, width, dtype](const std::vector<std::vector<int64_t>>& all) {

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from .. import ordering
 from .._loader import ops as lib
+from ..op_table import message
 from ._adjoint import adjoint, cotangent, differentiable
 from ._callsite import CallSite
 
@@ -37,18 +38,12 @@ def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, com
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise site.error(ValueError, f"argument '{arg}' must be a positive int, got {value!r}")
     if m * n != site.size:
-        raise site.error(
-            ValueError, f"m * n = {m} * {n} = {m * n} must equal the communicator size {site.size}"
-        )
+        raise site.error(ValueError, message("grid_size", m, n, m * n, site.size))
     if u.shape.rank is not None and u.shape.rank != 2:
         raise site.error(ValueError, f"argument 'u' must be 2-D, got shape {u.shape}")
     for dim in u.shape.as_list() if u.shape.rank == 2 else []:
         if dim is not None and dim < width:
-            raise site.error(
-                ValueError,
-                f"argument 'u' has shape {u.shape}; each dimension "
-                f"must be at least width = {width}",
-            )
+            raise site.error(ValueError, message("halo_width", "u", u.shape, width))
     fill = (
         tf.cast(fill_value, u.dtype)
         if isinstance(fill_value, tf.Tensor)
