@@ -137,10 +137,6 @@ def test_the_exception_list_matches_the_package():
         if inspect.isclass(getattr(am, name)) and issubclass(getattr(am, name), Exception)
     }
     missing = ours - exported
-    if not hasattr(am, "SettingsError"):
-        # SettingsError is documented ahead of the core rewrite that adds it;
-        # this tolerance goes once the core lands.
-        missing.discard("SettingsError")
     assert not missing, f"README lists exceptions the package does not export: {sorted(missing)}"
     unlisted = exported - ours
     assert not unlisted, f"exported but not in README's exception list: {sorted(unlisted)}"
