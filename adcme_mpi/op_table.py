@@ -17,7 +17,8 @@ error texts that both languages print. Everything that lists ops reads it:
   of MPI op types.
 
 Adding an op touches four places:
-1. its row here (every field of Op);
+1. its row here (every field of Op; if its gradient runs the op of another
+   row, e.g. MPIAllreduce, that row's backward_name must name it too);
 2. its kernel: its REGISTER_OP and kernel in the row's `kernel` file;
 3. its wrapper and gradient in the row's `wrapper` file (a public function
    also needs an example in its docstring and a line in docs/api.rst);
