@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 import adcme_mpi as am
-from adcme_mpi.op_table import OPS
+from adcme_mpi.op_table import OPS, selftest_cases
 from adcme_mpi.wrappers.halo import near_square_grid
 from mpi4py import MPI  # noqa: E402  (after adcme_mpi: it picks the libmpi)
 
@@ -72,39 +72,38 @@ def sparse_reference(apply):
     return lambda xs: apply(sparse_matrix(), np.concatenate(xs))[lo : hi + 1]
 
 
-# One case per op of the op table that has a public name (adcme_mpi/op_table.py;
-# main() refuses a table row without one): the shape of this rank's input,
-# the op, and its NumPy reference from every rank's input. Ops used only as
-# gradients are covered by their forward op's dot-product test.
+# One case per `case` key of the op table (adcme_mpi/op_table.py; main()
+# refuses a key without a case, tests/unit/test_op_table.py a public op
+# without a key): the shape of this rank's input, the op, and its NumPy
+# reference from every rank's input. Ops used only as gradients (no key) are
+# covered by their forward op's dot-product test.
 CASES = {
-    "MPISum": ((3,), lambda t: am.mpi_sum(t, 0), lambda xs: sum(xs) if RANK == 0 else np.zeros(3)),
-    "MPIAllreduce": ((3,), am.mpi_allreduce, lambda xs: sum(xs)),
-    "MPIBcast": ((3,), lambda t: am.mpi_bcast(t, SIZE - 1), lambda xs: xs[-1]),
-    "MPIGather": (
+    "mpi_sum": ((3,), lambda t: am.mpi_sum(t, 0), lambda xs: sum(xs) if RANK == 0 else np.zeros(3)),
+    "mpi_allreduce": ((3,), am.mpi_allreduce, lambda xs: sum(xs)),
+    "mpi_bcast": ((3,), lambda t: am.mpi_bcast(t, SIZE - 1), lambda xs: xs[-1]),
+    "mpi_gather": (
         (2,),
         lambda t: am.mpi_gather(t, 0),
         lambda xs: np.concatenate(xs) if RANK == 0 else np.zeros(2 * SIZE),
     ),
-    "MPIScatter": ((SIZE,), lambda t: am.mpi_scatter(t, 0), lambda xs: xs[0][RANK : RANK + 1]),
-    "MPISend": ((3,), p2p, reference_p2p),
-    "MPIRecv": ((3,), p2p, reference_p2p),
-    "MPIHaloExchange": (
+    "mpi_scatter": ((SIZE,), lambda t: am.mpi_scatter(t, 0), lambda xs: xs[0][RANK : RANK + 1]),
+    "mpi_send/mpi_recv": ((3,), p2p, reference_p2p),
+    "mpi_halo_exchange": (
         (2, 3),
         lambda t: am.mpi_halo_exchange(t, *grid()),
         lambda xs: halo_reference(xs, *grid()),
     ),
-    "MPISparseMatVec": (
+    "mpi_sparse_matvec": (
         (stripe()[1] - stripe()[0] + 1,),
         lambda t: sparse_case(lambda A, x: A @ x)(t),
         sparse_reference(lambda A, x: A @ x),
     ),
-    "MPISparseSolve": (
+    "mpi_sparse_solve": (
         (stripe()[1] - stripe()[0] + 1,),
         lambda t: sparse_case(lambda A, b: A.solve(b, solver="CG", rtol=1e-15))(t),
         sparse_reference(np.linalg.solve),
     ),
 }
-NAMES = {"MPISend": "mpi_send/mpi_recv", "MPIRecv": "mpi_send/mpi_recv"}
 
 
 def run_case(shape, op, reference):
@@ -130,19 +129,12 @@ def run_case(shape, op, reference):
 def main():
     am.mpi_init()  # collective: the send/recv case is not made by every rank
     failed = 0
-    done = set()
-    for entry in OPS:
-        if not entry.public:
-            continue  # a gradient op: its forward op's case covers it
-        if entry.type not in CASES:
-            raise SystemExit(f"selftest: op {entry.type} of the op table has no case in CASES")
-        name = NAMES.get(entry.type, entry.name)
-        if name in done:
-            continue
-        done.add(name)
-        shape, op, reference = CASES[entry.type]
+    for name in selftest_cases():
+        if name not in CASES:
+            raise SystemExit(f"selftest: the op table's case {name!r} is not in CASES")
+        shape, op, reference = CASES[name]
         try:
-            if entry.family == "sparse":
+            if any(row.needs_petsc for row in OPS if row.case == name):
                 am.petsc_info()  # raises PETScUnavailableError where they were not built
             forward, adjoint = run_case(shape, op, reference)
             ok = forward < 1e-12 and adjoint < 1e-11

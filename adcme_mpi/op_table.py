@@ -1,74 +1,216 @@
-"""The op table: one row per TensorFlow op, and the error texts that both
-languages print. Everything that lists ops reads it:
+"""The op table: one row per TensorFlow op, the only list of the ops, and the
+error texts that both languages print. Everything that lists ops reads it:
 
-- C++: ops/op_table.h is generated from it at build time (CMake runs
-  `python adcme_mpi/op_table.py --header FILE`): the OpKind of every
-  checked op, the user-facing names in messages (`UserFacingName`), the
-  checks' table of what each rank is doing, and the message templates;
-- Python: the package's exports (`wrappers/__init__.py`), the self-test's
-  cases (`_selftest.py` has one case per row that has a public name), and
-  the tests' and benchmarks' lists of MPI op types.
+- C++: CMake runs `python adcme_mpi/op_table.py --header FILE` at build time
+  and writes the header to `generated/op_table.h` in the CMake build
+  directory (`build/generated/op_table.h` for `cmake -B build`; for a pip
+  install, under scikit-build-core's build directory): the OpKind of every
+  checked op and each op's names in messages, forward and in a backward pass
+  (`X(type, name, backward name, kind)`, read by UserFacingName and the
+  checks' report of what each rank is doing), and the message templates;
+- Python: the package's op exports (`wrappers/__init__.py`; the public names
+  that are not ops, mpi_SparseTensor, petsc_options and petsc_info, are
+  exported there by hand), the self-test's cases (`_selftest.py`, one per
+  `case` key), the tests' lists (`tests/mpi/test_modes.py` and
+  `tests/mpi/test_second_order.py` key their CASES by public op; adjoint
+  tests are marked `@adjoint_test("<public op>")`) and the benchmarks' lists
+  of MPI op types.
 
-Adding an op: one row here, its REGISTER_OP and kernel in
-ops/<family>.cc, its wrapper and gradient in adcme_mpi/wrappers/<family>.py,
-its self-test case and tests. Plain Python, no TensorFlow: CMake runs it.
+Adding an op touches four places:
+1. its row here (every field of Op; if its gradient runs the op of another
+   row, e.g. MPIAllreduce, that row's backward_name must name it too);
+2. its kernel: its REGISTER_OP and kernel in the row's `kernel` file;
+3. its wrapper and gradient in the row's `wrapper` file (a public function
+   also needs an example in its docstring and a line in docs/api.rst);
+4. its own tests: its self-test case (adcme_mpi/_selftest.py CASES, under
+   the row's `case` key), an adjoint (dot-product) test in tests/mpi marked
+   `@adjoint_test("<public op>")`, and entries in the CASES of
+   tests/mpi/test_modes.py and tests/mpi/test_second_order.py, or the
+   reason for none in the row's `untested`.
+Without mpiexec, tests/unit/test_op_table.py and test_c_api.py fail when one
+is missing: a REGISTER_OP without a row, a row whose files do not exist or
+do not register it, a public op without a self-test case, an adjoint test,
+a modes case or a second-order case. Under mpiexec, test_modes.py and
+test_second_order.py fail for a public op without a case, and
+tests/mpi/test_op_table.py when a gradient makes other ops than its row's
+backward_types. Plain Python, no TensorFlow: CMake runs it.
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# The kinds of test every public op needs (tests/mpi), unless its row's
+# `untested` says why not.
+TEST_KINDS = ("adjoint", "modes", "second_order")
+
+# Kernel files that CMake builds into the sparse library (PETSc): their ops
+# exist only where PETSc was found (CMakeLists.txt, adcme_mpi_sparse).
+PETSC_KERNELS = ("ops/sparse.cc",)
 
 
 @dataclass(frozen=True)
 class Op:
     type: str  # the TensorFlow op type (REGISTER_OP's name)
     name: str  # what messages call it on a forward pass
-    adjoint: str  # the op type of its gradient: in a backward pass it is "gradient of <that name>"
-    family: str  # ops/<family>.cc and adcme_mpi/wrappers/<family>.py
+    backward_types: tuple  # the op types its gradient function makes (on the gradient comm)
+    backward_name: str  # what messages call it when it runs in a backward pass, in full
+    kernel: str  # its REGISTER_OP and kernel (a path from the checkout's root)
+    wrapper: str  # its Python wrapper and gradient (a path from the checkout's root)
     checked: bool  # runs the cross-rank check (and so has an OpKind)
-    public: tuple = ()  # the Python names it backs, exported by the package
+    public: tuple = ()  # the public Python op functions it backs (am.<name>), ops only
+    case: str = None  # its self-test case (_selftest.CASES); None: a gradient-only op
+    untested: dict = field(default_factory=dict, hash=False)  # test kind -> why none
+
+    @property
+    def needs_petsc(self):
+        return self.kernel in PETSC_KERNELS
 
 
 OPS = (
-    Op("MPISum", "mpi_sum", "MPIBcast", "collectives", True, ("mpi_sum",)),
-    Op("MPIAllreduce", "mpi_allreduce", "MPIAllreduce", "collectives", True, ("mpi_allreduce",)),
-    Op("MPIBcast", "mpi_bcast", "MPISum", "collectives", True, ("mpi_bcast",)),
-    Op("MPIGather", "mpi_gather", "MPIScatter", "collectives", True, ("mpi_gather",)),
-    Op("MPIScatter", "mpi_scatter", "MPIGather", "collectives", True, ("mpi_scatter",)),
     Op(
-        "MPIHaloExchange",
-        "mpi_halo_exchange",
-        "MPIHaloExchangeGrad",
-        "halo",
-        True,
-        ("mpi_halo_exchange",),
+        type="MPISum",
+        name="mpi_sum",
+        backward_types=("MPIBcast",),
+        backward_name="gradient of mpi_bcast",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_sum",),
+        case="mpi_sum",
     ),
     Op(
-        "MPIHaloExchangeGrad",
-        "mpi_halo_exchange (gradient)",
-        "MPIHaloExchange",
-        "halo",
-        True,
-    ),
-    Op("MPISparseGather", "mpi_sparse_gather", "MPISparseScatterAdd", "sparse", True),
-    Op("MPISparseScatterAdd", "mpi_sparse_scatter_add", "MPISparseGather", "sparse", True),
-    Op(
-        "MPISparseMatVec",
-        "mpi_sparse_matvec",
-        "MPISparseMatVec",
-        "sparse",
-        True,
-        ("mpi_sparse_matvec", "mpi_SparseTensor", "petsc_options", "petsc_info"),
+        type="MPIAllreduce",
+        name="mpi_allreduce",
+        backward_types=("MPIAllreduce",),
+        backward_name="gradient of mpi_allreduce",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_allreduce",),
+        case="mpi_allreduce",
     ),
     Op(
-        "MPISparseSolve",
-        "mpi_sparse_solve",
-        "MPISparseSolve",
-        "sparse",
-        True,
-        ("mpi_sparse_solve",),
+        type="MPIBcast",
+        name="mpi_bcast",
+        backward_types=("MPISum",),
+        backward_name="gradient of mpi_sum",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_bcast",),
+        case="mpi_bcast",
     ),
-    Op("MPISend", "mpi_send", "MPIRecv", "p2p", False, ("mpi_send", "mpi_sendrecv")),
-    Op("MPIRecv", "mpi_recv", "MPISend", "p2p", False, ("mpi_recv",)),
+    Op(
+        type="MPIGather",
+        name="mpi_gather",
+        backward_types=("MPIScatter",),
+        backward_name="gradient of mpi_scatter",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_gather",),
+        case="mpi_gather",
+    ),
+    Op(
+        type="MPIScatter",
+        name="mpi_scatter",
+        backward_types=("MPIGather",),
+        backward_name="gradient of mpi_gather",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_scatter",),
+        case="mpi_scatter",
+    ),
+    Op(
+        type="MPIHaloExchange",
+        name="mpi_halo_exchange",
+        backward_types=("MPIHaloExchangeGrad",),
+        # as the gradient of its gradient: the wrappers alternate the communicators,
+        # so there it runs on the forward one; this name is for completeness
+        backward_name="gradient of mpi_halo_exchange's gradient",
+        kernel="ops/halo.cc",
+        wrapper="adcme_mpi/wrappers/halo.py",
+        checked=True,
+        public=("mpi_halo_exchange",),
+        case="mpi_halo_exchange",
+    ),
+    Op(
+        type="MPIHaloExchangeGrad",
+        name="mpi_halo_exchange (gradient)",
+        backward_types=("MPIHaloExchange",),
+        backward_name="gradient of mpi_halo_exchange",
+        kernel="ops/halo.cc",
+        wrapper="adcme_mpi/wrappers/halo.py",
+        checked=True,
+    ),
+    Op(
+        type="MPISparseGather",
+        name="mpi_sparse_gather",
+        backward_types=("MPISparseScatterAdd",),
+        # the x_j of the values' gradients (_value_gradient, wrappers/sparse.py)
+        backward_name="gradient of mpi_sparse_matvec or mpi_sparse_solve for the matrix values",
+        kernel="ops/sparse.cc",
+        wrapper="adcme_mpi/wrappers/sparse.py",
+        checked=True,
+    ),
+    Op(
+        type="MPISparseScatterAdd",
+        name="mpi_sparse_scatter_add",
+        backward_types=("MPISparseGather",),
+        # the gather's gradient: on the gradient communicator only in a third derivative
+        # (or higher) of a product or a solve
+        backward_name=(
+            "higher derivative of mpi_sparse_matvec or mpi_sparse_solve for the matrix values"
+        ),
+        kernel="ops/sparse.cc",
+        wrapper="adcme_mpi/wrappers/sparse.py",
+        checked=True,
+    ),
+    Op(
+        type="MPISparseMatVec",
+        name="mpi_sparse_matvec",
+        backward_types=("MPISparseMatVec", "MPISparseGather"),
+        backward_name="gradient of mpi_sparse_matvec",
+        kernel="ops/sparse.cc",
+        wrapper="adcme_mpi/wrappers/sparse.py",
+        checked=True,
+        public=("mpi_sparse_matvec",),
+        case="mpi_sparse_matvec",
+    ),
+    Op(
+        type="MPISparseSolve",
+        name="mpi_sparse_solve",
+        backward_types=("MPISparseSolve", "MPISparseGather"),
+        backward_name="gradient of mpi_sparse_solve",
+        kernel="ops/sparse.cc",
+        wrapper="adcme_mpi/wrappers/sparse.py",
+        checked=True,
+        public=("mpi_sparse_solve",),
+        case="mpi_sparse_solve",
+    ),
+    Op(
+        type="MPISend",
+        name="mpi_send",
+        backward_types=("MPIRecv",),
+        backward_name="gradient of mpi_recv",
+        kernel="ops/p2p.cc",
+        wrapper="adcme_mpi/wrappers/p2p.py",
+        checked=False,
+        public=("mpi_send", "mpi_sendrecv"),
+        case="mpi_send/mpi_recv",
+    ),
+    Op(
+        type="MPIRecv",
+        name="mpi_recv",
+        backward_types=("MPISend",),
+        backward_name="gradient of mpi_send",
+        kernel="ops/p2p.cc",
+        wrapper="adcme_mpi/wrappers/p2p.py",
+        checked=False,
+        public=("mpi_recv",),
+        case="mpi_send/mpi_recv",
+    ),
 )
 
 # Error texts, written once: `$0`, `$1`, ... are the arguments (absl::Substitute's
@@ -96,8 +238,19 @@ def by_type(op_type):
     return next(op for op in OPS if op.type == op_type)
 
 
-def public_names():
+def public_ops():
+    """The public Python op functions, in table order (am.mpi_sum, ...)."""
     return [name for op in OPS for name in op.public]
+
+
+def row_of(public_name):
+    """The row whose op a public function runs (mpi_sendrecv: MPISend's)."""
+    return next(op for op in OPS if public_name in op.public)
+
+
+def selftest_cases():
+    """The self-test's case keys, each once, in table order."""
+    return list(dict.fromkeys(op.case for op in OPS if op.case is not None))
 
 
 def message(key, *args):
@@ -108,21 +261,27 @@ def message(key, *args):
     return text
 
 
+def _c_string(text):
+    assert '"' not in text and "\\" not in text, text
+    return f'"{text}"'
+
+
 def cpp_header():
-    """ops/op_table.h: the table as an X-macro, and the message templates."""
+    """generated/op_table.h: the table as an X-macro, and the message templates."""
     kinds, rows = {}, []
     for op in OPS:
         if op.checked:
             kinds[op.type] = len(kinds) + 1
     for op in OPS:
-        backward = "gradient of " + by_type(op.adjoint).name
-        rows.append(f'  X({op.type}, "{op.name}", "{backward}", {kinds.get(op.type, 0)})')
+        name, backward = _c_string(op.name), _c_string(op.backward_name)
+        rows.append(f"  X({op.type}, {name}, {backward}, {kinds.get(op.type, 0)})")
     lines = [
         "// Generated from adcme_mpi/op_table.py at build time; do not edit.",
         "#ifndef ADCME_MPI_OPS_OP_TABLE_H_",
         "#define ADCME_MPI_OPS_OP_TABLE_H_",
         "",
-        "// X(type, name in messages, name in a backward pass, check kind or 0)",
+        "// X(type, name in messages, name in messages in a backward pass (in full,",
+        '// e.g. "gradient of mpi_sum"), check kind or 0)',
         "#define ADCME_MPI_OP_TABLE(X) \\",
         " \\\n".join(rows),
         "",

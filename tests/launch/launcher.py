@@ -1,6 +1,7 @@
 """Run a script under `mpiexec -n N` with a timeout and capture everything."""
 
 import contextlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -11,6 +12,17 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from mpiexec import mpiexec  # noqa: E402
+
+
+def petsc_built():
+    """Whether this build has the sparse ops; ADCME_MPI_REQUIRE_PETSC=1
+    (CI's PETSc stages) makes their absence a failure, not a skip."""
+    # read the build's facts without importing the package (that starts MPI)
+    package = os.path.dirname(importlib.util.find_spec("adcme_mpi").origin)
+    info = open(os.path.join(package, "_build_info.py")).read()
+    built = re.search(r'^PETSC_LIBRARY = "(.+)"', info, re.M) is not None
+    assert built or os.environ.get("ADCME_MPI_REQUIRE_PETSC") != "1", "no sparse ops in this build"
+    return built
 
 
 class Result:

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from launcher import ended_with, launch
+from launcher import ended_with, launch, petsc_built
 
 PRELUDE = """
 import numpy as np, tensorflow as tf, adcme_mpi as am
@@ -211,6 +211,27 @@ def test_bad_input_ends_job_with_clear_message(name, n, code, pattern):
             "exit": result.code,
             "seconds": round(result.seconds, 1),
         }
+    )
+
+
+def test_an_op_in_a_backward_pass_is_named_by_its_rows_backward_name():
+    """MPISparseGather runs in the gradient of A @ x with respect to the
+    matrix values; a rank that leaves that part out makes the others report
+    what they are at by the op table's backward name of the gather."""
+    if not petsc_built():
+        pytest.skip("the sparse ops were not built (no PETSc)")
+    code = """
+values = tf.constant([2.0, 1.0], tf.float64)
+A = am.mpi_SparseTensor([[r, 0], [r, 1]], values, r, r, 2)
+x = tf.constant([1.0], tf.float64)
+gx, gv = tf.gradients(A @ x, [x, values])
+run(gv if r == 0 else gx)   # rank 1 leaves the values' gradient out
+"""
+    result = launch(2, None, code=PRELUDE + code, timeout=120)
+    ended_with(
+        result,
+        r"rank 0 is at gradient of mpi_sparse_matvec or mpi_sparse_solve for the matrix values "
+        r"\(checked collective #3\); rank 1 is at the end of its program",
     )
 
 

@@ -6,23 +6,10 @@ import re
 
 import pytest
 
-from launcher import ROOT, launch
+from launcher import ROOT, launch, petsc_built
 
 
 SPARSE_EXAMPLES = ("examples/sparse_poisson.py", "examples/fem_inverse.py")
-
-
-def petsc_built():
-    """Whether this build has the sparse ops; ADCME_MPI_REQUIRE_PETSC=1
-    (CI's PETSc stages) makes their absence a failure, not a skip."""
-    import importlib.util
-
-    # read the build's facts without importing the package (that starts MPI)
-    package = os.path.dirname(importlib.util.find_spec("adcme_mpi").origin)
-    info = open(os.path.join(package, "_build_info.py")).read()
-    built = re.search(r'^PETSC_LIBRARY = "(.+)"', info, re.M) is not None
-    assert built or os.environ.get("ADCME_MPI_REQUIRE_PETSC") != "1", "no sparse ops in this build"
-    return built
 
 
 def halo_rank3_block(out):

@@ -1,11 +1,16 @@
 """Shared test helpers: per-rank random data, graph runs, NumPy references
-from every rank's inputs, and the dot-product (adjoint) test."""
+from every rank's inputs, the dot-product (adjoint) test, and the tests'
+lists keyed from the op table (adcme_mpi/op_table.py)."""
+
+import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from mpi4py import MPI
 
 import adcme_mpi as am
+from adcme_mpi import op_table
 from adcme_mpi.wrappers import halo
 
 COMM = MPI.COMM_WORLD
@@ -113,3 +118,83 @@ def adjoint_check(op, x, w, v, salt_note=""):
         f"rank {RANK}: adjoint test failed {salt_note}: <g,v> = {lhs!r} but <w,op(v)> = {rhs!r}"
     )
     return y, g, opv
+
+
+# ---- the tests' lists, keyed from the op table ----
+# tests/unit/test_op_table.py reads them from the source (no mpiexec) and
+# fails for a public op without an adjoint test, a modes case or a
+# second-order case, unless its row's `untested` says why.
+
+
+def _public(names):
+    unknown = [n for n in names if n not in op_table.public_ops()]
+    if unknown:
+        raise ValueError(f"{unknown} are not public ops of the op table (adcme_mpi/op_table.py)")
+    return names
+
+
+def adjoint_test(*names):
+    """Marks a test as the adjoint (dot-product) test of these public ops;
+    the names are written out (tests/unit/test_op_table.py reads them)."""
+    _public(names)
+    return lambda test: test
+
+
+def table_cases(kind, cases):
+    """The case ids to parametrize a test over: `cases` maps a public op (or
+    a tuple of them) to {case id: case}. A public op of the op table with no
+    case here, and no reason in its row's `untested`, adds the id
+    "missing:<op>", on which table_case fails."""
+    covered, ids = set(), []
+    for names, variants in cases.items():
+        covered |= set(_public((names,) if isinstance(names, str) else names))
+        ids += list(variants)
+    assert len(ids) == len(set(ids)), f"case ids repeat: {ids}"
+    for name in op_table.public_ops():
+        if name not in covered and kind not in op_table.row_of(name).untested:
+            ids.append(f"missing:{name}")
+    return ids
+
+
+def table_case(kind, cases, case_id):
+    for variants in cases.values():
+        if case_id in variants:
+            return variants[case_id]
+    name = case_id.removeprefix("missing:")
+    pytest.fail(
+        f"{name}, a public op of the op table (adcme_mpi/op_table.py), has no {kind} case: "
+        f"add one, or the reason to its row's untested"
+    )
+
+
+# ---- a small distributed sparse matrix (the sparse ops' cases) ----
+
+
+def sparse_ops_usable():
+    """Skips the test where the sparse ops were not built (no PETSc); with
+    ADCME_MPI_REQUIRE_PETSC=1 (CI) that fails instead."""
+    try:
+        am.petsc_info()
+    except am.PETScUnavailableError as err:
+        if os.environ.get("ADCME_MPI_REQUIRE_PETSC") == "1":
+            pytest.fail(f"the sparse ops cannot run: {err}")
+        pytest.skip(f"sparse ops not built: {err}")
+
+
+def sparse_rows():
+    """This rank's rows of sparse_matrix(): 2 per rank, 3 on the last."""
+    lo = 2 * RANK
+    return lo, lo + (2 if RANK < SIZE - 1 else 3) - 1
+
+
+def sparse_matrix(dtype=tf.float64):
+    """This rank's rows of a symmetric positive definite N x N matrix, N =
+    2 * SIZE + 1, coupling the first rank with the last (every column range
+    is used by another rank)."""
+    sparse_ops_usable()
+    (lo, hi), n = sparse_rows(), 2 * SIZE + 1
+    A = 4 * np.eye(n) - np.eye(n, k=1) - np.eye(n, k=-1)
+    A += 0.5 * np.eye(n)[::-1] + n * np.eye(n)  # row i with row n-1-i; diagonally dominant
+    rows, cols = np.nonzero(A[lo : hi + 1])
+    indices = np.stack([rows + lo, cols], 1)
+    return am.mpi_SparseTensor(indices, A[lo + rows, cols], lo, hi, n, dtype=dtype)

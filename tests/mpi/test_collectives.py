@@ -14,6 +14,7 @@ from helpers import (
     SHAPES,
     SIZE,
     adjoint_check,
+    adjoint_test,
     assert_close,
     every_rank,
     random,
@@ -88,6 +89,7 @@ def cotangents(shape_in, shape_out, dtype, salt):
     )
 
 
+@adjoint_test("mpi_sum")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("root", ROOTS)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -97,6 +99,7 @@ def test_sum_adjoint(shape, root, dtype):
     assert_close(g, every_rank(w)[root], dtype, "grad of mpi_sum = root's cotangent")
 
 
+@adjoint_test("mpi_allreduce")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_allreduce_adjoint(shape, dtype):
@@ -107,6 +110,7 @@ def test_allreduce_adjoint(shape, dtype):
     )
 
 
+@adjoint_test("mpi_bcast")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("root", ROOTS)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -118,6 +122,7 @@ def test_bcast_adjoint(shape, root, dtype):
     assert_close(g, expected, dtype, "grad of mpi_bcast = sum of cotangents on root")
 
 
+@adjoint_test("mpi_gather")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("root", ROOTS)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -130,6 +135,7 @@ def test_gather_adjoint(shape, root, dtype):
     assert_close(g, expected, dtype, "grad of mpi_gather = this rank's slice of root's cotangent")
 
 
+@adjoint_test("mpi_scatter")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("root", ROOTS)
 def test_scatter_adjoint(root, dtype):

@@ -11,6 +11,7 @@ from helpers import (
     FLOAT_DTYPES,
     RANK,
     SIZE,
+    adjoint_test,
     assert_close,
     every_rank,
     global_dot,
@@ -67,6 +68,7 @@ def test_halo_forward(grid, square, width, dtype):
     assert_close(out, expected, dtype, f"halo grid {m}x{n} width {width}")
 
 
+@adjoint_test("mpi_halo_exchange")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("width", [1, 2])
 @pytest.mark.parametrize("square", [True, False])

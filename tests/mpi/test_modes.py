@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
+import helpers
 from helpers import near_square_grid as grid, RANK, SIZE, random, run_graph
+from helpers import sparse_matrix, table_case, table_cases
 
 MODES = ["graph", "eager", "function"]
 
@@ -21,16 +23,36 @@ def p2p(t):
     return tf.identity(t)
 
 
-OPS = {
-    "sum": ((3, 2), (3, 2), lambda t: am.mpi_sum(t, SIZE - 1)),
-    "allreduce": ((4,), (4,), am.mpi_allreduce),
-    "bcast": ((2, 2), (2, 2), lambda t: am.mpi_bcast(t, SIZE - 1)),
-    "gather": ((2, 3), (2 * SIZE, 3), lambda t: am.mpi_gather(t, 0)),
-    "scatter": ((SIZE, 2), (1, 2), lambda t: am.mpi_scatter(t, 0)),
-    "halo": ((3, 4), (5, 6), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
-    "halo2": ((3, 4), (7, 8), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
-    "send_recv": ((5,), (5,), p2p),
-    "sendrecv": ((5,), (5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t),
+def stripe():
+    lo, hi = helpers.sparse_rows()
+    return (hi - lo + 1,)
+
+
+def solve(t):
+    A = sparse_matrix(t.dtype)
+    return A.solve(t, solver="CG", rtol=1e-5 if t.dtype == tf.float32 else 1e-12)
+
+
+# public op(s) of the op table -> {case: (input shape, output shape, the op)};
+# every public op has a case (table_cases: a missing one fails)
+CASES = {
+    "mpi_sum": {"sum": ((3, 2), (3, 2), lambda t: am.mpi_sum(t, SIZE - 1))},
+    "mpi_allreduce": {"allreduce": ((4,), (4,), am.mpi_allreduce)},
+    "mpi_bcast": {"bcast": ((2, 2), (2, 2), lambda t: am.mpi_bcast(t, SIZE - 1))},
+    "mpi_gather": {"gather": ((2, 3), (2 * SIZE, 3), lambda t: am.mpi_gather(t, 0))},
+    "mpi_scatter": {"scatter": ((SIZE, 2), (1, 2), lambda t: am.mpi_scatter(t, 0))},
+    "mpi_halo_exchange": {
+        "halo": ((3, 4), (5, 6), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
+        "halo2": ((3, 4), (7, 8), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
+    },
+    ("mpi_send", "mpi_recv"): {"send_recv": ((5,), (5,), p2p)},
+    "mpi_sendrecv": {
+        "sendrecv": ((5,), (5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t)
+    },
+    "mpi_sparse_matvec": {
+        "sparse_matvec": (stripe(), stripe(), lambda t: sparse_matrix(t.dtype) @ t)
+    },
+    "mpi_sparse_solve": {"sparse_solve": (stripe(), stripe(), solve)},
 }
 
 
@@ -57,9 +79,9 @@ def run_mode(mode, op, x, w):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("name", sorted(table_cases("modes", CASES)))
 def test_modes_agree(name, dtype):
-    in_shape, out_shape, op = OPS[name]
+    in_shape, out_shape, op = table_case("modes", CASES, name)
     x, w = random(in_shape, dtype, 200), random(out_shape, dtype, 201)
     results = {mode: run_mode(mode, op, x, w) for mode in MODES}
     y_graph, g_graph = results["graph"]

@@ -11,6 +11,7 @@ from helpers import (
     RANK,
     SHAPES,
     SIZE,
+    adjoint_test,
     assert_close,
     every_rank,
     global_dot,
@@ -47,6 +48,7 @@ def test_ring_forward(shape, dtype):
     assert_close(got, everyone[(RANK - 1) % SIZE], dtype, "mpi_recv gets the previous rank's a")
 
 
+@adjoint_test("mpi_send", "mpi_recv")
 @needs_two
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -78,6 +80,7 @@ def test_send_recv_adjoint(shape, dtype):
     assert abs(lhs - rhs) <= (1e-4 if dtype == np.float32 else 1e-11) * max(1, abs(lhs))
 
 
+@adjoint_test("mpi_send", "mpi_recv")
 @needs_two
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_ring_adjoint(dtype):
@@ -124,6 +127,7 @@ def test_sendrecv_seed_example(dtype):
     assert_close(G, g_expected, dtype, "gradient")
 
 
+@adjoint_test("mpi_sendrecv")
 @needs_two
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_sendrecv_adjoint(dtype):

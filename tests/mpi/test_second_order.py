@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 import adcme_mpi as am
+import helpers
 from helpers import even_odd_ring, near_square_grid as grid, COMM, RANK, SIZE, random, run_graph
+from helpers import sparse_matrix, table_case, table_cases
 
 MODES = ["graph", "eager", "function"]
 
@@ -21,17 +23,35 @@ def ring(t):
     return sent * got + got
 
 
-OPS = {
-    "sum": ((3, 2), lambda t: am.mpi_sum(t, SIZE - 1)),
-    "allreduce": ((4,), am.mpi_allreduce),
-    "bcast": ((2, 2), lambda t: am.mpi_bcast(t, SIZE - 1)),
-    "gather": ((2, 3), lambda t: am.mpi_gather(t, 0)),
-    "scatter": ((SIZE, 2), lambda t: am.mpi_scatter(t, 0)),
-    "halo": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
-    "halo_fill": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=tf.reduce_sum(t))),
-    "halo2": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
-    "send_recv_ring": ((5,), ring),
-    "sendrecv": ((5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t * 1.0),
+def stripe():
+    lo, hi = helpers.sparse_rows()
+    return (hi - lo + 1,)
+
+
+# public op(s) of the op table -> {case: (input shape, the op)}; every public
+# op has a case (table_cases: a missing one fails)
+CASES = {
+    "mpi_sum": {"sum": ((3, 2), lambda t: am.mpi_sum(t, SIZE - 1))},
+    "mpi_allreduce": {"allreduce": ((4,), am.mpi_allreduce)},
+    "mpi_bcast": {"bcast": ((2, 2), lambda t: am.mpi_bcast(t, SIZE - 1))},
+    "mpi_gather": {"gather": ((2, 3), lambda t: am.mpi_gather(t, 0))},
+    "mpi_scatter": {"scatter": ((SIZE, 2), lambda t: am.mpi_scatter(t, 0))},
+    "mpi_halo_exchange": {
+        "halo": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
+        "halo_fill": (
+            (3, 4),
+            lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=tf.reduce_sum(t)),
+        ),
+        "halo2": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
+    },
+    ("mpi_send", "mpi_recv"): {"send_recv_ring": ((5,), ring)},
+    "mpi_sendrecv": {
+        "sendrecv": ((5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t * 1.0)
+    },
+    "mpi_sparse_matvec": {"sparse_matvec": (stripe(), lambda t: sparse_matrix() @ t)},
+    "mpi_sparse_solve": {
+        "sparse_solve": (stripe(), lambda t: sparse_matrix().solve(t, solver="CG", rtol=1e-14))
+    },
 }
 
 
@@ -72,9 +92,9 @@ def global_norm(a):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("name", sorted(table_cases("second_order", CASES)))
 def test_hessian_vector_product_matches_differences(name, mode):
-    shape, op = OPS[name]
+    shape, op = table_case("second_order", CASES, name)
     x, v = random(shape, np.float64, 302), random(shape, np.float64, 303)
     _, hv = gradient_and_hvp(mode, op, x, v)
     eps = 1e-5

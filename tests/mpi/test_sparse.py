@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import COMM, RANK, SIZE, adjoint_check, global_dot, rng, run_graph
+from helpers import COMM, RANK, SIZE, adjoint_check, adjoint_test, global_dot, rng, run_graph
 
 UNUSABLE = None  # why the sparse ops cannot run here, where CI requires them
 try:
@@ -177,6 +177,7 @@ def test_coo_and_csr_forms_with_repeated_and_unordered_entries():
 # ---- adjoints ----
 
 
+@adjoint_test("mpi_sparse_matvec", "mpi_sparse_solve")
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("kind", ["matvec", "transpose", "solve", "transpose solve"])
 def test_adjoint_with_respect_to_the_vector(kind, dtype):
@@ -198,6 +199,7 @@ def test_adjoint_with_respect_to_the_vector(kind, dtype):
     adjoint_check(op, x, w, v, kind)
 
 
+@adjoint_test("mpi_sparse_matvec")
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("transpose", [False, True])
 def test_adjoint_of_the_product_with_respect_to_the_values(transpose, dtype):
@@ -253,6 +255,7 @@ def test_solve_gradient_taylor(transpose):
     assert abs(L - L0 - global_dot(gb, db)) <= 1e-9 * max(1.0, abs(L0))
 
 
+@adjoint_test("mpi_sparse_solve")
 def test_solve_adjoint_with_respect_to_the_values_by_differences():
     """The gradient's direction derivative agrees with a central difference."""
     G = global_matrix()
