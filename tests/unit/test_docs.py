@@ -158,7 +158,7 @@ def test_every_public_op_name_is_in_the_readme():
     readme = read("README.md")
     missing = [
         name
-        for name in op_table.public_names()
+        for name in op_table.public_ops()
         if not re.search(rf"(?<!\w){re.escape(name)}(?!\w)", readme)
     ]
     assert not missing, f"public op names missing from README: {missing}"
