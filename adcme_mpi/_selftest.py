@@ -87,6 +87,12 @@ CASES = {
         lambda xs: np.concatenate(xs) if RANK == 0 else np.zeros(2 * SIZE),
     ),
     "mpi_scatter": ((SIZE,), lambda t: am.mpi_scatter(t, 0), lambda xs: xs[0][RANK : RANK + 1]),
+    "mpi_allgather": ((2,), am.mpi_allgather, lambda xs: np.concatenate(xs)),
+    "mpi_reduce_scatter": (
+        (2 * SIZE,),
+        am.mpi_reduce_scatter,
+        lambda xs: sum(xs)[2 * RANK : 2 * RANK + 2],
+    ),
     "mpi_send/mpi_recv": ((3,), p2p, reference_p2p),
     "mpi_halo_exchange": (
         (2, 3),

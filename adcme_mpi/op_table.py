@@ -123,6 +123,30 @@ OPS = (
         case="mpi_scatter",
     ),
     Op(
+        type="MPIAllgather",
+        name="mpi_allgather",
+        backward_types=("MPIReduceScatter",),
+        # (also the one op of the gradients of mpi_allreduce's and mpi_sum's
+        # op="prod", and of mpi_sum's op="max" and "min")
+        backward_name="gradient of mpi_reduce_scatter, mpi_allreduce or mpi_sum",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_allgather",),
+        case="mpi_allgather",
+    ),
+    Op(
+        type="MPIReduceScatter",
+        name="mpi_reduce_scatter",
+        backward_types=("MPIAllgather",),
+        backward_name="gradient of mpi_allgather",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_reduce_scatter",),
+        case="mpi_reduce_scatter",
+    ),
+    Op(
         type="MPIHaloExchange",
         name="mpi_halo_exchange",
         backward_types=("MPIHaloExchangeGrad",),

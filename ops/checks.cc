@@ -63,7 +63,7 @@ namespace {
 
 constexpr int kHeader =
     4;  // kind, backward, sequence number, verdict (0: fine; else a status code)
-constexpr int kPayload = 12;
+constexpr int kPayload = 13;
 constexpr int kMaxDims = 8;
 
 // What the packet's reduction does with the inline data.
@@ -500,41 +500,51 @@ absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
 }
 
 absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char* arg,
-                                  const Tensor& t, int root, Carried* carried) {
-  // Payload: dtype, root, ndims, hash of all dims, the first kMaxDims dims.
-  std::vector<int64_t> mine(4 + kMaxDims, -1);
+                                  const Tensor& t, int root, Carried* carried, const Alike& alike) {
+  // Payload: dtype, root, ndims, hash of the dims that must agree, the
+  // further argument, the first kMaxDims dims.
+  std::vector<int64_t> mine(5 + kMaxDims, -1);
   mine[0] = t.dtype();
   mine[1] = root;
   mine[2] = t.dims();
   uint64_t hash = 1469598103934665603ULL;
   for (int d = 0; d < t.dims(); ++d) {
-    hash = (hash ^ static_cast<uint64_t>(t.dim_size(d))) * 1099511628211ULL;
-    if (d < kMaxDims) mine[4 + d] = t.dim_size(d);
+    if (d > 0 || !alike.any_first_dim)
+      hash = (hash ^ static_cast<uint64_t>(t.dim_size(d))) * 1099511628211ULL;
+    if (d < kMaxDims) mine[5 + d] = t.dim_size(d);
   }
   mine[3] = static_cast<int64_t>(hash >> 1);
+  mine[4] = alike.value;
   std::vector<std::vector<int64_t>> rows;
   TF_RETURN_IF_ERROR(AgreeAcrossRanks(site, kind, mine, &rows, carried));
   if (rows.empty()) return absl::OkStatus();
-  bool same_tensor = true, same_root = true;
+  bool same_tensor = true, same_root = true, same_value = true;
   for (const auto& row : rows) {
     if (row[0] != mine[0] || row[2] != mine[2] || row[3] != mine[3]) same_tensor = false;
     if (row[1] != mine[1]) same_root = false;
+    if (row[4] != mine[4]) same_value = false;
   }
-  if (same_tensor && same_root) return absl::OkStatus();
   std::ostringstream msg;
   if (!same_tensor) {
-    msg << "argument '" << arg << "' must have the same dtype and shape on every rank; got";
+    msg << "argument '" << arg << "' must have the same dtype and "
+        << (alike.any_first_dim ? "the same dimensions after the first" : "shape")
+        << " on every rank; got";
     for (int r = 0; r < site.size; ++r) {
       TensorShape shape;
-      for (int d = 0; d < rows[r][2] && d < kMaxDims; ++d) shape.AddDim(rows[r][4 + d]);
+      for (int d = 0; d < rows[r][2] && d < kMaxDims; ++d) shape.AddDim(rows[r][5 + d]);
       msg << (r ? ", " : " ") << "rank " << r << ": "
           << ShapeString(static_cast<DataType>(rows[r][0]), shape);
     }
-  } else {
+  } else if (!same_root || !same_value) {
+    const int column = same_root ? 4 : 1;
     std::string got;
     for (int r = 0; r < site.size; ++r)
-      absl::StrAppend(&got, r ? ", " : " ", "rank ", r, ": ", rows[r][1]);
-    msg << absl::Substitute(messages::kSameEverywhere, "root", got);
+      absl::StrAppend(
+          &got, r ? ", " : " ", "rank ", r, ": ",
+          column == 1 || !alike.show ? absl::StrCat(rows[r][column]) : alike.show(rows[r][column]));
+    msg << absl::Substitute(messages::kSameEverywhere, column == 1 ? "root" : alike.name, got);
+  } else {
+    return absl::OkStatus();
   }
   return site.InvalidArgument(msg.str());
 }

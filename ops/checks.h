@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,11 +44,21 @@ struct Carried {
 absl::Status AgreeAcrossRanks(const CallSite& site, OpKind kind,
                               const std::vector<int64_t>& payload,
                               std::vector<std::vector<int64_t>>* rows, Carried* carried = nullptr);
+// What else CheckSameAcrossRanks compares: a further argument every rank
+// must pass alike (its name, its value as a word, how a message shows it),
+// and whether the first dimension may differ (an allgather's).
+struct Alike {
+  const char* name = "";
+  int64_t value = -1;
+  std::function<std::string(int64_t)> show;
+  bool any_first_dim = false;
+};
 // The usual check for a collective's data argument: same dtype and shape
 // everywhere, and the same root (root < 0: none). With `carried`, small data
 // travels with the check (see Carried).
 absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char* arg,
-                                  const Tensor& t, int root, Carried* carried = nullptr);
+                                  const Tensor& t, int root, Carried* carried = nullptr,
+                                  const Alike& alike = {});
 
 // Deferred checks (the halo exchange; see checks.cc): the op's check is
 // posted and left in flight; its verdict arrives while later ops wait, or

@@ -1,6 +1,8 @@
 // Collectives: MPISum (reduce to root), MPIAllreduce, MPIBcast, MPIGather,
-// MPIScatter. Adjoint pairs (adcme_mpi/wrappers/collectives.py): Sum <-> Bcast,
-// Gather <-> Scatter, Allreduce <-> Allreduce.
+// MPIScatter, MPIAllgather, MPIReduceScatter. Adjoint pairs
+// (adcme_mpi/wrappers/collectives.py): Sum <-> Bcast, Gather <-> Scatter,
+// Allreduce <-> Allreduce, Allgather <-> ReduceScatter (sums; the other
+// reductions' gradients are built from forward ops there).
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -86,8 +88,13 @@ absl::Status ScatterShape(InferenceContext* c) {
       .SetShapeFn(WithToken<shape_fn>)                 \
       .Doc(doc)
 
+// The reductions of MPISum and MPIAllreduce (op="mean" is the sum's, scaled
+// in Python).
+#define ADCME_MPI_REDUCTIONS "reduction: {'sum', 'max', 'min', 'prod'} = 'sum'"
+
 ROOTED_COLLECTIVE("MPISum", "sum: T", SameShapeAsFirstInput,
-                  "Sum of `a` over ranks on `root`; zeros on the other ranks.");
+                  "Reduction of `a` over ranks on `root`; zeros on the other ranks.")
+    .Attr(ADCME_MPI_REDUCTIONS);
 ROOTED_COLLECTIVE("MPIBcast", "b: T", SameShapeAsFirstInput, "`root`'s `a` on every rank.");
 ROOTED_COLLECTIVE("MPIGather", "gathered: T", GatherShape,
                   "Ranks' `a` concatenated along axis 0 on `root`; zeros elsewhere.");
@@ -100,16 +107,101 @@ REGISTER_OP("MPIAllreduce")
     .Output("sum: T")
     .Output("token_out: float")
     .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr(ADCME_MPI_REDUCTIONS)
     .Attr("comm: int")
     .Attr("grad_comm: int")
     .SetIsStateful()
     .SetShapeFn(WithToken<SameShapeAsFirstInput>)
-    .Doc("Sum of `a` over ranks, on every rank.");
+    .Doc("Reduction of `a` over ranks, on every rank.");
+
+// MPIAllgather: (d0_r, ...) -> (sum_r d0_r, ...); a scalar gathers into (size,).
+absl::Status AllgatherShape(InferenceContext* c) {
+  ShapeHandle a = c->input(0);
+  if (!c->RankKnown(a)) {
+    c->set_output(0, c->UnknownShape());
+    return absl::OkStatus();
+  }
+  if (c->Rank(a) == 0) {
+    const int size = CommSizeOf(c);
+    c->set_output(0, c->Vector(size > 0 ? c->MakeDim(size) : c->UnknownDim()));
+    return absl::OkStatus();
+  }
+  ShapeHandle out;
+  TF_RETURN_IF_ERROR(c->ReplaceDim(a, 0, c->UnknownDim(), &out));
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
+REGISTER_OP("MPIAllgather")
+    .Input("a: T")
+    .Input("token: float")
+    .Output("gathered: T")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<AllgatherShape>)
+    .Doc("Every rank's `a` joined along axis 0 in rank order; first dimensions may differ.");
+
+// MPIReduceScatter: (d0, ...) -> (counts[rank], ...).
+absl::Status ReduceScatterShape(InferenceContext* c) {
+  ShapeHandle a, counts, out;
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &a));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &counts));
+  TF_RETURN_IF_ERROR(c->ReplaceDim(a, 0, c->UnknownDim(), &out));
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
+REGISTER_OP("MPIReduceScatter")
+    .Input("a: T")
+    .Input("counts: int64")
+    .Input("token: float")
+    .Output("part: T")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr(ADCME_MPI_REDUCTIONS)
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<ReduceScatterShape>)
+    .Doc(
+        "Rank r gets the reduction over ranks of the r-th slice (axis 0) of `a`. `counts`: empty "
+        "(equal slices), every rank's slice length (the same on every rank), or this rank's own "
+        "(one entry; the lengths are exchanged).");
 
 // ---- kernels ----
 
 void ZeroFill(Tensor* t) {
   if (t->TotalBytes() > 0) std::memset(DataOf(*t), 0, t->TotalBytes());
+}
+
+// The MPI_Op of a `reduction` attr, and its index for the cross-rank check.
+constexpr const char* kReductions[] = {"sum", "max", "min", "prod"};
+struct Reduction {
+  int64_t index = 0;
+  MPI_Op op = MPI_SUM;
+  explicit Reduction(const std::string& name) {
+    for (int64_t i = 0; i < 4; ++i)
+      if (name == kReductions[i]) index = i;
+    const MPI_Op ops[] = {MPI_SUM, MPI_MAX, MPI_MIN, MPI_PROD};
+    op = ops[index];
+  }
+  Alike AsAlike() const {
+    Alike alike;
+    alike.name = "op";
+    alike.value = index;
+    alike.show = [](int64_t i) { return std::string(i >= 0 && i < 4 ? kReductions[i] : "?"); };
+    return alike;
+  }
+};
+
+std::string ReductionAttr(OpKernelConstruction* c) {
+  std::string name = "sum";
+  const absl::Status status = c->GetAttr("reduction", &name);
+  if (!status.ok()) c->CtxFailure(status);
+  return name;
 }
 
 // Everything a collective needs to know about its data argument `a`.
@@ -141,8 +233,8 @@ class RootedKernel : public MpiKernel {
   // Subclasses call this before their collective (after allocating the
   // output, so small data can travel with the check: see Carried).
   absl::Status CheckAcrossRanks(const CallSite& site, int root, const Operand& a,
-                                Carried* carried = nullptr) const {
-    return CheckSameAcrossRanks(site, kind_, "a", *a.tensor, root, carried);
+                                Carried* carried = nullptr, const Alike& alike = {}) const {
+    return CheckSameAcrossRanks(site, kind_, "a", *a.tensor, root, carried, alike);
   }
   virtual absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                                  const Operand& a) = 0;
@@ -153,7 +245,8 @@ class RootedKernel : public MpiKernel {
 
 class SumKernel : public RootedKernel {
  public:
-  explicit SumKernel(OpKernelConstruction* c) : RootedKernel(c, OpKind::kMPISum) {}
+  explicit SumKernel(OpKernelConstruction* c)
+      : RootedKernel(c, OpKind::kMPISum), reduction_(ReductionAttr(c)) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
     Tensor* out = nullptr;
@@ -164,7 +257,9 @@ class SumKernel : public RootedKernel {
     carried.input = a.tensor;
     carried.sum = true;
     carried.output = DataOf(*out);
-    TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a, &carried));
+    // (small sums ride in the check's reduction; other reductions do not)
+    TF_RETURN_IF_ERROR(CheckAcrossRanks(
+        site, root, a, reduction_.op == MPI_SUM ? &carried : nullptr, reduction_.AsAlike()));
     if (!carried.done) {
       const bool in_place = DataOf(*out) == DataOf(*a.tensor);
       RequestSet requests(site);
@@ -172,14 +267,17 @@ class SumKernel : public RootedKernel {
       requests.Keep(*out);
       TF_RETURN_IF_ERROR(
           requests.Posted(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
-                                      is_root ? DataOf(*out) : nullptr, a.count, a.type, MPI_SUM,
-                                      root, site.comm, requests.Next()),
+                                      is_root ? DataOf(*out) : nullptr, a.count, a.type,
+                                      reduction_.op, root, site.comm, requests.Next()),
                           "MPI_Ireduce"));
       TF_RETURN_IF_ERROR(requests.Wait("every rank to join the reduction"));
     }
     if (!is_root) ZeroFill(out);
     return absl::OkStatus();
   }
+
+ private:
+  const Reduction reduction_;
 };
 
 class BcastKernel : public RootedKernel {
@@ -268,7 +366,7 @@ class ScatterKernel : public RootedKernel {
 
 class AllreduceKernel : public MpiKernel {
  public:
-  using MpiKernel::MpiKernel;
+  explicit AllreduceKernel(OpKernelConstruction* c) : MpiKernel(c), reduction_(ReductionAttr(c)) {}
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
     Operand a;
     TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
@@ -279,8 +377,9 @@ class AllreduceKernel : public MpiKernel {
     carried.input = a.tensor;
     carried.sum = true;
     carried.output = DataOf(*out);
-    TF_RETURN_IF_ERROR(
-        CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1, &carried));
+    TF_RETURN_IF_ERROR(CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1,
+                                            reduction_.op == MPI_SUM ? &carried : nullptr,
+                                            reduction_.AsAlike()));
     if (carried.done) return absl::OkStatus();
     const bool in_place = DataOf(*out) == DataOf(*a.tensor);
     RequestSet requests(site);
@@ -288,10 +387,158 @@ class AllreduceKernel : public MpiKernel {
     requests.Keep(*out);
     TF_RETURN_IF_ERROR(
         requests.Posted(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*a.tensor), DataOf(*out),
-                                       a.count, a.type, MPI_SUM, site.comm, requests.Next()),
+                                       a.count, a.type, reduction_.op, site.comm, requests.Next()),
                         "MPI_Iallreduce"));
     return requests.Wait("every rank to join the allreduce");
   }
+
+ private:
+  const Reduction reduction_;
+};
+
+// Elements of one slice along axis 0 (a scalar: 1).
+int64_t InnerSize(const Tensor& t) {
+  int64_t inner = 1;
+  for (int d = 1; d < t.dims(); ++d) inner *= t.dim_size(d);
+  return inner;
+}
+
+// MPI's int counts and displacements, in elements, of slices of `inner`
+// elements each, `rows[r]` slices from rank r.
+absl::Status Layout(const CallSite& site, const char* arg, const std::vector<int64_t>& rows,
+                    int64_t inner, std::vector<int>* counts, std::vector<int>* displs) {
+  counts->resize(rows.size());
+  displs->resize(rows.size());
+  int64_t offset = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    TF_RETURN_IF_ERROR(CountOf(site, arg, rows[r] * inner, &(*counts)[r]));
+    TF_RETURN_IF_ERROR(CountOf(site, arg, offset, &(*displs)[r]));
+    offset += rows[r] * inner;
+  }
+  int total = 0;  // the whole buffer must fit MPI's int counts too
+  return CountOf(site, arg, offset, &total);
+}
+
+// Every rank's `mine` (one int64 each), in rank order.
+absl::Status ExchangeCounts(const CallSite& site, int64_t mine, std::vector<int64_t>* all) {
+  RequestSet requests(site);
+  auto sent = std::make_shared<int64_t>(mine);
+  auto got = std::make_shared<std::vector<int64_t>>(site.size);
+  requests.Keep(sent);
+  requests.Keep(got);
+  TF_RETURN_IF_ERROR(requests.Posted(MPI_Iallgather(sent.get(), 1, MPI_INT64_T, got->data(), 1,
+                                                    MPI_INT64_T, site.comm, requests.Next()),
+                                     "MPI_Iallgather"));
+  TF_RETURN_IF_ERROR(requests.Wait("every rank's length along axis 0"));
+  *all = *got;
+  return absl::OkStatus();
+}
+
+class AllgatherKernel : public MpiKernel {
+ public:
+  using MpiKernel::MpiKernel;
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    Operand a;
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    Alike alike;
+    alike.any_first_dim = true;
+    TF_RETURN_IF_ERROR(
+        CheckSameAcrossRanks(site, OpKind::kMPIAllgather, "a", *a.tensor, -1, nullptr, alike));
+    const bool scalar = a.tensor->dims() == 0;
+    std::vector<int64_t> rows(site.size, 1);
+    if (!scalar) TF_RETURN_IF_ERROR(ExchangeCounts(site, a.tensor->dim_size(0), &rows));
+    const int64_t inner = InnerSize(*a.tensor);
+    std::vector<int> counts, displs;
+    TF_RETURN_IF_ERROR(Layout(site, "a", rows, inner, &counts, &displs));
+    TensorShape shape = a.tensor->shape();
+    int64_t total = 0;
+    for (int64_t n : rows) total += n;
+    if (scalar) {
+      shape.AddDim(site.size);
+    } else {
+      shape.set_dim(0, total);
+    }
+    Tensor* out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
+    TF_RETURN_IF_ERROR(requests.Posted(
+        MPI_Iallgatherv(DataOf(*a.tensor), a.count, a.type, DataOf(*out), counts.data(),
+                        displs.data(), a.type, site.comm, requests.Next()),
+        "MPI_Iallgatherv"));
+    return requests.Wait("every rank to join the allgather");
+  }
+};
+
+class ReduceScatterKernel : public MpiKernel {
+ public:
+  explicit ReduceScatterKernel(OpKernelConstruction* c)
+      : MpiKernel(c), reduction_(ReductionAttr(c)) {}
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    Operand a;
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    const Tensor& given = ctx->input(1);
+    if (a.tensor->dims() == 0)
+      return site.InvalidArgument("argument 'a' must have at least one dimension, got a scalar");
+    const int64_t d0 = a.tensor->dim_size(0);
+    const int64_t n = given.NumElements();
+    const int64_t* c = given.flat<int64_t>().data();
+    // (local checks first: a rank with bad counts fails on every rank)
+    if (n != 0 && n != 1 && n != site.size)
+      return site.InvalidArgument(absl::StrCat("argument 'counts' has ", n,
+                                               " entries; it must have none (equal slices), ",
+                                               site.size, " (every rank's) or 1 (this rank's)"));
+    if (n == 0 && d0 % site.size != 0)
+      return site.InvalidArgument(absl::StrCat(
+          "argument 'a' must have a first dimension divisible by the communicator size ", site.size,
+          " when 'counts' is not given, got shape ", a.tensor->shape().DebugString()));
+    for (int64_t i = 0; i < n; ++i)
+      if (c[i] < 0)
+        return site.InvalidArgument(absl::StrCat("argument 'counts' has a negative entry ", c[i]));
+    std::vector<int64_t> rows(site.size, n == 0 ? d0 / site.size : 0);
+    if (n == static_cast<int64_t>(site.size)) rows.assign(c, c + n);
+    int64_t sum = 0;
+    for (int64_t r : rows) sum += r;
+    if (n == site.size && sum != d0)
+      return site.InvalidArgument(absl::StrCat("argument 'counts' adds up to ", sum,
+                                               " but 'a' has ", d0, " slices along axis 0"));
+    // every rank's counts, and how they were given, must agree
+    uint64_t hash = 1469598103934665603ULL;
+    for (int64_t r : rows) hash = (hash ^ static_cast<uint64_t>(r)) * 1099511628211ULL;
+    Alike alike = reduction_.AsAlike();
+    alike.value = static_cast<int64_t>((hash >> 8) * 4 + reduction_.index);
+    alike.name = n == 1 ? "op" : "op' and 'counts";
+    alike.show = [](int64_t word) { return std::string(kReductions[word & 3]); };
+    TF_RETURN_IF_ERROR(
+        CheckSameAcrossRanks(site, OpKind::kMPIReduceScatter, "a", *a.tensor, -1, nullptr, alike));
+    if (n == 1) {
+      TF_RETURN_IF_ERROR(ExchangeCounts(site, c[0], &rows));
+      sum = 0;
+      for (int64_t r : rows) sum += r;
+      if (sum != d0)
+        return site.InvalidArgument(absl::StrCat("the ranks' 'counts' add up to ", sum,
+                                                 " but 'a' has ", d0, " slices along axis 0"));
+    }
+    const int64_t inner = InnerSize(*a.tensor);
+    std::vector<int> counts, displs;
+    TF_RETURN_IF_ERROR(Layout(site, "a", rows, inner, &counts, &displs));
+    TensorShape shape = a.tensor->shape();
+    shape.set_dim(0, rows[site.rank]);
+    Tensor* out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
+    TF_RETURN_IF_ERROR(
+        requests.Posted(MPI_Ireduce_scatter(DataOf(*a.tensor), DataOf(*out), counts.data(), a.type,
+                                            reduction_.op, site.comm, requests.Next()),
+                        "MPI_Ireduce_scatter"));
+    return requests.Wait("every rank to join the reduce-scatter");
+  }
+
+ private:
+  const Reduction reduction_;
 };
 
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPISum").HostMemory("root"), SumKernel);
@@ -299,6 +546,9 @@ REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIBcast").HostMemory("root"), Bca
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIGather").HostMemory("root"), GatherKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIScatter").HostMemory("root"), ScatterKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAllreduce"), AllreduceKernel);
+REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAllgather"), AllgatherKernel);
+REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIReduceScatter").HostMemory("counts"),
+                        ReduceScatterKernel);
 
 }  // namespace
 }  // namespace adcme_mpi

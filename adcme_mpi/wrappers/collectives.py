@@ -3,9 +3,14 @@
     mpi_sum    (reduce to root)  <->  mpi_bcast (root to all)
     mpi_gather (concat on root)  <->  mpi_scatter (split from root)
     mpi_allreduce                <->  mpi_allreduce
+    mpi_allgather                <->  mpi_reduce_scatter
 
 Each gradient is the paired forward op on the gradient communicator, so
-gradients of gradients (Hessian-vector products) compose.
+gradients of gradients (Hessian-vector products) compose. The reductions
+other than the sum (op="max", "min", "prod") get gradients built from
+forward ops too: one sum or allgather of the cotangent stacked with what the
+local derivative needs (the extremum's mask and its ties; the other ranks'
+factors, so a product with zeros is exact without division).
 """
 
 import tensorflow as tf
@@ -16,8 +21,27 @@ from ._adjoint import adjoint, cotangent, differentiable
 from ._callsite import CallSite
 
 
+REDUCTIONS = ("sum", "mean", "max", "min", "prod")
+
+
+def _reduce(site, a, op, kernel, deps):
+    """Run the reducing `kernel(token, reduction)` for `op` in program order
+    ("mean" is the sum, divided by the size here)."""
+    if op not in REDUCTIONS:
+        raise site.error(
+            ValueError, f"argument 'op' = {op!r} is not one of {', '.join(REDUCTIONS)}"
+        )
+    if op == "mean" and not a.dtype.is_floating:
+        raise site.error(TypeError, f"op='mean' needs a float dtype, got {a.dtype.name}")
+    reduction = "sum" if op == "mean" else op
+    out = ordering.run_in_order(lambda token: kernel(token, reduction), deps)[0]
+    # (a product with the reciprocal: graph optimisation turns a division by a
+    # constant into one, and every mode must compute the same bits)
+    return out * tf.constant(1.0 / site.size, a.dtype) if op == "mean" else out
+
+
 def _rooted(name, kernel, doc):
-    """The public wrapper of a rooted collective (sum, bcast, gather, scatter)."""
+    """The public wrapper of a rooted collective (bcast, gather, scatter)."""
 
     def wrapper(a, root=0, *, comm=None, deps=None, name=None):
         site = CallSite(wrapper.__name__, comm, collective=True)
@@ -32,19 +56,34 @@ def _rooted(name, kernel, doc):
     return wrapper
 
 
-mpi_sum = _rooted(
-    "mpi_sum",
-    lib.mpi_sum,
-    """Sum of `a` over the ranks of `comm` on `root`;
-    zeros of a's shape elsewhere.
+def mpi_sum(a, root=0, *, op="sum", comm=None, deps=None, name=None):
+    """The reduction of `a` over the ranks of `comm` on `root` (op: "sum",
+    "mean", "max", "min" or "prod", elementwise); zeros of a's shape elsewhere.
 
-    Gradient: every rank gets root's upstream gradient (a broadcast).
+    Gradient: every rank gets root's upstream gradient (a broadcast), times
+    its local derivative: 1 (sum), 1/size (mean), for max and min the mask
+    of where this rank holds the extremum, split equally among ties (as
+    tf.reduce_max), for prod the product of the other ranks' values (exact
+    with zeros). int dtypes are forward only.
 
     Example::
 
         L = am.mpi_sum(tf.constant(2.0) ** am.mpi_rank())   # rank 0: sum of 2^r
-    """,
-)
+        top = am.mpi_sum(tf.constant([1.0, 5.0]) * am.mpi_rank(), op="max")
+    """
+    site = CallSite("mpi_sum", comm, collective=True)
+    a = site.data("a", a)
+    root = site.rank_arg("root", root)
+    return _reduce(
+        site,
+        a,
+        op,
+        lambda token, reduction: lib.mpi_sum(
+            a, root, token, reduction=reduction, name=name, **site.comm_attrs
+        ),
+        deps,
+    )
+
 
 mpi_bcast = _rooted(
     "mpi_bcast",
@@ -92,20 +131,95 @@ mpi_scatter = _rooted(
 )
 
 
-def mpi_allreduce(a, *, comm=None, deps=None, name=None):
-    """Sum of `a` over the ranks of `comm`, on every rank.
+def mpi_allreduce(a, *, op="sum", comm=None, deps=None, name=None):
+    """The reduction of `a` over the ranks of `comm`, on every rank (op:
+    "sum", "mean", "max", "min" or "prod", elementwise).
 
-    Gradient: the sum over ranks of the upstream gradients (an allreduce).
+    Gradient: the sum over ranks of the upstream gradients (an allreduce),
+    times the local derivative as for mpi_sum: 1/size for mean, the
+    extremum's mask split among ties for max and min, the other ranks'
+    product for prod (exact with zeros). int dtypes are forward only.
 
     Example::
 
         total = am.mpi_allreduce(tf.constant([1.0, 2.0]) * am.mpi_rank())
+        worst = am.mpi_allreduce(loss, op="max")
     """
     site = CallSite("mpi_allreduce", comm, collective=True)
     a = site.data("a", a)
+    return _reduce(
+        site,
+        a,
+        op,
+        lambda token, reduction: lib.mpi_allreduce(
+            a, token, reduction=reduction, name=name, **site.comm_attrs
+        ),
+        deps,
+    )
+
+
+def mpi_allgather(a, *, comm=None, deps=None, name=None):
+    """Every rank's `a` joined along axis 0 in rank order, on every rank.
+    First dimensions may differ across ranks (the lengths are exchanged
+    inside the op); the other dimensions and the dtype must agree. A scalar
+    gathers into a vector of length size.
+
+    Gradient: each rank gets the sum over ranks of its own slice of the
+    upstream gradients (a reduce-scatter).
+
+    Example::
+
+        everyone = am.mpi_allgather(tf.ones([am.mpi_rank() + 1, 2]))   # [sum_r (r+1), 2]
+    """
+    site = CallSite("mpi_allgather", comm, collective=True)
+    a = site.data("a", a)
     return ordering.run_in_order(
-        lambda token: lib.mpi_allreduce(a, token, name=name, **site.comm_attrs), deps
+        lambda token: lib.mpi_allgather(a, token, name=name, **site.comm_attrs), deps
     )[0]
+
+
+def mpi_reduce_scatter(a, op="sum", counts=None, *, comm=None, deps=None, name=None):
+    """Rank r gets the reduction (op: "sum", "mean", "max", "min", "prod")
+    over ranks of the r-th slice of `a` along axis 0. The slices are equal
+    (a's first dimension divisible by the size), or `counts` gives every
+    rank's slice length (the same list on every rank, adding up to a's first
+    dimension).
+
+    Gradient (sum and mean): an allgather of the upstream gradients. The
+    other reductions are forward only here (a clear error if differentiated).
+
+    Example::
+
+        mine = am.mpi_reduce_scatter(tf.ones([2 * am.mpi_size(), 3]))   # [2, 3] of size
+    """
+    site = CallSite("mpi_reduce_scatter", comm, collective=True)
+    a = site.data("a", a)
+    if a.shape.rank == 0:
+        raise site.error(ValueError, "argument 'a' must have at least one dimension, got a scalar")
+    rows = a.shape[0] // site.size if a.shape[0] is not None else None  # this rank's slice
+    if counts is None:
+        counts = tf.zeros([0], tf.int64)
+    else:
+        static = [int(c) for c in counts] if isinstance(counts, (list, tuple)) else None
+        if static is not None and len(static) != site.size:
+            raise site.error(
+                ValueError,
+                f"argument 'counts' has {len(static)} entries; it must have one per rank "
+                f"({site.size})",
+            )
+        rows = static[site.rank] if static is not None else None
+        counts = tf.cast(tf.convert_to_tensor(counts), tf.int64)
+    out = _reduce(
+        site,
+        a,
+        op,
+        lambda token, reduction: lib.mpi_reduce_scatter(
+            a, counts, token, reduction=reduction, name=name, **site.comm_attrs
+        ),
+        deps,
+    )
+    out.set_shape(tf.TensorShape([rows]).concatenate(a.shape[1:]))  # (the kernel checks it)
+    return out
 
 
 # ---- gradients: each forward op's adjoint is its pair on the gradient communicator ----
@@ -126,14 +240,94 @@ def _rooted_gradient(adjoint_kernel, reshape_like_input=False):
     return gradient
 
 
-tf.RegisterGradient("MPISum")(_rooted_gradient(lib.mpi_bcast))
 tf.RegisterGradient("MPIBcast")(_rooted_gradient(lib.mpi_sum))
 tf.RegisterGradient("MPIGather")(_rooted_gradient(lib.mpi_scatter, reshape_like_input=True))
 tf.RegisterGradient("MPIScatter")(_rooted_gradient(lib.mpi_gather))
+
+
+def _rank_of(op):
+    """This rank in the forward op's communicator (its Fortran handle)."""
+    from mpi4py import MPI
+
+    return MPI.Comm.f2py(op.get_attr("comm")).Get_rank()
+
+
+def _others_product(rows, rank):
+    """Over axis 0 of `rows` (one row per rank): the product of every row but
+    `rank`'s. tf.reduce_prod's gradient is exact with zeros."""
+    keep = tf.not_equal(tf.range(tf.shape(rows)[0]), rank)
+    return tf.reduce_prod(tf.boolean_mask(rows, keep), axis=0)
+
+
+@tf.RegisterGradient("MPISum")
+def _mpi_sum_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, None, token_grad
+    reduction = op.get_attr("reduction").decode()
+    root = op.inputs[1]
+    g = cotangent(op, grad)
+    if reduction == "sum":
+        out, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_bcast(g, root, t, **c))
+        return out, None, token
+    # one allgather of (root's cotangent, root's result, every rank's input):
+    # the other ranks' outputs are constant zeros, so only root's cotangent counts
+    a, y = op.inputs[0], op.outputs[0]
+    is_root = tf.cast(tf.equal(root, _rank_of(op)), g.dtype)
+    stacked = tf.expand_dims(tf.stack([g * is_root, y * is_root, a]), 0)
+    rows, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_allgather(stacked, t, **c))
+    upstream, result = tf.reduce_sum(rows[:, 0], 0), tf.reduce_sum(rows[:, 1], 0)
+    if reduction == "prod":
+        return upstream * _others_product(rows[:, 2], _rank_of(op)), None, token
+    holds = tf.cast(tf.equal(a, result), g.dtype)
+    ties = tf.reduce_sum(tf.cast(tf.equal(rows[:, 2], result), g.dtype), 0)
+    return upstream * holds / ties, None, token
 
 
 @tf.RegisterGradient("MPIAllreduce")
 def _mpi_allreduce_grad(op, grad, token_grad):
     if not differentiable(op):
         return None, token_grad
-    return adjoint(op, token_grad, lambda t, **c: lib.mpi_allreduce(cotangent(op, grad), t, **c))
+    reduction = op.get_attr("reduction").decode()
+    g = cotangent(op, grad)
+    if reduction == "sum":
+        return adjoint(op, token_grad, lambda t, **c: lib.mpi_allreduce(g, t, **c))
+    a, y = op.inputs[0], op.outputs[0]
+    if reduction == "prod":
+        stacked = tf.expand_dims(tf.stack([g, a]), 0)
+        rows, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_allgather(stacked, t, **c))
+        return tf.reduce_sum(rows[:, 0], 0) * _others_product(rows[:, 1], _rank_of(op)), token
+    holds = tf.cast(tf.equal(a, y), g.dtype)
+    sums, token = adjoint(
+        op, token_grad, lambda t, **c: lib.mpi_allreduce(tf.stack([g, holds]), t, **c)
+    )
+    return sums[0] * holds / sums[1], token
+
+
+@tf.RegisterGradient("MPIAllgather")
+def _mpi_allgather_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, token_grad
+    a = op.inputs[0]
+    # this rank's length along axis 0 (a scalar gathered as one): the
+    # reduce-scatter exchanges the others'
+    own = tf.cast(tf.shape(a)[:1] if a.shape.rank != 0 else tf.ones([1], tf.int32), tf.int64)
+    out, token = adjoint(
+        op, token_grad, lambda t, **c: lib.mpi_reduce_scatter(cotangent(op, grad), own, t, **c)
+    )
+    return tf.reshape(out, tf.shape(a)), token
+
+
+@tf.RegisterGradient("MPIReduceScatter")
+def _mpi_reduce_scatter_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, None, token_grad
+    reduction = op.get_attr("reduction").decode()
+    if reduction != "sum":
+        raise ValueError(
+            f"mpi_reduce_scatter (rank {_rank_of(op)}): op='{reduction}' has no gradient here; "
+            "only op='sum' and op='mean' are differentiable"
+        )
+    out, token = adjoint(
+        op, token_grad, lambda t, **c: lib.mpi_allgather(cotangent(op, grad), t, **c)
+    )
+    return out, None, token

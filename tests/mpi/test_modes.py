@@ -36,11 +36,23 @@ def solve(t):
 # public op(s) of the op table -> {case: (input shape, output shape, the op)};
 # every public op has a case (table_cases: a missing one fails)
 CASES = {
-    "mpi_sum": {"sum": ((3, 2), (3, 2), lambda t: am.mpi_sum(t, SIZE - 1))},
-    "mpi_allreduce": {"allreduce": ((4,), (4,), am.mpi_allreduce)},
+    "mpi_sum": {
+        "sum": ((3, 2), (3, 2), lambda t: am.mpi_sum(t, SIZE - 1)),
+        "sum_min": ((3,), (3,), lambda t: am.mpi_sum(t, SIZE - 1, op="min")),
+    },
+    "mpi_allreduce": {
+        "allreduce": ((4,), (4,), am.mpi_allreduce),
+        "allreduce_max": ((4,), (4,), lambda t: am.mpi_allreduce(t, op="max")),
+        "allreduce_prod": ((4,), (4,), lambda t: am.mpi_allreduce(t, op="prod")),
+    },
     "mpi_bcast": {"bcast": ((2, 2), (2, 2), lambda t: am.mpi_bcast(t, SIZE - 1))},
     "mpi_gather": {"gather": ((2, 3), (2 * SIZE, 3), lambda t: am.mpi_gather(t, 0))},
     "mpi_scatter": {"scatter": ((SIZE, 2), (1, 2), lambda t: am.mpi_scatter(t, 0))},
+    "mpi_allgather": {"allgather": ((2, 3), (2 * SIZE, 3), am.mpi_allgather)},
+    "mpi_reduce_scatter": {
+        "reduce_scatter": ((2 * SIZE, 3), (2, 3), am.mpi_reduce_scatter),
+        "reduce_scatter_mean": ((SIZE, 2), (1, 2), lambda t: am.mpi_reduce_scatter(t, "mean")),
+    },
     "mpi_halo_exchange": {
         "halo": ((3, 4), (5, 6), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
         "halo2": ((3, 4), (7, 8), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),

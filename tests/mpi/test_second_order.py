@@ -32,10 +32,18 @@ def stripe():
 # op has a case (table_cases: a missing one fails)
 CASES = {
     "mpi_sum": {"sum": ((3, 2), lambda t: am.mpi_sum(t, SIZE - 1))},
-    "mpi_allreduce": {"allreduce": ((4,), am.mpi_allreduce)},
+    "mpi_allreduce": {
+        "allreduce": ((4,), am.mpi_allreduce),
+        "allreduce_prod": ((4,), lambda t: am.mpi_allreduce(t, op="prod")),
+    },
     "mpi_bcast": {"bcast": ((2, 2), lambda t: am.mpi_bcast(t, SIZE - 1))},
     "mpi_gather": {"gather": ((2, 3), lambda t: am.mpi_gather(t, 0))},
     "mpi_scatter": {"scatter": ((SIZE, 2), lambda t: am.mpi_scatter(t, 0))},
+    # (equal blocks here, so the gathered length is known: the objective needs it)
+    "mpi_allgather": {
+        "allgather": ((2, 3), lambda t: tf.ensure_shape(am.mpi_allgather(t), (2 * SIZE, 3)))
+    },
+    "mpi_reduce_scatter": {"reduce_scatter": ((2 * SIZE, 3), am.mpi_reduce_scatter)},
     "mpi_halo_exchange": {
         "halo": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
         "halo_fill": (
