@@ -306,7 +306,7 @@ CheckQueue* QueueOf(CommFamily* family) {
   return static_cast<CheckQueue*>(family->checks.get());
 }
 
-thread_local int64_t checks_posted = 0;
+thread_local int64_t check_steps = 0;
 
 // The verdict of a completed check that found a disagreement, as `site`
 // reports it: the posting op's own message, prefixed when a later op
@@ -346,7 +346,11 @@ absl::Status SettleLocked(const CallSite& site, CheckQueue* queue, bool block, i
     }
     PendingCheck settled = std::move(front);
     queue->pending.pop_front();
-    if (settled.slot->packet.disagree) return Disagreement(site, own_sequence, settled);
+    if (settled.slot->packet.disagree) {
+      // every rank gets this verdict (at this op or another): not a local failure
+      ++check_steps;
+      return Disagreement(site, own_sequence, settled);
+    }
   }
   return absl::OkStatus();
 }
@@ -355,7 +359,7 @@ absl::Status SettleLocked(const CallSite& site, CheckQueue* queue, bool block, i
 // payload. Call with the family's mutex held.
 std::vector<int64_t> HeaderAndPayload(const CallSite& site, OpKind kind,
                                       const std::vector<int64_t>& payload, int64_t verdict) {
-  ++checks_posted;
+  ++check_steps;
   std::vector<int64_t> mine(kHeader + kPayload, -1);
   mine[0] = static_cast<int64_t>(kind);
   mine[1] = site.backward;
@@ -549,7 +553,7 @@ absl::Status CheckSameAcrossRanks(const CallSite& site, OpKind kind, const char*
   return site.InvalidArgument(msg.str());
 }
 
-int64_t ChecksPostedOnThisThread() { return checks_posted; }
+int64_t CheckStepsOnThisThread() { return check_steps; }
 
 absl::Status ShareLocalFailure(const CallSite& site, OpKind kind, const absl::Status& failure) {
   std::vector<std::vector<int64_t>> rows;

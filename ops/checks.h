@@ -74,9 +74,12 @@ absl::Status PostDeferredCheck(const CallSite& site, OpKind kind,
 // message, prefixed with `site` unless it is check number `own_sequence`.
 absl::Status SettleDeferredChecks(const CallSite& site, bool block, int64_t own_sequence);
 
-// How many checks this thread has posted so far: a kernel compares it
-// before and after its run to know whether its check was posted.
-int64_t ChecksPostedOnThisThread();
+// How many check steps this thread has taken so far: checks posted, and
+// earlier checks' failures reported. A kernel compares it before and after
+// its run: a failure with no step in between is local bad input, to share
+// with the peers (ShareLocalFailure); one after a step is already every
+// rank's, and sharing it would post a check no peer posts.
+int64_t CheckStepsOnThisThread();
 // A checked op failed on this rank before its check (bad local input): it
 // takes part in the check that its peers are in, marked failed, so every
 // rank fails, the peers with a message naming this rank and quoting

@@ -148,9 +148,9 @@ absl::Status MpiKernel::RunChecked(OpKernelContext* ctx) {
     return absl::FailedPreconditionError(
         absl::StrCat(site_.Describe(), ": its communicator was released by mpi_finalize"));
   ProgressDetachedSends();
-  const int64_t posted = ChecksPostedOnThisThread();
+  const int64_t steps = CheckStepsOnThisThread();
   absl::Status status = Run(ctx, site_);
-  if (!status.ok() && kind_ != OpKind::kNone && ChecksPostedOnThisThread() == posted)
+  if (!status.ok() && kind_ != OpKind::kNone && CheckStepsOnThisThread() == steps)
     status = ShareLocalFailure(site_, kind_, status);
   return status;
 }
