@@ -99,6 +99,12 @@ CASES = {
         lambda xs: sum(xs)[2 * RANK : 2 * RANK + 2],
     ),
     "mpi_send/mpi_recv": ((3,), p2p, reference_p2p),
+    # a ring shift: every rank gets its left neighbour's
+    "mpi_exchange": (
+        (3,),
+        lambda t: am.mpi_exchange(t, (RANK + 1) % SIZE, (RANK - 1) % SIZE),
+        lambda xs: xs[(RANK - 1) % SIZE],
+    ),
     "mpi_halo_exchange": (
         (2, 3),
         lambda t: am.mpi_halo_exchange(t, *grid()),

@@ -235,6 +235,17 @@ OPS = (
         public=("mpi_recv",),
         case="mpi_send/mpi_recv",
     ),
+    Op(
+        type="MPIExchange",
+        name="mpi_exchange",
+        backward_types=("MPIExchange",),
+        backward_name="gradient of mpi_exchange",
+        kernel="ops/p2p.cc",
+        wrapper="adcme_mpi/wrappers/p2p.py",
+        checked=False,
+        public=("mpi_exchange",),
+        case="mpi_exchange",
+    ),
 )
 
 # Error texts, written once: `$0`, `$1`, ... are the arguments (absl::Substitute's

@@ -1,7 +1,10 @@
-// Point-to-point: MPISend and MPIRecv. Each is the other's adjoint, on the
-// gradient communicator (adcme_mpi/wrappers/p2p.py). A send used as the backward
-// of a receive is `detached`: it never blocks (it completes as later ops
-// poll, or at mpi_finalize), so no backward pass can wait on it.
+// Point-to-point: MPISend and MPIRecv, each the other's adjoint, and
+// MPIExchange (MPI_Sendrecv: every rank sends and receives), its own adjoint
+// in the opposite direction; all on the gradient communicator in a backward
+// pass (adcme_mpi/wrappers/p2p.py). A send made by a backward pass is
+// `detached`: it never blocks (it completes as later ops poll, or at
+// mpi_finalize), so no backward pass can wait on a send.
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +17,12 @@ namespace {
 
 absl::Status PointToPointShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 2));
+  c->set_output(0, c->input(0));
+  return absl::OkStatus();
+}
+
+absl::Status ExchangeShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 3));
   c->set_output(0, c->input(0));
   return absl::OkStatus();
 }
@@ -46,6 +55,64 @@ REGISTER_OP("MPIRecv")
     .SetIsStateful()
     .SetShapeFn(WithToken<PointToPointShape>)
     .Doc("Receives from `src` a tensor shaped like the template `a`.");
+
+REGISTER_OP("MPIExchange")
+    .Input("a: T")
+    .Input("dest: int32")
+    .Input("source: int32")
+    .Input("tag: int32")
+    .Input("token: float")
+    .Output("received: T")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .Attr("detached: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<ExchangeShape>)
+    .Doc("Sends `a` to `dest` and receives from `source` a tensor shaped like `a` (-1: none).");
+
+// A send that never blocks (made by a backward pass): synchronous mode, so
+// it completes only once the receive has matched, and a send nobody
+// receives is seen (and reported) at the end of the program. `forward_op`
+// is the op whose backward pass must receive it.
+absl::Status SendDetached(const CallSite& site, const Tensor& a, MPI_Datatype type, int count,
+                          int dest, int tag, const char* forward_op) {
+  MPI_Request request;
+  TF_RETURN_IF_ERROR(
+      site.Check(MPI_Issend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Issend"));
+  DetachSend(
+      request, a,
+      absl::StrCat(site.Describe(), " sent a gradient to rank ", dest, " (tag ", tag,
+                   ") that rank ", dest,
+                   " never received: its backward pass did not include the matching ", forward_op,
+                   ". MPI ops after the last one a rank's loss depends on are "
+                   "not part of that rank's backward pass; make its loss depend on "
+                   "that ",
+                   forward_op, "'s result (e.g. tf.reduce_sum(sent * 0.0))"));
+  return absl::OkStatus();
+}
+
+// Waits for the message from `src` (tag `tag`) and checks that it holds
+// `count` elements of `type`, as the template `a` does; if not, takes it off
+// the wire (so it cannot match a later receive) and says so.
+absl::Status ProbeOfSize(const CallSite& site, const Tensor& a, MPI_Datatype type, int count,
+                         int src, int tag, const std::string& waiting_for, MPI_Message* message) {
+  MPI_Status status;
+  TF_RETURN_IF_ERROR(ProbeMessage(site, src, tag, message, &status, waiting_for));
+  int sent = 0;
+  TF_RETURN_IF_ERROR(site.Check(MPI_Get_count(&status, type, &sent), "MPI_Get_count"));
+  if (sent == count) return absl::OkStatus();
+  int bytes = 0;
+  TF_RETURN_IF_ERROR(site.Check(MPI_Get_count(&status, MPI_BYTE, &bytes), "MPI_Get_count"));
+  std::vector<char> sink(bytes > 0 ? bytes : 1);
+  TF_RETURN_IF_ERROR(
+      site.Check(MPI_Mrecv(sink.data(), bytes, MPI_BYTE, message, MPI_STATUS_IGNORE), "MPI_Mrecv"));
+  return site.InvalidArgument(
+      absl::StrCat("rank ", src, " sent ", bytes, " bytes (tag ", tag, ") but argument 'a' is ",
+                   ShapeString(a.dtype(), a.shape()), " (", count,
+                   " elements); send and receive must agree on dtype and size"));
+}
 
 // Input 1 is the peer (dest or src), input 2 the tag. Sending to oneself is an error.
 class PointToPointKernel : public MpiKernel {
@@ -82,21 +149,7 @@ class SendKernel : public PointToPointKernel {
   absl::Status Transfer(OpKernelContext* ctx, const CallSite& site, const Tensor& a,
                         MPI_Datatype type, int count, int dest, int tag) override {
     ctx->set_output(0, a);  // returns its input: no copy
-    if (detached_) {
-      MPI_Request request;
-      // Synchronous mode: it completes only once the receive has matched, so
-      // a send nobody receives is seen (and reported) at the end of the program.
-      TF_RETURN_IF_ERROR(site.Check(
-          MPI_Issend(DataOf(a), count, type, dest, tag, site.comm, &request), "MPI_Issend"));
-      DetachSend(request, a,
-                 absl::StrCat(site.Describe(), " sent a gradient to rank ", dest, " (tag ", tag,
-                              ") that rank ", dest,
-                              " never received: its backward pass did not include the matching "
-                              "mpi_send. MPI ops after the last one a rank's loss depends on are "
-                              "not part of that rank's backward pass; make its loss depend on "
-                              "that mpi_send's result (e.g. tf.reduce_sum(sent * 0.0))"));
-      return absl::OkStatus();
-    }
+    if (detached_) return SendDetached(site, a, type, count, dest, tag, "mpi_send");
     RequestSet requests(site);
     requests.Keep(a);
     TF_RETURN_IF_ERROR(requests.Posted(
@@ -115,22 +168,7 @@ class RecvKernel : public PointToPointKernel {
                         MPI_Datatype type, int count, int src, int tag) override {
     const std::string waiting_for = absl::StrCat("rank ", src, " to send (tag ", tag, ")");
     MPI_Message message;
-    MPI_Status status;
-    TF_RETURN_IF_ERROR(ProbeMessage(site, src, tag, &message, &status, waiting_for));
-    int sent = 0;
-    TF_RETURN_IF_ERROR(site.Check(MPI_Get_count(&status, type, &sent), "MPI_Get_count"));
-    if (sent != count) {
-      // Take the message off the wire so it cannot match a later receive.
-      int bytes = 0;
-      TF_RETURN_IF_ERROR(site.Check(MPI_Get_count(&status, MPI_BYTE, &bytes), "MPI_Get_count"));
-      std::vector<char> sink(bytes > 0 ? bytes : 1);
-      TF_RETURN_IF_ERROR(site.Check(
-          MPI_Mrecv(sink.data(), bytes, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv"));
-      return site.InvalidArgument(
-          absl::StrCat("rank ", src, " sent ", bytes, " bytes (tag ", tag, ") but argument 'a' is ",
-                       ShapeString(a.dtype(), a.shape()), " (", count,
-                       " elements); send and receive must agree on dtype and size"));
-    }
+    TF_RETURN_IF_ERROR(ProbeOfSize(site, a, type, count, src, tag, waiting_for, &message));
     // The template's values are never read: receive into its buffer when TF can hand it over.
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.shape(), &out));
@@ -143,10 +181,65 @@ class RecvKernel : public PointToPointKernel {
   }
 };
 
+// MPI_Sendrecv semantics, with either partner optional (-1: a boundary, the
+// output is zeros). Sending to oneself is allowed (a ring of one rank).
+class ExchangeKernel : public MpiKernel {
+ public:
+  explicit ExchangeKernel(OpKernelConstruction* c) : MpiKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("detached", &detached_));
+  }
+
+ protected:
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) final {
+    int dest = -1, source = -1, tag = 0;
+    TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 1, "dest", -1, site.size - 1, site, &dest));
+    TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 2, "source", -1, site.size - 1, site, &source));
+    TF_RETURN_IF_ERROR(ScalarIntArg(ctx, 3, "tag", 0, TagUpperBound(site.comm), site, &tag));
+    const Tensor& a = ctx->input(0);
+    MPI_Datatype type;
+    TF_RETURN_IF_ERROR(DatatypeArg(site, "a", a, &type));
+    int count = 0;
+    TF_RETURN_IF_ERROR(CountOf(site, "a", a.NumElements(), &count));
+    Tensor* out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, a.shape(), &out));
+    RequestSet requests(site);
+    std::string waiting_for;
+    if (dest >= 0) {
+      if (detached_) {
+        TF_RETURN_IF_ERROR(SendDetached(site, a, type, count, dest, tag, "mpi_exchange"));
+      } else {
+        requests.Keep(a);
+        TF_RETURN_IF_ERROR(requests.Posted(
+            MPI_Isend(DataOf(a), count, type, dest, tag, site.comm, requests.Next()), "MPI_Isend"));
+        waiting_for = absl::StrCat("rank ", dest, " to receive (tag ", tag, ")");
+      }
+    }
+    if (source >= 0) {
+      const std::string from = absl::StrCat("rank ", source, " to send (tag ", tag, ")");
+      MPI_Message message;
+      // (an early return abandons the send above with `a` kept alive)
+      TF_RETURN_IF_ERROR(ProbeOfSize(site, a, type, count, source, tag, from, &message));
+      requests.Keep(*out);
+      TF_RETURN_IF_ERROR(requests.Posted(
+          MPI_Imrecv(DataOf(*out), count, type, &message, requests.Next()), "MPI_Imrecv"));
+      waiting_for = waiting_for.empty() ? from : absl::StrCat(from, " and ", waiting_for);
+    } else if (out->NumElements() > 0) {
+      memset(DataOf(*out), 0, out->TotalBytes());
+    }
+    return requests.Wait(waiting_for);
+  }
+
+ private:
+  bool detached_ = false;
+};
+
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPISend").HostMemory("dest").HostMemory("tag"),
                         SendKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIRecv").HostMemory("src").HostMemory("tag"),
                         RecvKernel);
+REGISTER_KERNEL_BUILDER(
+    ADCME_MPI_CPU_KERNEL("MPIExchange").HostMemory("dest").HostMemory("source").HostMemory("tag"),
+    ExchangeKernel);
 
 }  // namespace
 }  // namespace adcme_mpi

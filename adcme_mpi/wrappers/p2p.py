@@ -1,6 +1,7 @@
 """Point-to-point ops and their exact adjoints:
 
     mpi_send(a, dest)  <->  mpi_recv(template, src)
+    mpi_exchange(a, dest, source)  <->  mpi_exchange(g, source, dest)
 
 mpi_send returns its input, so its gradient is the local upstream gradient
 PLUS the gradient that `dest` sends back. (ADCME.jl drops the local term; we
@@ -89,6 +90,53 @@ def mpi_sendrecv(a, dest, src, tag=0, *, comm=None, deps=None, name=None):
     if site.rank == int(dest):
         return mpi_recv(a, src, tag, comm=site.pair.user, deps=deps, name=name)
     return tf.identity(a, name=name) if not tf.executing_eagerly() else tf.convert_to_tensor(a)
+
+
+def mpi_exchange(a, dest, source, tag=0, *, comm=None, deps=None, name=None):
+    """MPI_Sendrecv: every rank sends `a` to rank `dest` and receives from
+    rank `source` a tensor of `a`'s shape and dtype, which it returns. `None`
+    (or -1 in a tensor) means no partner: nothing is sent, or zeros are
+    received (a boundary). Each rank's `source` must send to it with the same
+    tag and size. Sending to oneself is allowed (a ring of one rank).
+
+    Gradient: the exchange of the upstream gradients in the opposite
+    direction (each rank sends its gradient to `source` and receives from
+    `dest`); its sends never block.
+
+    A ring shift, and a 1-D decomposition's edge from the left neighbour.
+
+    Example::
+
+        r, n = am.mpi_rank(), am.mpi_size()
+        from_left = am.mpi_exchange(x, (r + 1) % n, (r - 1) % n)
+        left_edge = am.mpi_exchange(x[-1:], r + 1 if r + 1 < n else None, r - 1 if r else None)
+    """
+    site = CallSite("mpi_exchange", comm, collective=False)
+    a = site.data("a", a)
+    partners = [
+        site.int_arg(arg, -1 if value is None else value, -1, site.size - 1)
+        for arg, value in (("dest", dest), ("source", source))
+    ]
+    tag = site.tag(tag)
+    return ordering.run_in_order(
+        lambda token: lib.mpi_exchange(a, *partners, tag, token, name=name, **site.comm_attrs),
+        deps,
+    )[0]
+
+
+@tf.RegisterGradient("MPIExchange")
+def _mpi_exchange_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, None, None, None, token_grad
+    dest, source, tag = op.inputs[1], op.inputs[2], op.inputs[3]
+    returned, token = adjoint(
+        op,
+        token_grad,
+        lambda t, **c: lib.mpi_exchange(
+            cotangent(op, grad), source, dest, tag, t, detached=True, **c
+        ),
+    )
+    return returned, None, None, None, token
 
 
 @tf.RegisterGradient("MPISend")

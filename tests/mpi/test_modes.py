@@ -58,6 +58,20 @@ CASES = {
         "halo2": ((3, 4), (7, 8), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
     },
     ("mpi_send", "mpi_recv"): {"send_recv": ((5,), (5,), p2p)},
+    "mpi_exchange": {
+        "exchange_ring": (
+            (5,),
+            (5,),
+            lambda t: am.mpi_exchange(t, (RANK + 1) % SIZE, (RANK - 1) % SIZE),
+        ),
+        "exchange_line": (
+            (2, 2),
+            (2, 2),
+            lambda t: am.mpi_exchange(
+                t, RANK + 1 if RANK + 1 < SIZE else None, RANK - 1 if RANK else None
+            ),
+        ),
+    },
     "mpi_sendrecv": {
         "sendrecv": ((5,), (5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t)
     },

@@ -53,6 +53,9 @@ CASES = {
         "halo2": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),
     },
     ("mpi_send", "mpi_recv"): {"send_recv_ring": ((5,), ring)},
+    "mpi_exchange": {
+        "exchange_ring": ((5,), lambda t: am.mpi_exchange(t, (RANK + 1) % SIZE, (RANK - 1) % SIZE))
+    },
     "mpi_sendrecv": {
         "sendrecv": ((5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t * 1.0)
     },
