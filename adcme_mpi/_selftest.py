@@ -98,6 +98,7 @@ CASES = {
         am.mpi_reduce_scatter,
         lambda xs: sum(xs)[2 * RANK : 2 * RANK + 2],
     ),
+    "mpi_scan": ((2, 3), am.mpi_scan, lambda xs: sum(xs[: RANK + 1])),
     "mpi_send/mpi_recv": ((3,), p2p, reference_p2p),
     # a ring shift: every rank gets its left neighbour's
     "mpi_exchange": (

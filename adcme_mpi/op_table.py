@@ -147,6 +147,19 @@ OPS = (
         case="mpi_reduce_scatter",
     ),
     Op(
+        type="MPIScan",
+        name="mpi_scan",
+        # the reverse scan (attr reverse) on the gradient communicator; its
+        # own gradient is the forward scan again
+        backward_types=("MPIScan",),
+        backward_name="gradient of mpi_scan",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_scan",),
+        case="mpi_scan",
+    ),
+    Op(
         type="MPIHaloExchange",
         name="mpi_halo_exchange",
         backward_types=("MPIHaloExchangeGrad",),

@@ -1,9 +1,11 @@
 // Collectives: MPISum (reduce to root), MPIAllreduce, MPIBcast, MPIGather,
-// MPIScatter, MPIAllgather, MPIReduceScatter. Adjoint pairs
+// MPIScatter, MPIAllgather, MPIReduceScatter, MPIScan. Adjoint pairs
 // (adcme_mpi/wrappers/collectives.py): Sum <-> Bcast, Gather <-> Scatter,
 // Allreduce <-> Allreduce, Allgather <-> ReduceScatter (sums; the other
-// reductions' gradients are built from forward ops there).
+// reductions' gradients are built from forward ops there), Scan <-> Scan in
+// reverse rank order (sums only).
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common.h"
@@ -170,6 +172,24 @@ REGISTER_OP("MPIReduceScatter")
         "Rank r gets the reduction over ranks of the r-th slice (axis 0) of `a`. `counts`: empty "
         "(equal slices), every rank's slice length (the same on every rank), or this rank's own "
         "(one entry; the lengths are exchanged).");
+
+REGISTER_OP("MPIScan")
+    .Input("a: T")
+    .Input("token: float")
+    .Output("scanned: T")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr(ADCME_MPI_REDUCTIONS)
+    .Attr("exclusive: bool = false")
+    .Attr("reverse: bool = false")
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<SameShapeAsFirstInput>)
+    .Doc(
+        "Prefix reduction over ranks, elementwise: rank r gets the reduction of ranks 0..r's `a` "
+        "(exclusive: 0..r-1; rank 0 gets the reduction's identity). `reverse`: in reverse rank "
+        "order (r..size-1, or r+1..size-1), mpi_scan's gradient.");
 
 // ---- kernels ----
 
@@ -541,6 +561,83 @@ class ReduceScatterKernel : public MpiKernel {
   const Reduction reduction_;
 };
 
+// The identity of a reduction for an exclusive scan's first rank: 0 (sum),
+// 1 (prod), the lowest value of the dtype for max (-inf for floats), the
+// highest for min (+inf for floats).
+template <typename T>
+void FillIdentity(const std::string& reduction, Tensor* t) {
+  constexpr bool kFloat = std::numeric_limits<T>::has_infinity;
+  T value = T(0);
+  if (reduction == "prod") value = T(1);
+  if (reduction == "max")
+    value = kFloat ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
+  if (reduction == "min")
+    value = kFloat ? std::numeric_limits<T>::infinity() : std::numeric_limits<T>::max();
+  T* data = reinterpret_cast<T*>(DataOf(*t));
+  for (int64_t i = 0; i < t->NumElements(); ++i) data[i] = value;
+}
+
+class ScanKernel : public MpiKernel {
+ public:
+  explicit ScanKernel(OpKernelConstruction* c)
+      : MpiKernel(c), name_(ReductionAttr(c)), reduction_(name_) {
+    OP_REQUIRES_OK(c, c->GetAttr("exclusive", &exclusive_));
+    OP_REQUIRES_OK(c, c->GetAttr("reverse", &reverse_));
+  }
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    Operand a;
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    Tensor* out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, a.tensor->shape(), &out));
+    // the reduction, inclusive or exclusive, and the direction: one word
+    Alike alike;
+    alike.name = "op' and 'exclusive";
+    alike.value = reduction_.index + 4 * exclusive_ + 8 * reverse_;
+    alike.show = [](int64_t word) {
+      return absl::StrCat(kReductions[word & 3], (word & 4) ? " (exclusive" : " (inclusive",
+                          (word & 8) ? ", in reverse rank order)" : ")");
+    };
+    TF_RETURN_IF_ERROR(
+        CheckSameAcrossRanks(site, OpKind::kMPIScan, "a", *a.tensor, -1, nullptr, alike));
+    MPI_Comm comm = site.comm;
+    bool temporary = false;
+    if (reverse_) TF_RETURN_IF_ERROR(ReversedComm(site, &comm, &temporary));
+    // (a split made for this run only: freed on every return path)
+    std::unique_ptr<MPI_Comm, void (*)(MPI_Comm*)> split(temporary ? &comm : nullptr,
+                                                         [](MPI_Comm* c) { MPI_Comm_free(c); });
+    const bool first = (reverse_ ? site.size - 1 - site.rank : site.rank) == 0;
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
+    if (exclusive_) {
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Iexscan(DataOf(*a.tensor), DataOf(*out), a.count,
+                                                     a.type, reduction_.op, comm, requests.Next()),
+                                         "MPI_Iexscan"));
+    } else {
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Iscan(DataOf(*a.tensor), DataOf(*out), a.count, a.type,
+                                                   reduction_.op, comm, requests.Next()),
+                                         "MPI_Iscan"));
+    }
+    TF_RETURN_IF_ERROR(requests.Wait("every rank to join the scan"));
+    // MPI leaves the exclusive scan's first rank undefined
+    if (exclusive_ && first) {
+      switch (a.tensor->dtype()) {
+        case tensorflow::DT_FLOAT: FillIdentity<float>(name_, out); break;
+        case tensorflow::DT_DOUBLE: FillIdentity<double>(name_, out); break;
+        case tensorflow::DT_INT32: FillIdentity<int32_t>(name_, out); break;
+        default: FillIdentity<int64_t>(name_, out); break;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string name_;
+  const Reduction reduction_;
+  bool exclusive_ = false;
+  bool reverse_ = false;
+};
+
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPISum").HostMemory("root"), SumKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIBcast").HostMemory("root"), BcastKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIGather").HostMemory("root"), GatherKernel);
@@ -549,6 +646,7 @@ REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAllreduce"), AllreduceKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAllgather"), AllgatherKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIReduceScatter").HostMemory("counts"),
                         ReduceScatterKernel);
+REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIScan"), ScanKernel);
 
 }  // namespace
 }  // namespace adcme_mpi

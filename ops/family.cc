@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "c_api.h"
+#include "tensorflow/core/platform/errors.h"
 #include "wait.h"
 
 namespace adcme_mpi {
@@ -45,6 +46,49 @@ std::shared_ptr<CommFamily> FamilyOf(MPI_Comm comm, bool* backward) {
 std::vector<std::shared_ptr<CommFamily>> AllFamilies() {
   std::lock_guard<std::mutex> lock(registry_mu);
   return Ordered();
+}
+
+CommFamily::~CommFamily() {
+  // (the last reference goes in adcme_mpi_forget_comms, on every rank, with
+  // no op in flight and MPI still initialised; never at process exit: the
+  // registry is never destroyed)
+  int finalized = 1;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  if (reversed_forward != MPI_COMM_NULL) MPI_Comm_free(&reversed_forward);
+  if (reversed_backward != MPI_COMM_NULL) MPI_Comm_free(&reversed_backward);
+}
+
+namespace {
+
+absl::Status SplitReversed(const CallSite& site, MPI_Comm* out) {
+  // a blocking collective (MPI has no non-blocking split): every rank is at
+  // this op (the caller's check agreed), so it returns at once; if not, the
+  // watchdog names it
+  WatchedSection watched(site.Describe(),
+                         "every rank to make the reversed communicator of the reverse scan "
+                         "(MPI_Comm_split)");
+  TF_RETURN_IF_ERROR(
+      site.Check(MPI_Comm_split(site.comm, 0, site.size - 1 - site.rank, out), "MPI_Comm_split"));
+  return site.Check(MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+}
+
+}  // namespace
+
+absl::Status ReversedComm(const CallSite& site, MPI_Comm* out, bool* temporary) {
+  *temporary = site.family == nullptr;
+  if (*temporary) return SplitReversed(site, out);
+  CommFamily& family = *site.family;
+  std::lock_guard<std::mutex> lock(family.mu);
+  MPI_Comm& slot =
+      site.comm == family.backward ? family.reversed_backward : family.reversed_forward;
+  if (slot == MPI_COMM_NULL) {
+    MPI_Comm made = MPI_COMM_NULL;
+    TF_RETURN_IF_ERROR(SplitReversed(site, &made));
+    slot = made;
+  }
+  *out = slot;
+  return absl::OkStatus();
 }
 
 OpInFlight::OpInFlight() {

@@ -4,15 +4,18 @@
     mpi_gather (concat on root)  <->  mpi_scatter (split from root)
     mpi_allreduce                <->  mpi_allreduce
     mpi_allgather                <->  mpi_reduce_scatter
+    mpi_scan                     <->  mpi_scan in reverse rank order
 
 Each gradient is the paired forward op on the gradient communicator, so
 gradients of gradients (Hessian-vector products) compose. The reductions
 other than the sum (op="max", "min", "prod") get gradients built from
 forward ops too: one sum or allgather of the cotangent stacked with what the
 local derivative needs (the extremum's mask and its ties; the other ranks'
-factors, so a product with zeros is exact without division).
+factors, so a product with zeros is exact without division). mpi_scan's
+other reductions are forward only.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from .. import ordering
@@ -222,6 +225,45 @@ def mpi_reduce_scatter(a, op="sum", counts=None, *, comm=None, deps=None, name=N
     return out
 
 
+SCANS = ("sum", "max", "min", "prod")
+
+
+def mpi_scan(a, op="sum", exclusive=False, *, comm=None, deps=None, name=None):
+    """The prefix reduction of `a` over the ranks of `comm`, elementwise
+    (op: "sum", "max", "min" or "prod"): rank r gets the reduction of ranks
+    0..r's `a` (inclusive), or with `exclusive=True` of ranks 0..r-1; there
+    rank 0 gets the reduction's identity: 0 (sum), 1 (prod), for max the
+    dtype's lowest value (-inf for floats), for min its highest (+inf). The
+    shape, dtype, `op` and `exclusive` must be the same on every rank.
+
+    Gradient (op="sum"): the scan of the upstream gradients in reverse rank
+    order, rank r getting the sum over ranks k >= r of theirs (exclusive:
+    k > r), exact (no difference of sums), on the gradient communicator; its
+    own gradient is the forward scan again, so second derivatives compose.
+    The other reductions are forward only (an error if differentiated), as
+    are int dtypes.
+
+    Example::
+
+        before = am.mpi_scan(tf.ones([2]), exclusive=True)   # [r, r] on rank r
+        running_max = am.mpi_scan(tf.constant([3.0, 1.0]) * am.mpi_rank(), op="max")
+    """
+    site = CallSite("mpi_scan", comm, collective=True)
+    a = site.data("a", a)
+    if op not in SCANS:
+        raise site.error(ValueError, f"argument 'op' = {op!r} is not one of {', '.join(SCANS)}")
+    if not isinstance(exclusive, (bool, np.bool_)):
+        raise site.error(
+            TypeError, f"argument 'exclusive' must be a Python bool, got {exclusive!r}"
+        )
+    return ordering.run_in_order(
+        lambda token: lib.mpi_scan(
+            a, token, reduction=op, exclusive=bool(exclusive), name=name, **site.comm_attrs
+        ),
+        deps,
+    )[0]
+
+
 # ---- gradients: each forward op's adjoint is its pair on the gradient communicator ----
 
 
@@ -331,3 +373,32 @@ def _mpi_reduce_scatter_grad(op, grad, token_grad):
         op, token_grad, lambda t, **c: lib.mpi_allgather(cotangent(op, grad), t, **c)
     )
     return out, None, token
+
+
+@tf.RegisterGradient("MPIScan")
+def _mpi_scan_grad(op, grad, token_grad):
+    if not differentiable(op):
+        return None, token_grad
+    reduction = op.get_attr("reduction").decode()
+    if reduction != "sum":
+        from mpi4py import MPI
+
+        size = MPI.Comm.f2py(op.get_attr("comm")).Get_size()
+        raise ValueError(
+            f"mpi_scan (rank {_rank_of(op)} of {size}): op='{reduction}' has no gradient; "
+            "only op='sum' is differentiable"
+        )
+    # the transpose of a prefix sum is the suffix sum: the same scan in
+    # reverse rank order (and the reverse scan's is the forward one)
+    return adjoint(
+        op,
+        token_grad,
+        lambda t, **c: lib.mpi_scan(
+            cotangent(op, grad),
+            t,
+            reduction="sum",
+            exclusive=op.get_attr("exclusive"),
+            reverse=not op.get_attr("reverse"),
+            **c,
+        ),
+    )

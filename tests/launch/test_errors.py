@@ -86,6 +86,13 @@ CASES = [
         r"got rank 0: float\[2\], rank 1: double\[2\]",
     ),
     (
+        "scan op differs across ranks",
+        2,
+        "run(am.mpi_scan(tf.ones(3), 'sum' if r == 0 else 'max'))",
+        r"mpi_scan \(rank \d of 2\): argument 'op' and 'exclusive' must be the same on every rank; "
+        r"got rank 0: sum \(inclusive\), rank 1: max \(inclusive\)",
+    ),
+    (
         "recv size differs from send",
         2,
         "run(am.mpi_send(tf.ones(5), 1) if r == 0 else am.mpi_recv(tf.ones(3), 0))",

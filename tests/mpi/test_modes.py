@@ -53,6 +53,10 @@ CASES = {
         "reduce_scatter": ((2 * SIZE, 3), (2, 3), am.mpi_reduce_scatter),
         "reduce_scatter_mean": ((SIZE, 2), (1, 2), lambda t: am.mpi_reduce_scatter(t, "mean")),
     },
+    "mpi_scan": {
+        "scan": ((3, 2), (3, 2), am.mpi_scan),
+        "scan_exclusive": ((4,), (4,), lambda t: am.mpi_scan(t, exclusive=True)),
+    },
     "mpi_halo_exchange": {
         "halo": ((3, 4), (5, 6), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
         "halo2": ((3, 4), (7, 8), lambda t: am.mpi_halo_exchange(t, *grid(), width=2)),

@@ -44,6 +44,10 @@ CASES = {
         "allgather": ((2, 3), lambda t: tf.ensure_shape(am.mpi_allgather(t), (2 * SIZE, 3)))
     },
     "mpi_reduce_scatter": {"reduce_scatter": ((2 * SIZE, 3), am.mpi_reduce_scatter)},
+    "mpi_scan": {
+        "scan": ((3, 2), am.mpi_scan),
+        "scan_exclusive": ((4,), lambda t: am.mpi_scan(t, exclusive=True)),
+    },
     "mpi_halo_exchange": {
         "halo": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),
         "halo_fill": (
