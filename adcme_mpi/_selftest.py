@@ -99,6 +99,17 @@ CASES = {
         lambda xs: sum(xs)[2 * RANK : 2 * RANK + 2],
     ),
     "mpi_scan": ((2, 3), am.mpi_scan, lambda xs: sum(xs[: RANK + 1])),
+    # (uneven: rank r sends k + 1 slices to rank k; the received length is fixed
+    # here, as the cotangent needs a static shape)
+    "mpi_alltoall": (
+        (SIZE * (SIZE + 1) // 2,),
+        lambda t: tf.ensure_shape(
+            am.mpi_alltoall(t, [k + 1 for k in range(SIZE)]), (SIZE * (RANK + 1),)
+        ),
+        lambda xs: np.concatenate(
+            [x[RANK * (RANK + 1) // 2 : (RANK + 1) * (RANK + 2) // 2] for x in xs]
+        ),
+    ),
     "mpi_send/mpi_recv": ((3,), p2p, reference_p2p),
     # a ring shift: every rank gets its left neighbour's
     "mpi_exchange": (

@@ -160,6 +160,18 @@ OPS = (
         case="mpi_scan",
     ),
     Op(
+        type="MPIAlltoall",
+        name="mpi_alltoall",
+        # its own adjoint: the alltoall back, with the transposed splits
+        backward_types=("MPIAlltoall",),
+        backward_name="gradient of mpi_alltoall",
+        kernel="ops/collective.cc",
+        wrapper="adcme_mpi/wrappers/collectives.py",
+        checked=True,
+        public=("mpi_alltoall",),
+        case="mpi_alltoall",
+    ),
+    Op(
         type="MPIHaloExchange",
         name="mpi_halo_exchange",
         backward_types=("MPIHaloExchangeGrad",),

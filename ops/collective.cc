@@ -1,9 +1,11 @@
 // Collectives: MPISum (reduce to root), MPIAllreduce, MPIBcast, MPIGather,
-// MPIScatter, MPIAllgather, MPIReduceScatter, MPIScan. Adjoint pairs
-// (adcme_mpi/wrappers/collectives.py): Sum <-> Bcast, Gather <-> Scatter,
-// Allreduce <-> Allreduce, Allgather <-> ReduceScatter (sums; the other
-// reductions' gradients are built from forward ops there), Scan <-> Scan in
-// reverse rank order (sums only).
+// MPIScatter, MPIAllgather, MPIReduceScatter, MPIAlltoall, MPIScan. Adjoint
+// pairs (adcme_mpi/wrappers/collectives.py): Sum <-> Bcast, Gather <->
+// Scatter, Allreduce <-> Allreduce, Allgather <-> ReduceScatter (sums; the
+// other reductions' gradients are built from forward ops there), Alltoall <->
+// Alltoall (with the transposed splits), Scan <-> Scan in reverse rank order
+// (sums only).
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -190,6 +192,42 @@ REGISTER_OP("MPIScan")
         "Prefix reduction over ranks, elementwise: rank r gets the reduction of ranks 0..r's `a` "
         "(exclusive: 0..r-1; rank 0 gets the reduction's identity). `reverse`: in reverse rank "
         "order (r..size-1, or r+1..size-1), mpi_scan's gradient.");
+
+// MPIAlltoall: (d0, ...) -> (what arrives, ...): equal splits keep a's shape;
+// given splits leave the first dimension to the run. `received`: how many
+// slices came from each rank (the splits of the adjoint).
+absl::Status AlltoallShape(InferenceContext* c) {
+  ShapeHandle a, splits, out;
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &a));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &splits));
+  bool given = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("given_splits", &given));
+  out = a;
+  if (given) TF_RETURN_IF_ERROR(c->ReplaceDim(a, 0, c->UnknownDim(), &out));
+  c->set_output(0, out);
+  const int size = CommSizeOf(c);
+  c->set_output(1, c->Vector(size > 0 ? c->MakeDim(size) : c->UnknownDim()));
+  return absl::OkStatus();
+}
+
+REGISTER_OP("MPIAlltoall")
+    .Input("a: T")
+    .Input("splits: int64")
+    .Input("token: float")
+    .Output("joined: T")
+    .Output("received: int64")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("given_splits: bool = false")
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<AlltoallShape>)
+    .Doc(
+        "`a` split along axis 0 into one piece per rank, piece k sent to rank k; the output joins "
+        "the pieces received, in rank order. Without `given_splits` the pieces are equal (and "
+        "`splits` is ignored); with it, `splits` holds this rank's piece lengths (they may differ "
+        "across ranks; the receive lengths are exchanged). `received`: the lengths received.");
 
 // ---- kernels ----
 
@@ -638,6 +676,108 @@ class ScanKernel : public MpiKernel {
   bool reverse_ = false;
 };
 
+class AlltoallKernel : public MpiKernel {
+ public:
+  explicit AlltoallKernel(OpKernelConstruction* c) : MpiKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("given_splits", &given_));
+  }
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    Operand a;
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    if (a.tensor->dims() == 0)
+      return site.InvalidArgument("argument 'a' must have at least one dimension, got a scalar");
+    const int64_t d0 = a.tensor->dim_size(0);
+    const Tensor& splits = ctx->input(1);
+    const int64_t n = splits.NumElements();
+    const int64_t* s = splits.flat<int64_t>().data();
+    // (local checks first: a rank with bad splits fails on every rank)
+    if (given_ && n != site.size)
+      return site.InvalidArgument(absl::StrCat(
+          "argument 'splits' has ", n, " entries; it must have one per rank (", site.size, ")"));
+    if (!given_ && d0 % site.size != 0)
+      return site.InvalidArgument(absl::StrCat(
+          "argument 'a' must have a first dimension divisible by the communicator size ", site.size,
+          " when 'splits' is not given, got shape ", a.tensor->shape().DebugString()));
+    std::vector<int64_t> sent(site.size, given_ ? 0 : d0 / site.size);
+    if (given_) {
+      int64_t sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (s[i] < 0)
+          return site.InvalidArgument(
+              absl::StrCat("argument 'splits' has a negative entry ", s[i], " (for rank ", i, ")"));
+        sum += s[i];
+      }
+      if (sum != d0)
+        return site.InvalidArgument(absl::StrCat("argument 'splits' adds up to ", sum,
+                                                 " but 'a' has ", d0, " slices along axis 0"));
+      sent.assign(s, s + n);
+    }
+    // dtype and the dimensions after the first agree everywhere; splits are
+    // given everywhere or nowhere, and without them the first dimension agrees
+    Alike alike;
+    alike.any_first_dim = true;
+    alike.name = "splits' (given or None) and, when None, the first dimension of 'a";
+    alike.value = given_ ? -1 : d0;
+    alike.show = [](int64_t v) {
+      return v < 0 ? std::string("given") : absl::StrCat("None with a.shape[0] = ", v);
+    };
+    TF_RETURN_IF_ERROR(
+        CheckSameAcrossRanks(site, OpKind::kMPIAlltoall, "a", *a.tensor, -1, nullptr, alike));
+    std::vector<int64_t> received = sent;  // equal pieces: as many arrive as leave
+    if (given_) TF_RETURN_IF_ERROR(ExchangeSplits(site, sent, &received));
+    const int64_t inner = InnerSize(*a.tensor);
+    std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
+    TF_RETURN_IF_ERROR(Layout(site, "a", sent, inner, &send_counts, &send_displs));
+    TF_RETURN_IF_ERROR(Layout(site, "a", received, inner, &recv_counts, &recv_displs));
+    TensorShape shape = a.tensor->shape();
+    int64_t total = 0;
+    for (int64_t r : received) total += r;
+    shape.set_dim(0, total);
+    Tensor *out = nullptr, *lengths = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({site.size}), &lengths));
+    std::copy(received.begin(), received.end(), lengths->flat<int64_t>().data());
+    RequestSet requests(site);
+    requests.Keep(*a.tensor);
+    requests.Keep(*out);
+    if (given_) {
+      auto layout = std::make_shared<std::vector<std::vector<int>>>(
+          std::vector<std::vector<int>>{send_counts, send_displs, recv_counts, recv_displs});
+      requests.Keep(layout);
+      const std::vector<std::vector<int>>& l = *layout;
+      TF_RETURN_IF_ERROR(requests.Posted(
+          MPI_Ialltoallv(DataOf(*a.tensor), l[0].data(), l[1].data(), a.type, DataOf(*out),
+                         l[2].data(), l[3].data(), a.type, site.comm, requests.Next()),
+          "MPI_Ialltoallv"));
+    } else {
+      TF_RETURN_IF_ERROR(
+          requests.Posted(MPI_Ialltoall(DataOf(*a.tensor), send_counts[0], a.type, DataOf(*out),
+                                        recv_counts[0], a.type, site.comm, requests.Next()),
+                          "MPI_Ialltoall"));
+    }
+    return requests.Wait("every rank to join the alltoall");
+  }
+
+ private:
+  // How many slices each rank sends this one, from what this one sends each.
+  static absl::Status ExchangeSplits(const CallSite& site, const std::vector<int64_t>& sent,
+                                     std::vector<int64_t>* received) {
+    RequestSet requests(site);
+    auto out = std::make_shared<std::vector<int64_t>>(sent);
+    auto in = std::make_shared<std::vector<int64_t>>(site.size);
+    requests.Keep(out);
+    requests.Keep(in);
+    TF_RETURN_IF_ERROR(requests.Posted(MPI_Ialltoall(out->data(), 1, MPI_INT64_T, in->data(), 1,
+                                                     MPI_INT64_T, site.comm, requests.Next()),
+                                       "MPI_Ialltoall"));
+    TF_RETURN_IF_ERROR(requests.Wait("every rank's splits"));
+    *received = *in;
+    return absl::OkStatus();
+  }
+
+  bool given_ = false;
+};
+
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPISum").HostMemory("root"), SumKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIBcast").HostMemory("root"), BcastKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIGather").HostMemory("root"), GatherKernel);
@@ -646,6 +786,7 @@ REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAllreduce"), AllreduceKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAllgather"), AllgatherKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIReduceScatter").HostMemory("counts"),
                         ReduceScatterKernel);
+REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAlltoall").HostMemory("splits"), AlltoallKernel);
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIScan"), ScanKernel);
 
 }  // namespace

@@ -5,6 +5,7 @@
     mpi_allreduce                <->  mpi_allreduce
     mpi_allgather                <->  mpi_reduce_scatter
     mpi_scan                     <->  mpi_scan in reverse rank order
+    mpi_alltoall                 <->  mpi_alltoall (with the transposed splits)
 
 Each gradient is the paired forward op on the gradient communicator, so
 gradients of gradients (Hessian-vector products) compose. The reductions
@@ -264,6 +265,91 @@ def mpi_scan(a, op="sum", exclusive=False, *, comm=None, deps=None, name=None):
     )[0]
 
 
+def _static_splits(splits):
+    """`splits` as a list of Python ints when Python knows them (a list,
+    tuple or NumPy array of ints), else None (a tensor: the kernel checks it)."""
+    if isinstance(splits, (list, tuple)) or (isinstance(splits, np.ndarray) and splits.ndim == 1):
+        if all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in splits):
+            return [int(s) for s in splits]
+    return None
+
+
+def mpi_alltoall(a, splits=None, *, comm=None, deps=None, name=None):
+    """`a` split along axis 0 into one piece per rank of `comm`, piece k sent
+    to rank k; the result joins the pieces this rank receives, in rank order,
+    along axis 0. The pieces are equal (a's first dimension divisible by the
+    size, and the same on every rank), or `splits` gives this rank's piece
+    lengths (a list or 1-D int tensor with one entry per rank, adding up to
+    a's first dimension; they may differ across ranks, and the lengths to
+    receive are exchanged inside the op). The dimensions after the first and
+    the dtype must agree everywhere. With `splits` the result's first
+    dimension is unknown until the op runs (None in its static shape).
+
+    Gradient: the alltoall back with the transposed splits: rank r sends rank
+    k the upstream gradient of the piece it received from k. int dtypes are
+    forward only.
+
+    Example::
+
+        # rank r sends k + 1 rows of r to each rank k; rank k gets k + 1 rows from each rank
+        size = am.mpi_size()
+        x = tf.fill([size * (size + 1) // 2, 2], float(am.mpi_rank()))
+        y = am.mpi_alltoall(x, splits=[k + 1 for k in range(size)])   # [size * (rank + 1), 2]
+    """
+    site = CallSite("mpi_alltoall", comm, collective=True)
+    a = site.data("a", a)
+    if a.shape.rank == 0:
+        raise site.error(ValueError, "argument 'a' must have at least one dimension, got a scalar")
+    rows = a.shape[0] if a.shape.rank is not None else None
+    if splits is None:
+        if rows is not None and rows % site.size != 0:
+            raise site.error(
+                ValueError,
+                "argument 'a' must have a first dimension divisible by the communicator size "
+                f"{site.size} when 'splits' is not given, got shape {a.shape}",
+            )
+        splits = tf.zeros([0], tf.int64)
+        given = False
+    else:
+        static = _static_splits(splits)
+        if static is not None:
+            if len(static) != site.size:
+                raise site.error(
+                    ValueError,
+                    f"argument 'splits' has {len(static)} entries; it must have one per rank "
+                    f"({site.size})",
+                )
+            for k, s in enumerate(static):
+                if s < 0:
+                    raise site.error(
+                        ValueError, f"argument 'splits' has a negative entry {s} (for rank {k})"
+                    )
+            if rows is not None and sum(static) != rows:
+                raise site.error(
+                    ValueError,
+                    f"argument 'splits' adds up to {sum(static)} but 'a' has {rows} slices "
+                    "along axis 0",
+                )
+        try:
+            splits = tf.convert_to_tensor(splits)
+        except (TypeError, ValueError) as err:
+            raise site.error(TypeError, f"argument 'splits' cannot be a tensor: {err}") from None
+        if splits.dtype not in (tf.int32, tf.int64) or splits.shape.rank not in (None, 1):
+            raise site.error(
+                TypeError,
+                "argument 'splits' must be a list or a 1-D int tensor, got "
+                f"{splits.dtype.name}{splits.shape}",
+            )
+        splits = tf.cast(splits, tf.int64)
+        given = True
+    return ordering.run_in_order(
+        lambda token: lib.mpi_alltoall(
+            a, splits, token, given_splits=given, name=name, **site.comm_attrs
+        ),
+        deps,
+    )[0]
+
+
 # ---- gradients: each forward op's adjoint is its pair on the gradient communicator ----
 
 
@@ -402,3 +488,19 @@ def _mpi_scan_grad(op, grad, token_grad):
             **c,
         ),
     )
+
+
+@tf.RegisterGradient("MPIAlltoall")
+def _mpi_alltoall_grad(op, grad, received_grad, token_grad):
+    if not differentiable(op):
+        return None, None, token_grad
+    given = op.get_attr("given_splits")
+    # the transposed splits: send each rank back what came from it
+    splits = op.outputs[1] if given else op.inputs[1]
+    out, _, token = adjoint(
+        op,
+        token_grad,
+        lambda t, **c: lib.mpi_alltoall(cotangent(op, grad), splits, t, given_splits=given, **c),
+    )
+    out.set_shape(op.inputs[0].shape)  # (what left this rank comes back)
+    return out, None, token

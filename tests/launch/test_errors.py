@@ -93,6 +93,24 @@ CASES = [
         r"got rank 0: sum \(inclusive\), rank 1: max \(inclusive\)",
     ),
     (
+        # splits given as a tensor (the wrapper cannot check them): rank 1's
+        # add up to 3 for 2 slices; the kernel shares that with rank 0, whose
+        # message quotes rank 1's (each rank prints its own before the job ends)
+        "alltoall splits that do not add up on one rank",
+        2,
+        """
+try:
+    run(am.mpi_alltoall(tf.ones([2, 2]), tf.constant([1, 1 + r])))
+except tf.errors.InvalidArgumentError as err:
+    print(" ".join(err.message.split()), flush=True)
+    MPI.COMM_WORLD.Barrier()  # (every rank has printed before an uncaught error ends the job)
+    raise
+""",
+        r"mpi_alltoall \(rank 0 of 2\): rank 1 has bad input, so this op fails on every rank: "
+        r"mpi_alltoall \(rank 1 of 2\): argument 'splits' adds up to 3 but 'a' has 2 slices "
+        r"along axis 0",
+    ),
+    (
         "recv size differs from send",
         2,
         "run(am.mpi_send(tf.ones(5), 1) if r == 0 else am.mpi_recv(tf.ones(3), 0))",

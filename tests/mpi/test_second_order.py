@@ -28,6 +28,16 @@ def stripe():
     return (hi - lo + 1,)
 
 
+ALLTOALL_ROWS = SIZE * (SIZE + 1) // 2
+
+
+def alltoall_uneven(t):
+    """Rank r sends (k - r) % SIZE + 1 slices to rank k (1 to itself, 2 to the
+    next rank, ...), so every rank sends and receives ALLTOALL_ROWS slices."""
+    splits = [(k - RANK) % SIZE + 1 for k in range(SIZE)]
+    return tf.ensure_shape(am.mpi_alltoall(t, splits), (ALLTOALL_ROWS, 2))
+
+
 # public op(s) of the op table -> {case: (input shape, the op)}; every public
 # op has a case (table_cases: a missing one fails)
 CASES = {
@@ -47,6 +57,10 @@ CASES = {
     "mpi_scan": {
         "scan": ((3, 2), am.mpi_scan),
         "scan_exclusive": ((4,), lambda t: am.mpi_scan(t, exclusive=True)),
+    },
+    "mpi_alltoall": {
+        "alltoall": ((2 * SIZE, 3), am.mpi_alltoall),
+        "alltoall_splits": ((ALLTOALL_ROWS, 2), alltoall_uneven),
     },
     "mpi_halo_exchange": {
         "halo": ((3, 4), lambda t: am.mpi_halo_exchange(t, *grid(), fill_value=0.25)),

@@ -150,15 +150,15 @@ def test_every_public_op_has_an_adjoint_a_modes_and_a_second_order_case():
 
 def test_a_new_public_op_without_tests_fails():
     new = op_table.Op(
-        type="MPIAlltoall",
-        name="mpi_alltoall",
+        type="MPIImaginary",
+        name="mpi_imaginary",
         backward_types=("MPIAllreduce",),
-        backward_name="gradient of mpi_alltoall",
+        backward_name="gradient of mpi_imaginary",
         kernel="ops/collective.cc",
         wrapper="adcme_mpi/wrappers/collectives.py",
         checked=True,
-        public=("mpi_alltoall",),
-        case="mpi_alltoall",
+        public=("mpi_imaginary",),
+        case="mpi_imaginary",
     )
     found = declared_cases()
     before = problems(found, OPS)  # [] (the test above)
@@ -167,7 +167,7 @@ def test_a_new_public_op_without_tests_fails():
         return problems(found, OPS + (row,))[len(before) :]
 
     assert new_problems(new) == [
-        f"mpi_alltoall has no {kind} case in tests/mpi (and its row, MPIAlltoall, "
+        f"mpi_imaginary has no {kind} case in tests/mpi (and its row, MPIImaginary, "
         "gives no reason in `untested`)"
         for kind in TEST_KINDS
     ]
@@ -175,11 +175,11 @@ def test_a_new_public_op_without_tests_fails():
         new, untested={"adjoint": "integers only", "second_order": "integers only"}
     )
     assert len(new_problems(integers_only)) == 1  # modes
-    found["modes"]["mpi_alltoall"] = ["test_modes.py:1"]
+    found["modes"]["mpi_imaginary"] = ["test_modes.py:1"]
     assert new_problems(integers_only) == []
-    found["adjoint"]["mpi_alltoall"] = ["test_collectives.py:1"]
+    found["adjoint"]["mpi_imaginary"] = ["test_collectives.py:1"]
     assert new_problems(integers_only) == [
-        "mpi_alltoall: its row says it has no adjoint case, but tests/mpi has one"
+        "mpi_imaginary: its row says it has no adjoint case, but tests/mpi has one"
     ]
 
 
