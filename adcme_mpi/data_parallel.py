@@ -204,9 +204,9 @@ def broadcast_variables(variables, root=0, comm=None, fusion_threshold=None):
     `fusion_threshold` bytes); integer and bool variables (an optimizer's
     step counter) travel too.
 
-    Eagerly it assigns and returns None; in a graph (and inside
-    ``tf.function``) it returns the op that assigns (run it once, e.g.
-    after the initialiser).
+    Eagerly and inside ``tf.function`` it assigns and returns None; in a
+    v1 graph it returns the op that assigns (run it once, after the
+    initialiser).
 
     Example::
 
@@ -214,8 +214,9 @@ def broadcast_variables(variables, root=0, comm=None, fusion_threshold=None):
         am.broadcast_variables(model.variables, root=0)   # every rank: rank 0's weights
     """
     flat = [v for v in tf.nest.flatten(variables) if v is not None]
+    v1_graph = not tf.executing_eagerly() and not tf.inside_function()
     if not flat:
-        return None if tf.executing_eagerly() else tf.no_op()
+        return tf.no_op() if v1_graph else None
     values = [tf.convert_to_tensor(v) for v in flat]
     threshold = _threshold(fusion_threshold)
 
@@ -224,6 +225,4 @@ def broadcast_variables(variables, root=0, comm=None, fusion_threshold=None):
 
     received = _fused(values, threshold, bcast, "broadcast_variables")
     assigns = [v.assign(r) for v, r in zip(flat, received)]
-    if tf.executing_eagerly():
-        return None
-    return tf.group(*assigns)
+    return tf.group(*assigns) if v1_graph else None
