@@ -303,3 +303,22 @@ def test_keras_metric_average_callback():
     logs = {"loss": float(RANK), "mae": 2.0 * RANK, "name": "not a number"}
     amk.MetricAverageCallback().on_epoch_end(0, logs)
     assert logs == {"loss": (SIZE - 1) / 2, "mae": SIZE - 1.0, "name": "not a number"}
+
+
+def test_graph_mode_tape_and_broadcast():
+    """A v1 graph (the ADCME way): broadcast_variables returns the op that
+    assigns, the tape's gradients are reduced when fetched."""
+    graph = tf.Graph()
+    with graph.as_default():
+        v = tf.compat.v1.Variable(np.full(3, float(RANK + 1)), use_resource=True)
+        sync = am.broadcast_variables([v], root=SIZE - 1)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(v * v) * (RANK + 1)
+        (grad,) = am.DistributedGradientTape(tape).gradient(loss, [v])
+        with am.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(sync)
+            value, g = sess.run([v, grad])
+    np.testing.assert_array_equal(value, np.full(3, float(SIZE)))
+    expected = np.mean([2 * SIZE * (r + 1) for r in range(SIZE)])
+    np.testing.assert_allclose(g, np.full(3, expected), **TOL)
