@@ -29,6 +29,7 @@ from .optimize import MPIOptimizeError, mpi_optimize
 from .wrappers._callsite import XLACompilationError
 from . import wrappers
 from . import linalg  # noqa: E402  (after wrappers: it builds on them)
+from .data_parallel import DistributedGradientTape, broadcast_variables  # noqa: E402
 from .wrappers import *  # noqa: F403  (the op table's public names)
 
 __version__ = "0.2.0"
@@ -59,4 +60,6 @@ __all__ = [
     "MPILibraryMismatch",
     "ordering",
     "linalg",
+    "DistributedGradientTape",
+    "broadcast_variables",
 ] + wrappers.__all__
