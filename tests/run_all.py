@@ -20,6 +20,8 @@ ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FIL
 (only these files of tests/launch), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
+Before the total: a table of the adjoint (dot-product) and HVP tests that
+passed, per public op and MPI run ("3thr": on the MPI thread, "2x2": hosts).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
 
@@ -49,6 +51,39 @@ def junit_counts(path):
         counts["skipped"] += skipped
         counts["passed"] += tests - failed - skipped
     return counts
+
+
+# (kind, public op) -> {run column: passed tests}: the adjoint and HVP tests
+# (tests/mpi/helpers.py adjoint_test, hvp_test) that passed in each MPI run
+OP_TESTS = {}
+
+
+def tally_op_tests(path, column):
+    """Adds the passed adjoint/HVP tests of one run's junit XML to OP_TESTS
+    (tests/mpi/conftest.py writes an "op_test" property on each)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return
+    for case in root.iter("testcase"):
+        for prop in case.iter("property"):
+            if prop.get("name") != "op_test":
+                continue
+            kind, ops = prop.get("value").split(":", 1)
+            for op in ops.split(","):
+                per_run = OP_TESTS.setdefault((kind, op), {})
+                per_run[column] = per_run.get(column, 0) + 1
+
+
+def print_op_tests(columns):
+    if not OP_TESTS:
+        return
+    print("\nadjoint (dot-product) and HVP tests passed, per public op and MPI run:")
+    width = max(len(op) for _, op in OP_TESTS)
+    print(f"{'kind':8} {'op':{width}} " + " ".join(f"{c:>6}" for c in columns))
+    for (kind, op), per_run in sorted(OP_TESTS.items()):
+        cells = " ".join(f"{per_run.get(c, 0):>6}" for c in columns)
+        print(f"{kind:8} {op:{width}} {cells}")
 
 
 def run(label, cmd, timeout, junit, env=None):
@@ -146,6 +181,7 @@ def main():
     runs = [(n, False) for n in sizes] + [(n, True) for n in thread_sizes]
     junit = os.path.join(tempfile.mkdtemp(prefix="adcme_mpi_junit_"), "report.xml")
     pytest_args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    columns = []  # the MPI runs, as the adjoint/HVP table's columns
     for n, on_thread in runs:
         cmd = mpiexec(n) + [
             sys.executable,
@@ -157,9 +193,15 @@ def main():
         label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
         for k, v in run(label, cmd, timeout, junit).items():
             total[k] += v
+        columns.append(f"{n}" + ("thr" if on_thread else ""))
+        tally_op_tests(junit, columns[-1])
     os.environ.pop("ADCME_MPI_THREAD", None)
-    for k, v in run_across_hosts(pytest_args, timeout, junit).items():
+    across_hosts = run_across_hosts(pytest_args, timeout, junit)
+    for k, v in across_hosts.items():
         total[k] += v
+    if across_hosts:
+        columns.append("2x2")
+        tally_op_tests(junit, "2x2")
     plain = [
         ("unit", "tests/unit (no mpiexec)", timeout),
         ("launch", "tests/launch (one mpiexec per case)", 3 * timeout),
@@ -178,6 +220,7 @@ def main():
         cmd = [sys.executable, "-m", "pytest", *pytest_args, *durations, *where]
         for k, v in run(label, cmd, limit, junit).items():
             total[k] += v
+    print_op_tests(columns)
     print(
         f"\ntotal: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped"
     )

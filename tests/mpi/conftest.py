@@ -54,10 +54,34 @@ def _summary(call, report):
     return f"{text[:2500]}\n  at {report.location[0]}:{report.location[1]}"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "op_test(kind, *ops): an adjoint or hvp test of these public ops "
+        "(helpers.adjoint_test, hvp_test; counted by tests/run_all.py)",
+    )
+
+
+def _count_op_tests(item, report):
+    """A passed adjoint or HVP test leaves "kind:op,op" in the junit XML, from
+    which tests/run_all.py tallies passed tests per op and rank count."""
+    if report.when == "call" and report.passed:
+        for mark in item.iter_markers("op_test"):
+            kind, *ops = mark.args
+            item.user_properties.append(("op_test", f"{kind}:{','.join(ops)}"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    try:
+        _agree_on_outcome(call, report)
+    finally:
+        _count_op_tests(item, report)
+
+
+def _agree_on_outcome(call, report):
     if SIZE == 1:
         return
     failed = report.failed

@@ -135,9 +135,24 @@ def _public(names):
 
 def adjoint_test(*names):
     """Marks a test as the adjoint (dot-product) test of these public ops;
-    the names are written out (tests/unit/test_op_table.py reads them)."""
-    _public(names)
-    return lambda test: test
+    the names are written out (tests/unit/test_op_table.py reads them).
+    tests/run_all.py counts the passed ones per op and rank count."""
+    return pytest.mark.op_test("adjoint", *_public(names))
+
+
+def hvp_test(*names):
+    """Marks a test as a Hessian-vector-product test through these public ops
+    (counted by tests/run_all.py, as adjoint_test)."""
+    return pytest.mark.op_test("hvp", *_public(names))
+
+
+def count_table_case(request, kind, cases, case_id):
+    """Marks a table-driven test (test_modes, test_second_order) as a `kind`
+    test ("adjoint" or "hvp") of the public op(s) its case belongs to."""
+    for names, variants in cases.items():
+        if case_id in variants:
+            names = (names,) if isinstance(names, str) else names
+            request.node.add_marker(pytest.mark.op_test(kind, *names))
 
 
 def table_cases(kind, cases):

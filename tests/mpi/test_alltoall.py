@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import adcme_mpi as am
 from helpers import (
+    hvp_test,
     ALL_DTYPES,
     COMM,
     FLOAT_DTYPES,
@@ -189,6 +190,7 @@ def test_int_dtypes_have_no_gradient():
 # ---- second order ----
 
 
+@hvp_test("mpi_alltoall")
 @pytest.mark.parametrize("pattern", [None, "mixed"])
 def test_hvp_against_differences(pattern):
     """H v of f(x) = sum_ranks sum(alltoall(x)^3 * c) against central

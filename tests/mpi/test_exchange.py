@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import adcme_mpi as am
 from helpers import (
+    hvp_test,
     ALL_DTYPES,
     FLOAT_DTYPES,
     RANK,
@@ -106,6 +107,7 @@ def test_exchange_adjoint_eager_and_function(mode, dtype):
     assert abs(lhs - rhs) <= tol * max(abs(lhs), abs(rhs), 1.0), (lhs, rhs)
 
 
+@hvp_test("mpi_exchange")
 def test_exchange_hessian_vector_product():
     """f = sum(c * x * exchange(x)**2) on the ring: H v against central
     differences of the gradient."""

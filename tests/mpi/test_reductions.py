@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import adcme_mpi as am
 from helpers import (
+    hvp_test,
     ALL_DTYPES,
     FLOAT_DTYPES,
     RANK,
@@ -161,6 +162,7 @@ def test_sum_gradient_with_ties_and_zeros(op, root):
     assert_close(g, expected, np.float64, f"grad of mpi_sum {op} root={root}")
 
 
+@hvp_test("mpi_allreduce")
 @pytest.mark.parametrize("op", ["prod", "max"])
 def test_second_derivative_by_hvp(op):
     """H v of f(a) = sum_ranks <c, reduce(a)^2> against central differences of the gradient."""

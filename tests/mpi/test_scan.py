@@ -14,6 +14,7 @@ from mpi4py import MPI
 
 import adcme_mpi as am
 from helpers import (
+    hvp_test,
     FLOAT_DTYPES,
     RANK,
     SIZE,
@@ -189,6 +190,7 @@ def scan_operator(xs, exclusive):
     return reference("sum", xs, exclusive)
 
 
+@hvp_test("mpi_scan")
 @pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
 def test_hvp_against_differences_and_formula(exclusive):
     """f(a) = sum_ranks <c, scan(a)^3>: H v = S^T (6 c y (S v)), y = S a, S the scan."""

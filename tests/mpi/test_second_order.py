@@ -11,7 +11,7 @@ import tensorflow as tf
 import adcme_mpi as am
 import helpers
 from helpers import even_odd_ring, near_square_grid as grid, COMM, RANK, SIZE, random, run_graph
-from helpers import sparse_matrix, table_case, table_cases
+from helpers import count_table_case, sparse_matrix, table_case, table_cases
 
 MODES = ["graph", "eager", "function"]
 
@@ -122,8 +122,9 @@ def global_norm(a):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(table_cases("second_order", CASES)))
-def test_hessian_vector_product_matches_differences(name, mode):
+def test_hessian_vector_product_matches_differences(name, mode, request):
     shape, op = table_case("second_order", CASES, name)
+    count_table_case(request, "hvp", CASES, name)
     x, v = random(shape, np.float64, 302), random(shape, np.float64, 303)
     _, hv = gradient_and_hvp(mode, op, x, v)
     eps = 1e-5

@@ -24,7 +24,17 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 import adcme_mpi as am
-from helpers import COMM, RANK, SIZE, adjoint_check, adjoint_test, global_dot, rng, run_graph
+from helpers import (
+    COMM,
+    RANK,
+    SIZE,
+    adjoint_check,
+    adjoint_test,
+    global_dot,
+    rng,
+    run_graph,
+    hvp_test,
+)
 
 UNUSABLE = None  # why the sparse ops cannot run here, where CI requires them
 try:
@@ -291,6 +301,7 @@ def hvp(G, values, x, dv, dx):
     return run_graph(build)
 
 
+@hvp_test("mpi_sparse_matvec", "mpi_sparse_solve")
 def test_hessian_vector_product_through_product_and_solve():
     G = nonsymmetric_matrix()
     values = G[LO : HI + 1].tocoo().data.copy()
