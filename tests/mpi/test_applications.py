@@ -14,7 +14,7 @@ import tensorflow as tf
 from mpi4py import MPI
 
 import adcme_mpi as am
-from helpers import RANK, SIZE, run_graph
+from helpers import RANK, SIZE, run_graph, sparse_ops_usable
 
 from adcme_mpi.apps import heat, poisson, preconditioners, transfer
 
@@ -310,12 +310,7 @@ def test_poisson_inverse_reduces_loss(tmp_path_factory):
 
 def sparse_poisson_or_skip():
     """adcme_mpi.apps.sparse_poisson, where the sparse ops were built (PETSc)."""
-    try:
-        am.petsc_info()
-    except am.PETScUnavailableError as err:
-        if os.environ.get("ADCME_MPI_REQUIRE_PETSC") == "1":
-            raise
-        pytest.skip(f"sparse ops not built: {err}")
+    sparse_ops_usable()
     from adcme_mpi.apps import sparse_poisson
 
     return sparse_poisson
