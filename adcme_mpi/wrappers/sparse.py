@@ -86,12 +86,24 @@ def _int_arg(site, arg, value):
 
 
 def _index_array(site, arg, value, ndim):
+    if isinstance(value, tf.Tensor):
+        # ADCME's scripts pass tf.constant(indices). A graph tensor whose value
+        # TensorFlow can fold (a constant) is taken; one computed at run time
+        # cannot be: the pattern fixes the PETSc matrix's layout and the
+        # stripes' cross-rank check, made once when the matrix is built.
+        known = tf.get_static_value(value)
+        if known is None:
+            raise site.error(
+                TypeError,
+                f"argument '{arg}' is computed when the graph runs; it must be known when "
+                "the graph is built (a NumPy array, a list or a tf.constant), because the "
+                "sparsity pattern fixes the matrix's PETSc layout when the matrix is made",
+            )
+        value = known
     try:
         array = np.asarray(value)
     except Exception as err:  # noqa: BLE001 (anything NumPy cannot take)
         raise site.error(TypeError, f"argument '{arg}' cannot be an array: {err}") from None
-    if isinstance(value, tf.Tensor) and not tf.executing_eagerly():
-        raise site.error(TypeError, f"argument '{arg}' must be known when the graph is built")
     if array.size == 0:
         array = array.reshape((0,) * (ndim - 1) + (2,) if ndim == 2 else (0,))
     if array.ndim != ndim or not np.issubdtype(array.dtype, np.integer):
@@ -127,7 +139,8 @@ class mpi_SparseTensor:
     inside this rank's stripe; `values` (float32 or float64, a tensor or an
     array) holds one value per pair and is differentiable. Pairs may come in
     any order; repeated pairs are summed. Indices must be known when the graph
-    is built (NumPy arrays or lists).
+    is built: NumPy arrays, lists or tf.constant (ADCME's form); indices
+    computed when the graph runs are refused with a TypeError.
 
     Making one checks this rank's arguments; the stripes' tiling, N and the
     solver arguments are checked across ranks by the first op that uses the

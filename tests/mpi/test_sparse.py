@@ -463,6 +463,29 @@ def test_non_convergence_is_an_error():
     )
 
 
+def test_indices_as_a_graph_constant_adcme_form():
+    """ADCME's scripts pass tf.constant(indices) in graph mode: taken as the
+    NumPy form is; indices computed when the graph runs are a clear error."""
+    mine = global_matrix()[LO : HI + 1].tocoo()
+    indices = np.stack([mine.row + LO, mine.col], 1)
+    x = global_vector(8)
+
+    def build():
+        xt = tf.constant(my(x))
+        A = am.mpi_SparseTensor(tf.constant(indices), mine.data, LO, HI, N)
+        B = am.mpi_SparseTensor(indices, mine.data, LO, HI, N)
+        return A @ xt, B @ xt
+
+    y_constant, y_array = run_graph(build)
+    np.testing.assert_array_equal(y_constant, y_array)
+    np.testing.assert_allclose(y_array, my(global_matrix() @ x), rtol=1e-12)
+    with tf.Graph().as_default():
+        computed = tf.compat.v1.placeholder(tf.int64, shape=indices.shape)
+        with pytest.raises(TypeError, match=r"'indices' is computed when the graph runs") as info:
+            am.mpi_SparseTensor(computed, mine.data, LO, HI, N)
+    assert f"mpi_SparseTensor (rank {RANK} of {SIZE})" in str(info.value)
+
+
 def test_local_errors_name_op_argument_and_rank():
     G = global_matrix()
     sub = G[LO : HI + 1].tocoo()
