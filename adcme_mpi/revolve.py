@@ -20,7 +20,7 @@ pass recomputes exactly `min_advances(n, K) - (n - 1)` steps.
 from functools import cache, lru_cache
 from math import comb
 
-__all__ = ["min_advances", "schedule"]
+__all__ = ["min_advances", "schedule", "checkpoints_for"]
 
 
 def _reps(l, s):
@@ -33,7 +33,12 @@ def _reps(l, s):
 
 def min_advances(l, c):
     """The fewest forward steps (besides the l taped ones) that reverse l
-    steps with the start state stored and c more slots."""
+    steps with the start state stored and c more slots.
+
+    Example::
+
+        am.revolve.min_advances(2000, 60)   # 3984: the first sweep (1999) + 1985 recomputed
+    """
     if l <= 1:
         return 0
     s = c + 1
@@ -147,7 +152,14 @@ class Schedule:
 
 @lru_cache(maxsize=64)
 def schedule(n, K):
-    """The (cached) Schedule of n steps with K checkpoint slots."""
+    """The (cached) Schedule of n steps with K checkpoint slots.
+
+    Example::
+
+        s = am.revolve.schedule(2000, 60)
+        s.advances        # 1985 steps recomputed by the backward pass
+        s.records[0]      # the last step's: (restore slot, its position, [])
+    """
     return Schedule(n, K)
 
 
@@ -156,7 +168,12 @@ def checkpoints_for(n, recompute=1.0):
     recomputes at most `recompute` * n steps. With the default 1.0 a
     forward+gradient costs at most (2 + g + 1) / (1 + g) times the stored
     loop's, g the cost of one step's adjoint in steps (about 1.5 for the
-    heat stencil): under 2x."""
+    heat stencil): under 2x.
+
+    Example::
+
+        K = am.revolve.checkpoints_for(2000)   # 60
+    """
     K = 0
     while schedule(n, K).advances > recompute * n:
         K = max(1, 2 * K) if schedule(n, max(1, 2 * K)).advances > recompute * n else K + 1
