@@ -73,3 +73,17 @@ def test_a_long_schedule_is_quick():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="checkpointed_loop: need n_steps >= 1"):
         revolve.Schedule(0, 3)
+
+
+def test_control_flow_v1_is_refused():
+    import tensorflow as tf
+
+    import adcme_mpi as am
+
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        with tf.Graph().as_default():
+            with pytest.raises(NotImplementedError, match="checkpointed_loop: control flow v1"):
+                am.ordering.checkpointed_loop(lambda i, u: u, tf.ones(2), 3, 1)
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
