@@ -8,7 +8,7 @@ op on them.
 
 from .settings import SettingsError  # (first: a malformed ADCME_MPI_* variable stops the import)
 from . import _loader  # noqa: F401  (first: picks the libmpi before mpi4py.MPI loads one)
-from . import _tf_private, ordering, runtime  # noqa: F401
+from . import _tf_private, ordering, revolve, runtime  # noqa: F401
 from ._loader import MPILibraryMismatch, MPILibraryMismatchError, PETScUnavailableError
 from .runtime import (
     Session,
@@ -59,6 +59,7 @@ __all__ = [
     "MPINotReady",
     "MPILibraryMismatch",
     "ordering",
+    "revolve",
     "linalg",
     "DistributedGradientTape",
     "broadcast_variables",

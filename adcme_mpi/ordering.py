@@ -22,16 +22,18 @@ ops created after a tf.gradients call also run after the gradient ops.
 tf.function orders stateful ops itself, and eager mode runs ops as created.
 
 A tf.while_loop body is its own context with its own token: use
-`while_loop` below, which threads the token through the loop.
+`while_loop` below, which threads the token through the loop, or
+`checkpointed_loop` for a time loop whose gradient recomputes steps from a
+few stored states (binomial checkpointing) instead of keeping every step.
 """
 
 import weakref
 
 import tensorflow as tf
 
-from . import _tf_private
+from . import _tf_private, revolve
 
-__all__ = ["while_loop", "custom_gradient", "current_token"]
+__all__ = ["while_loop", "checkpointed_loop", "custom_gradient", "current_token"]
 
 
 def _new_token():
@@ -246,3 +248,202 @@ def custom_gradient(f):
     wrapper.__name__ = getattr(f, "__name__", "custom_gradient")
     wrapper.__doc__ = f.__doc__
     return wrapper
+
+
+def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
+    """`n_steps` iterations `state = step(i, state, *params)` whose gradient
+    keeps `checkpoints` states instead of every step's: binomial (revolve)
+    checkpointing. `step` may contain MPI ops: they stay in program order.
+
+    The forward pass runs the loop once, storing the initial state, K =
+    `checkpoints` states at the positions of the binomial schedule and the
+    state before the last step (tensors only, no tape). The backward pass
+    reverses the steps from the last to the first: it restores a stored
+    state, recomputes the steps up to step j (storing new checkpoints on the
+    way, as the schedule says), then runs step j under a tape and its vector
+    -Jacobian product. The schedule depends only on `n_steps` and K
+    (`adcme_mpi.revolve`), so every rank recomputes the same steps in the
+    same order: the recomputed MPI ops get new sequence numbers in the same
+    order everywhere (the cross-rank check still holds), their adjoints run
+    in reverse order after them, and the gradients equal the stored loop's
+    to rounding. The backward pass recomputes `revolve.schedule(n, K)
+    .advances` steps (the binomial minimum; about n at K =
+    `revolve.checkpoints_for(n)`, n (n - 1) / 2 at K = 0, none at K >= n - 1).
+
+    - `step(i, state, *params)`: i the step number (an int32 scalar tensor),
+      `state` a float tensor or a list/tuple of them; returns the next state,
+      same structure, shapes and dtypes.
+    - `params`: tensors `step` depends on, whose gradients you want (pass
+      them here: a tensor `step` merely captures gets no gradient).
+      tf.Variables read inside `step` get their gradients too.
+    - Eager mode, tf.function and graph mode (tf.gradients) with control flow
+      v2 (TensorFlow 2's default); with control flow v1
+      (tf.compat.v1.disable_control_flow_v2) it raises an error.
+    - Inside, the loop is three nested tf.while_loops whatever n_steps is:
+      the graph holds one copy of `step` and of its adjoint.
+
+    Example (heat: 2,000 steps, 60 stored states, halo exchanges inside)::
+
+        def step(i, u, kappa):
+            up = am.mpi_halo_exchange(u, m, n, fill_value=0.0)
+            return u + c * kappa * laplacian(up)
+
+        K = am.revolve.checkpoints_for(2000)  # 60: recomputes <= 2,000 steps
+        u = am.ordering.checkpointed_loop(step, u0, 2000, K, params=[kappa])
+    """
+    from tensorflow.python.ops import control_flow_util
+
+    n_steps, K = int(n_steps), int(checkpoints)
+    if n_steps < 1 or K < 0:
+        raise ValueError(
+            f"checkpointed_loop: need n_steps >= 1 and checkpoints >= 0, got n_steps={n_steps}, "
+            f"checkpoints={K}"
+        )
+    if not tf.executing_eagerly() and not control_flow_util.EnableControlFlowV2(
+        tf.compat.v1.get_default_graph()
+    ):
+        raise NotImplementedError(
+            "checkpointed_loop: control flow v1 is not supported (its TensorArrays cannot be "
+            "overwritten); use TensorFlow 2's default control flow v2"
+        )
+    sched = revolve.schedule(n_steps, min(K, n_steps))
+    structure = state
+    flat0 = [tf.convert_to_tensor(s) for s in tf.nest.flatten(state)]
+    params = [tf.convert_to_tensor(p) for p in params]
+    n_state = len(flat0)
+    slots = sched.K + 3
+
+    def call_step(i, flat):
+        out = step(i, tf.nest.pack_sequence_as(structure, flat), *params_now)
+        out = [tf.convert_to_tensor(o) for o in tf.nest.flatten(out)]
+        if len(out) != n_state:
+            raise ValueError(
+                f"checkpointed_loop: step returned {len(out)} tensors, the state has {n_state}"
+            )
+        return out
+
+    params_now = params  # the tensors `step` sees: the block's inputs inside it
+
+    def advance(i0, flat, count):
+        """`count` (a tensor) steps from position i0: a while loop of MPI ops in order."""
+
+        def body(k, *flat):
+            return [k + 1] + call_step(i0 + k, list(flat))
+
+        out = while_loop(lambda k, *flat: k < count, body, [tf.constant(0)] + list(flat))
+        return list(out[1:])
+
+    @tf.custom_gradient
+    def block(*args):
+        nonlocal params_now
+        *inputs, token = args
+        flat_in, params_in = list(inputs[:n_state]), list(inputs[n_state:])
+        params_now = params_in
+        _current_sequence().token = token
+        forward_slot = tf.constant(sched.forward_slot, tf.int32)
+        arrays = [
+            tf.TensorArray(s.dtype, size=slots, element_shape=s.shape, clear_after_read=False)
+            for s in flat_in
+        ]
+
+        def body(i, *loop):
+            flat, arrays = list(loop[:n_state]), list(loop[n_state:])
+            new = call_step(i, flat)
+            arrays = [a.write(forward_slot[i], s) for a, s in zip(arrays, flat)]
+            return [i + 1] + new + arrays
+
+        out = while_loop(lambda i, *loop: i < n_steps, body, [tf.constant(0)] + flat_in + arrays)
+        flat_out, arrays = list(out[1 : 1 + n_state]), list(out[1 + n_state :])
+
+        def grad(*upstream, variables=None):
+            *dys, dtoken = upstream
+            variables = list(variables or [])
+            sequence = _current_sequence()
+            saved = sequence.token
+            if dtoken is not None:
+                sequence.token = dtoken
+            dflat = [tf.zeros_like(y) if d is None else d for d, y in zip(dys, flat_out)]
+            dflat, dparams, dvars = reverse_sweep(arrays, dflat, params_in, variables)
+            out_token = sequence.current_token()
+            sequence.token = saved  # gradient ops never advance the forward chain
+            grads = dflat + dparams + [out_token]
+            return (grads, dvars) if variables else grads
+
+        def reverse_sweep(arrays, dflat, params_in, variables):
+            """The reverse steps n-1..0, one iteration each: restore,
+            recompute (storing), step j under a tape and its adjoint."""
+            restore_slot = tf.constant([r[0] for r in sched.records], tf.int32)
+            restore_pos = tf.constant([r[1] for r in sched.records], tf.int32)
+            width = max(1, max(len(r[2]) for r in sched.records))
+            seg_count = tf.constant([len(r[2]) for r in sched.records], tf.int32)
+            seg_steps = tf.constant(
+                [[m for m, _ in r[2]] + [0] * (width - len(r[2])) for r in sched.records], tf.int32
+            )
+            seg_slot = tf.constant(
+                [[s for _, s in r[2]] + [0] * (width - len(r[2])) for r in sched.records], tf.int32
+            )
+            n_p = len(params_in)
+
+            def reverse_body(q, *loop):
+                loop = list(loop)
+                arrays = loop[:n_state]
+                dstate = loop[n_state : 2 * n_state]
+                dps = loop[2 * n_state : 2 * n_state + n_p]
+                dvs = loop[2 * n_state + n_p :]
+                j = n_steps - 1 - q
+                flat = [a.read(restore_slot[q]) for a in arrays]
+
+                def segment(k, pos, *loop):
+                    flat, arrays = list(loop[:n_state]), list(loop[n_state:])
+                    m = seg_steps[q, k]
+                    flat = advance(pos, flat, m)
+                    arrays = [a.write(seg_slot[q, k], s) for a, s in zip(arrays, flat)]
+                    return [k + 1, pos + m] + flat + arrays
+
+                out = while_loop(
+                    lambda k, pos, *loop: k < seg_count[q],
+                    segment,
+                    [tf.constant(0), restore_pos[q]] + flat + arrays,
+                )
+                flat, arrays = list(out[2 : 2 + n_state]), list(out[2 + n_state :])
+                # step j under a tape, its token too: its MPI ops' adjoints
+                # chain through the token after the recomputed forward ops
+                sequence = _current_sequence()
+                token_in = tf.identity(sequence.current_token())
+                sequence.token = token_in
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(flat + params_now + [token_in] + variables)
+                    new = call_step(j, flat)
+                    token_out = sequence.current_token()
+                sources = flat + params_now + variables + [token_in]
+                g = tape.gradient(
+                    new + [token_out],
+                    sources,
+                    output_gradients=dstate + [token_out],
+                )
+                g = [
+                    tf.zeros_like(s) if gi is None else tf.convert_to_tensor(gi)
+                    for gi, s in zip(g[:-1], sources[:-1])
+                ] + [token_out if g[-1] is None else g[-1]]
+                sequence.token = g[-1]
+                dstate = g[:n_state]
+                dps = [a + b for a, b in zip(dps, g[n_state : n_state + n_p])]
+                dvs = [a + b for a, b in zip(dvs, g[n_state + n_p : -1])]
+                return [q + 1] + arrays + dstate + dps + dvs
+
+            zeros_p = [tf.zeros_like(p) for p in params_in]
+            zeros_v = [tf.zeros_like(v) for v in variables]
+            out = while_loop(
+                lambda q, *loop: q < n_steps,
+                reverse_body,
+                [tf.constant(0)] + list(arrays) + dflat + zeros_p + zeros_v,
+            )
+            out = list(out[1:])
+            n = n_state
+            return out[n : 2 * n], out[2 * n : 2 * n + n_p], out[2 * n + n_p :]
+
+        return flat_out + [current_token()], grad
+
+    outs = block(*flat0, *params, current_token())
+    _current_sequence().token = outs[-1]
+    return tf.nest.pack_sequence_as(structure, list(outs[:-1]))

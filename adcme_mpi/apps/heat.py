@@ -56,7 +56,9 @@ def stable_steps(N, T, kappa_max):
 
 class HeatProblem:
     """Explicit time stepping on this rank's patch; `ops`: the MPI ops it
-    makes (communication.MPIOps; LocalOps: none)."""
+    makes (communication.MPIOps; LocalOps: none); `checkpoints`: None keeps
+    every step for the gradient, K stores K states per segment between
+    snapshots and recomputes the rest (ordering.checkpointed_loop)."""
 
     def __init__(
         self,
@@ -68,8 +70,10 @@ class HeatProblem:
         snapshots=5,
         kappa_max=KAPPA_MAX,
         ops=None,
+        checkpoints=None,
     ):
         comm = comm or MPI.COMM_WORLD
+        self.checkpoints = checkpoints  # None: the gradient keeps every step
         self.ops = ops or MPIOps()
         m, n = grid or default_grid(comm.Get_size())
         self.patch = Patch(N, m, n, comm)
@@ -99,7 +103,13 @@ class HeatProblem:
         return u + (self.dt / p.h**2) * kappa * laplacian(up)
 
     def advance(self, u, kappa, steps):
-        """`steps` explicit steps inside one tf.while_loop."""
+        """`steps` explicit steps inside one tf.while_loop; with `checkpoints`
+        = K, a checkpointed loop (its gradient stores K states, recomputes
+        the rest: ordering.checkpointed_loop)."""
+        if self.checkpoints is not None:
+            return ordering.checkpointed_loop(
+                lambda i, u, kappa: self.step(u, kappa), u, steps, self.checkpoints, params=[kappa]
+            )
 
         def body(k, u):
             return k + 1, self.step(u, kappa)

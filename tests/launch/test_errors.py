@@ -208,6 +208,24 @@ else:
         r"\(tag 0\) that rank 1 never received",
     ),
     (
+        "checkpointed loop: a rank recomputes a different collective",
+        2,
+        """
+calls = []
+def step(i, u):
+    calls.append(1)  # traced by the primal loop first, then by the backward pass
+    if len(calls) > 1 and r == 1:
+        return u + am.mpi_sum(u)
+    return u + am.mpi_allreduce(u)
+x = tf.ones(3)
+u = am.ordering.checkpointed_loop(step, x, 4, 1)
+run(tf.gradients(tf.reduce_sum(u), x)[0])
+""",
+        # collectives #1-#4 are the primal loop's: #5 is the first recomputed
+        r"ranks disagree on which collective comes next \(their programs differ\): rank 0 is at "
+        r"mpi_allreduce \(checked collective #5\); rank 1 is at mpi_sum \(checked collective #5\)",
+    ),
+    (
         "op created after mpi_finalize",
         2,
         "am.mpi_finalize(); am.mpi_sum(tf.ones(2))",
