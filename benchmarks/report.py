@@ -190,7 +190,7 @@ if os.path.exists(os.path.join(results, "ops_new_collectives.json")):
             f"{meta['ranks']} ranks, metadata check on). Versions: "
             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
             + ".",
-            "Every column does the same MPI work on equal pieces: allgather = MPI_Allgather "
+            "Every column of a row makes the same MPI call on equal pieces: allgather = MPI_Allgather "
             "(ours exchanges the lengths first, then MPI_Iallgatherv: they may differ), "
             "reduce_scatter = MPI_Reduce_scatter (sum; mpi4jax has none: n/a), alltoall = "
             "MPI_Alltoall, scan = MPI_Scan (sum), exchange = MPI_Sendrecv on a ring (rank + 1, "
@@ -199,9 +199,11 @@ if os.path.exists(os.path.join(results, "ops_new_collectives.json")):
             "row's bytes are each rank's input (float64; reduce_scatter and alltoall need an "
             "element per rank: 16 B at the smallest). *fwd+bwd/fwd* = ours with its gradient "
             "over ours alone.",
-            f"**Indicative only**: the 2 cores were shared with other jobs (load average, 1, 5 "
-            f"and 15 minutes: {loads} the run), so single ops waited for time slices, most "
-            "at 8 B; the per-round ratios cancel part of that, the spreads show the rest.",
+            f"**Indicative only**: the 2 cores were shared with other jobs (load averages over "
+            f"1, 5 and 15 minutes: {loads} the run), so the 2 ranks, which poll while they "
+            "wait, waited for time slices: the per-round ratios cancel part of that, the "
+            "spreads show the rest. At 8 B and 8 KiB an op took milliseconds instead of "
+            "microseconds and the ratios there say little; at 1 and 8 MiB they are steadier.",
         ],
         [
             "op",
