@@ -154,15 +154,19 @@ def mpi4jax_runner(kind, n, reps):
             return y
         return mpi4jax.recv(y, 0)
 
-    @jax.jit
     def chain(y):
         for _ in range(reps):
             y = one(y)
         return y
 
-    x = jnp.ones(n)
-    chain(x).block_until_ready()
-    return lambda: chain(x).block_until_ready()
+    return jit_runner(chain, np.ones(n))
+
+
+def jit_runner(body, x):
+    """A callable running jax.jit(body) on `x` to completion (compiled here)."""
+    body, x = jax.jit(body), jnp.asarray(x)
+    jax.block_until_ready(body(x))
+    return lambda: jax.block_until_ready(body(x))
 
 
 def mpi4jax_halo_runner(u, reps):
@@ -171,7 +175,6 @@ def mpi4jax_halo_runner(u, reps):
     peer = 1 - RANK
     edge, ghost = (-2, -1) if RANK == 0 else (1, 0)
 
-    @jax.jit
     def chain(u):
         # Every padded array is returned, so XLA must build each one (as the
         # other columns do) instead of slicing the edge straight out of u.
@@ -182,9 +185,7 @@ def mpi4jax_halo_runner(u, reps):
             padded.append(p.at[1:-1, ghost].set(received))
         return padded
 
-    x = jnp.asarray(u)
-    jax.block_until_ready(chain(x))
-    return lambda: jax.block_until_ready(chain(x))
+    return jit_runner(chain, u)
 
 
 CHAIN = False  # --chain: each op takes the previous op's output
@@ -284,6 +285,15 @@ def halo_impls(nbytes, reps):
     return side * side * 8, impls
 
 
+def reps_for(nbytes):
+    """How many ops of `nbytes` one timed run chains."""
+    # A session run costs about 80 us on top of its ops: 32 ops a run at
+    # 1 MiB keep that under a few percent (8 added about 10 us an op). At
+    # 8 MiB 8 ops a run do (32 made every run fault in 32 new 8 MiB
+    # outputs: 3.7x mpi4py for bcast instead of about 1.4x).
+    return 200 if nbytes <= 4096 else 40 if nbytes <= 262144 else 32 if nbytes <= 1 << 20 else 8
+
+
 def show(row):
     def ratio(key):
         if key not in row:
@@ -296,6 +306,7 @@ def show(row):
         f"adcme {row['adcme'] * 1e6:9.1f} us  "
         + ratio("adcme/mpi4py")
         + ratio("mpi4jax/mpi4py")
+        + ratio("adcme/mpi4jax")
         + ratio("numpy_function/mpi4py")
         + ratio("adcme_fwd_bwd/adcme")
         + ratio("adcme/copy"),
@@ -303,14 +314,32 @@ def show(row):
     )
 
 
-def main():
+def measure(op, nbytes, impls, reps, rounds, floors=()):
+    """The row of `op` at `nbytes`: `impls` timed in interleaved rounds and
+    summarized (printed on rank 0); their sessions are closed after."""
+    row = {"op": op, "bytes": nbytes, **summary(interleaved(impls, reps, rounds), floors=floors)}
+    release()
+    if RANK == 0:
+        show(row)
+    return row
+
+
+def arguments(out, sizes):
+    """The options of a benchmark of ops (it may add its own)."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="benchmarks/results/ops.json")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--sizes", default="8,64,512,4096,8192,32768,262144,1048576,8388608")
+    parser.add_argument("--sizes", default=sizes, help="comma-separated bytes")
+    parser.add_argument("--no-mpi4jax", action="store_true", help="leave jax out of the process")
+    return parser
+
+
+def main():
+    parser = arguments(
+        "benchmarks/results/ops.json", "8,64,512,4096,8192,32768,262144,1048576,8388608"
+    )
     parser.add_argument("--build", default="", help="which build this is, for the report")
     parser.add_argument("--chain", action="store_true", help="feed each op the previous output")
-    parser.add_argument("--no-mpi4jax", action="store_true", help="leave jax out of the process")
     args = parser.parse_args()
     global CHAIN
     CHAIN = args.chain
@@ -318,12 +347,7 @@ def main():
         load_mpi4jax()
     rows, last_side = [], None
     for nbytes in [int(b) for b in args.sizes.split(",")]:
-        n = max(1, nbytes // 8)
-        # A session run costs about 80 us on top of its ops: 32 ops a run at
-        # 1 MiB keep that under a few percent (8 added about 10 us an op). At
-        # 8 MiB 8 ops a run do (32 made every run fault in 32 new 8 MiB
-        # outputs: 3.7x mpi4py for bcast instead of about 1.4x).
-        reps = 200 if nbytes <= 4096 else 40 if nbytes <= 262144 else 32 if nbytes <= 1 << 20 else 8
+        n, reps = max(1, nbytes // 8), reps_for(nbytes)
         buf, out = np.ones(n), np.empty(n)
         for kind in ["bcast", "sum", "allreduce", "sendrecv"]:
             if kind == "sendrecv" and SIZE != 2:
@@ -341,35 +365,32 @@ def main():
             }
             if mpi4jax is not None:
                 impls["mpi4jax"] = mpi4jax_runner(kind, n, reps)
-            row = {"op": kind, "bytes": nbytes, **summary(interleaved(impls, reps, args.rounds))}
-            release()
-            rows.append(row)
-            if RANK == 0:
-                show(row)
+            rows.append(measure(kind, nbytes, impls, reps, args.rounds))
         if halo_block(nbytes) == last_side:
             continue  # the same 2x2 block as the previous size
         last_side = halo_block(nbytes)
         halo_bytes, impls = halo_impls(nbytes, reps)
-        times = interleaved(impls, reps, args.rounds)
-        row = {"op": "halo", "bytes": halo_bytes, **summary(times, floors=("copy",))}
-        release()
-        rows.append(row)
-        if RANK == 0:
-            show(row)
-    if RANK == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        meta = {
-            "ranks": SIZE,
-            "check": os.environ.get("ADCME_MPI_CHECK", "1"),
-            "mpi": MPI.Get_library_version().splitlines()[0],
-            "tf": tf.__version__,
-            "rounds": args.rounds,
-            "chain": args.chain,
-        }
-        if args.build:
-            meta["build"] = args.build
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        rows.append(measure("halo", halo_bytes, impls, reps, args.rounds, floors=("copy",)))
+    meta = {"chain": args.chain, **({"build": args.build} if args.build else {})}
+    save(args.out, rows, args.rounds, meta)
+
+
+def save(path, rows, rounds, meta):
+    """Rank 0 writes {"meta": ..., "rows": rows} to `path`, `meta` added to
+    the run's common facts."""
+    if RANK != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = {
+        "ranks": SIZE,
+        "check": os.environ.get("ADCME_MPI_CHECK", "1"),
+        "mpi": MPI.Get_library_version().splitlines()[0],
+        "tf": tf.__version__,
+        "rounds": rounds,
+        **meta,
+    }
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

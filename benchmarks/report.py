@@ -60,7 +60,8 @@ lines = [
     f"{check['meta']['ranks']} ranks, shared memory.",
     "",
     "Command: `bash benchmarks/run.sh` (runs `mpiexec -n 2 python benchmarks/bench_ops.py` with "
-    "and without `ADCME_MPI_CHECK=0`, `benchmarks/bench_apps.py` on 1 and 2 ranks with and "
+    "and without `ADCME_MPI_CHECK=0`, `benchmarks/bench_collectives.py`, "
+    "`benchmarks/bench_apps.py` on 1 and 2 ranks with and "
     "without XLA auto-clustering, `benchmarks/bench_xla.py` for heat and Poisson, and "
     "`benchmarks/inline_threshold.c` on 2 and 4 ranks; mpi4jax's columns need "
     "`bash benchmarks/install_mpi4jax.sh` first).",
@@ -171,6 +172,68 @@ for r in check["rows"]:
             f"| {r['bytes']} | {us(r['copy'])} | {us(r['adcme'])} | {spread(r, 'adcme/copy')} | "
             f"{r['mpi4py'] / r['copy']:.2f} |"
         )
+
+# The collectives added since bench_ops.py: benchmarks/bench_collectives.py's run, if present.
+if os.path.exists(os.path.join(results, "ops_new_collectives.json")):
+    new = load("ops_new_collectives.json")
+    meta = new["meta"]
+    loads = " and ".join(
+        f"{', '.join(f'{x:.1f}' for x in meta[k])} {when}"
+        for k, when in (("load_before", "before"), ("load_after", "after"))
+    )
+    lines += section(
+        "The new collectives against mpi4py and mpi4jax",
+        [
+            "`mpiexec -n 2 python benchmarks/bench_collectives.py --rounds 15 --out "
+            "benchmarks/results/ops_new_collectives.json` (bench_ops.py's method and runners: "
+            f"{meta['rounds']} interleaved rounds, medians of per-round ratios [min..max]; "
+            f"{meta['ranks']} ranks, metadata check on). Versions: "
+            + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+            + ".",
+            "Every column of a row makes the same MPI call on equal pieces: allgather = MPI_Allgather "
+            "(ours exchanges the lengths first, then MPI_Iallgatherv: they may differ), "
+            "reduce_scatter = MPI_Reduce_scatter (sum; mpi4jax has none: n/a), alltoall = "
+            "MPI_Alltoall, scan = MPI_Scan (sum), exchange = MPI_Sendrecv on a ring (rank + 1, "
+            "rank - 1: on 2 ranks the other rank), allreduce_*/sum_* = MPI_Allreduce / "
+            "MPI_Reduce to rank 0 with MAX, MIN, PROD, or SUM then times 1/size (mean). A "
+            "row's bytes are each rank's input (float64; reduce_scatter and alltoall need an "
+            "element per rank: 16 B at the smallest). *fwd+bwd/fwd* = ours with its gradient "
+            "over ours alone.",
+            f"**Indicative only**: the 2 cores were shared with other jobs (load averages over "
+            f"1, 5 and 15 minutes: {loads} the run), so the 2 ranks, which poll while they "
+            "wait, waited for time slices: the per-round ratios cancel part of that, the "
+            "spreads show the rest. At 8 B and 8 KiB an op took milliseconds instead of "
+            "microseconds and the ratios there say little; at 1 and 8 MiB they are steadier.",
+        ],
+        [
+            "op",
+            "bytes",
+            "mpi4py us",
+            "adcme us",
+            "adcme/mpi4py",
+            "adcme/mpi4jax",
+            "mpi4jax/mpi4py",
+            "fwd+bwd/fwd",
+        ],
+    )
+    for r in new["rows"]:
+        peer = "n/a" if r["op"] == "reduce_scatter" else None  # (mpi4jax has no such op)
+        lines.append(
+            f"| {r['op']} | {r['bytes']} | {us(r['mpi4py'])} | {us(r['adcme'])} | "
+            f"{spread(r, 'adcme/mpi4py')} | {peer or spread(r, 'adcme/mpi4jax')} | "
+            f"{peer or spread(r, 'mpi4jax/mpi4py')} | {spread(r, 'adcme_fwd_bwd/adcme')} |"
+        )
+    lines += [
+        "",
+        "allgather against mpi4py doing its MPI work (MPI_Allgather of the lengths, then "
+        "MPI_Allgatherv): "
+        + "; ".join(
+            f"{r['bytes']} B {spread(r, 'adcme/mpi4py_lengths')}"
+            for r in new["rows"]
+            if "adcme/mpi4py_lengths" in r
+        )
+        + ".",
+    ]
 
 # The inline threshold: benchmarks/inline_threshold.c's runs, if present.
 inline_runs = sorted(name for name in os.listdir(results) if name.startswith("inline_threshold_"))

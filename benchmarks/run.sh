@@ -12,6 +12,9 @@ out=benchmarks/results
 mkdir -p "$out"
 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_ops.py --out "$out/ops_check.json"
 ADCME_MPI_CHECK=0 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_ops.py --out "$out/ops_nocheck.json"
+# the collectives added since bench_ops.py (allgather, reduce_scatter, ...)
+timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_collectives.py --rounds 15 \
+  --out "$out/ops_new_collectives.json"
 for n in 1 2; do
   timeout 900 "$MPIEXEC" -n $n "$PY" benchmarks/bench_apps.py --out "$out/apps$n.json"
   TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" \
