@@ -17,6 +17,7 @@ OPS_LIBRARY = {
     "adcme_mpi_watch_begin": (_i64, [_str, _str, _dbl]),
     "adcme_mpi_watch_end": (None, [_i64]),
     "adcme_mpi_complete_detached_sends": (_int, [_dbl, _str, _int]),
+    "adcme_mpi_unwaited_requests": (_int, [_str, _int]),
     "adcme_mpi_end_of_program": (_int, [_i64, _str, _int]),
 }
 

@@ -41,6 +41,16 @@ def p2p(t):
     return t * 1.0
 
 
+def nonblocking_ring(t):
+    """Post a send right and a receive from the left, wait on the receive,
+    then on the send (which returns t)."""
+    if SIZE == 1:
+        return t * 1.0
+    hs = am.mpi_isend(t, (RANK + 1) % SIZE)
+    hr = am.mpi_irecv(t, (RANK - 1) % SIZE)
+    return am.mpi_wait(hr) + 0.5 * am.mpi_wait(hs)
+
+
 def reference_p2p(xs):
     return xs[0] if RANK == 1 and SIZE > 1 else xs[RANK]
 
@@ -116,6 +126,12 @@ CASES = {
         (3,),
         lambda t: am.mpi_exchange(t, (RANK + 1) % SIZE, (RANK - 1) % SIZE),
         lambda xs: xs[(RANK - 1) % SIZE],
+    ),
+    # non-blocking ring: the left neighbour's plus half its own (the send's wait)
+    "mpi_isend/mpi_irecv/mpi_wait": (
+        (3,),
+        nonblocking_ring,
+        lambda xs: xs[(RANK - 1) % SIZE] + 0.5 * xs[RANK] if SIZE > 1 else xs[0],
     ),
     "mpi_halo_exchange": (
         (2, 3),

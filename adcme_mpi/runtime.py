@@ -249,12 +249,18 @@ def end_of_program_check():
     pass this rank never built), both get an error naming what each rank is
     doing, instead of a hang. Then, with every rank at its end, gradient
     sends that nobody received are reported (a peer's backward pass left out
-    the matching op). Returns the message, or None when all is well."""
-    if not _mpi_usable() or MPI.COMM_WORLD.Get_size() == 1:
+    the matching op). First of all, a handle of mpi_isend / mpi_irecv that
+    was never waited on is reported (op, rank, peer, tag). Returns the
+    message, or None when all is well."""
+    if not _mpi_usable():
         return None
     rank = MPI.COMM_WORLD.Get_rank()
-    pair = _pairs.get(MPI.COMM_WORLD.py2f())
     buffer = ctypes.create_string_buffer(4096)
+    if _loader.capi.adcme_mpi_unwaited_requests(buffer, len(buffer)) > 0:
+        return f"adcme_mpi (rank {rank}): {buffer.value.decode(errors='replace')}"
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return None
+    pair = _pairs.get(MPI.COMM_WORLD.py2f())
     if pair is None:
         return None
     if _loader.capi.adcme_mpi_end_of_program(pair.forward_handle, buffer, len(buffer)) != 0:

@@ -55,6 +55,13 @@ ADCME_MPI_C_API void adcme_mpi_watch_end(int64_t section);
 ADCME_MPI_C_API int adcme_mpi_complete_detached_sends(double grace_seconds, char* buffer,
                                                       int length);
 
+// At the end of the program: the requests of mpi_isend / mpi_irecv (and of
+// their gradients) that nothing waited on. Writes the first ("mpi_isend
+// (rank r of n) posted a send to rank d (tag t, ...) that was never waited
+// on ...") into `buffer`, abandons them all with their buffers kept alive,
+// and returns how many. (p2p.cc)
+ADCME_MPI_C_API int adcme_mpi_unwaited_requests(char* buffer, int length);
+
 // The end of the program (mpi_finalize, or interpreter exit) as a checked
 // collective on `forward_handle`'s family. Returns 0 when every rank ended
 // too; otherwise 1 with the message in `buffer`. (checks.cc)

@@ -15,6 +15,7 @@
 //                                (ReversedComm splits under it: a blocking collective)
 //   3. petsc_mu (sparse.cc)      PETSc and the sparse cache
 //   4. watch_mu, detached_mu     (wait.cc) leaves
+//      requests_mu               (p2p.cc, mpi_isend / mpi_irecv's requests) a leaf
 // Nothing in family.cc calls into checks.cc or sparse.cc: their state is
 // held as shared_ptr<void>, whose deleter they supply.
 #ifndef ADCME_MPI_OPS_FAMILY_H_

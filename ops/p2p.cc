@@ -4,11 +4,17 @@
 // pass (adcme_mpi/wrappers/p2p.py). A send made by a backward pass is
 // `detached`: it never blocks (it completes as later ops poll, or at
 // mpi_finalize), so no backward pass can wait on a send.
+// MPIIsend / MPIIrecv / MPIWait: the non-blocking pair and its wait (below).
+#include <cstdio>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/substitute.h"
+#include "c_api.h"
 #include "common.h"
 #include "tensorflow/core/framework/op.h"
 
@@ -18,6 +24,19 @@ namespace {
 absl::Status PointToPointShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 2));
   c->set_output(0, c->input(0));
+  return absl::OkStatus();
+}
+
+absl::Status HandleShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 1, 2));
+  c->set_output(0, c->Scalar());
+  return absl::OkStatus();
+}
+
+absl::Status WaitShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 0, 0));
+  TF_RETURN_IF_ERROR(ScalarInputs(c, 2, 3));
+  c->set_output(0, c->input(1));
   return absl::OkStatus();
 }
 
@@ -241,5 +260,236 @@ REGISTER_KERNEL_BUILDER(
     ADCME_MPI_CPU_KERNEL("MPIExchange").HostMemory("dest").HostMemory("source").HostMemory("tag"),
     ExchangeKernel);
 
+// ---- Non-blocking: MPIIsend / MPIIrecv post a message and return a handle,
+// MPIWait completes it. A handle is a float64 scalar holding a request id
+// (exact up to 2^53), so it is a tensor that gradients flow through: the
+// gradient of a handle is the handle of the adjoint message (a wait's
+// gradient posts it, the post's gradient waits on it; wrappers/p2p.py).
+// Requests live in one process-wide table with the tensors they use, so MPI
+// never touches memory TensorFlow has freed; a request never waited on is
+// reported at the end of the program (adcme_mpi_unwaited_requests).
+
+REGISTER_OP("MPIIsend")
+    .Input("a: T")
+    .Input("dest: int32")
+    .Input("tag: int32")
+    .Input("token: float")
+    .Output("handle: double")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<HandleShape>)
+    .Doc("Posts a send of `a` to `dest`; returns its handle (mpi_wait completes it).");
+
+REGISTER_OP("MPIIrecv")
+    .Input("a: T")
+    .Input("src: int32")
+    .Input("tag: int32")
+    .Input("token: float")
+    .Output("handle: double")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<HandleShape>)
+    .Doc(
+        "Posts a receive from `src` of a tensor shaped like the template `a`; returns its handle.");
+
+REGISTER_OP("MPIWait")
+    .Input("handle: double")
+    .Input("a: T")
+    .Input("peer: int32")
+    .Input("tag: int32")
+    .Input("token: float")
+    .Output("out: T")
+    .Output("token_out: float")
+    .Attr(ADCME_MPI_DATA_TYPES)
+    .Attr("send: bool")
+    .Attr("comm: int")
+    .Attr("grad_comm: int")
+    .SetIsStateful()
+    .SetShapeFn(WithToken<WaitShape>)
+    .Doc(
+        "Completes the request `handle` posted by MPIIsend (`send`; returns `a`, the tensor sent) "
+        "or MPIIrecv (returns what was received, shaped like its template `a`); `peer` and "
+        "`tag` are the post's.");
+
+struct PostedRequest {
+  MPI_Request request = MPI_REQUEST_NULL;
+  Tensor buffer;  // send: the input; receive: the buffer it receives into
+  bool send = false;
+  int peer = 0, tag = 0, count = 0;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  CallSite site;  // the posting op's
+};
+
+// Lock order: requests_mu is a leaf (family.h): nothing else is taken under it.
+std::mutex requests_mu;
+int64_t next_request_id = 1;  // under requests_mu; ids never repeat
+std::map<int64_t, PostedRequest>& Requests() {
+  static auto* requests = new std::map<int64_t, PostedRequest>();  // leaked: outlives exit hooks
+  return *requests;
+}
+
+std::string Describe(const PostedRequest& r) {
+  return absl::StrCat(r.site.Describe(),
+                      r.send ? " posted a send to rank " : " posted a receive from rank ", r.peer,
+                      " (tag ", r.tag, ", ", ShapeString(r.buffer.dtype(), r.buffer.shape()), ")");
+}
+
+// Posts the request and records it; the handle output gets its id.
+class PostKernel : public PointToPointKernel {
+ public:
+  PostKernel(OpKernelConstruction* c, const char* peer_name, bool send)
+      : PointToPointKernel(c, peer_name), send_(send) {}
+  absl::Status Transfer(OpKernelContext* ctx, const CallSite& site, const Tensor& a,
+                        MPI_Datatype type, int count, int peer, int tag) override {
+    Tensor* handle = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({}), &handle));
+    PostedRequest r;
+    r.send = send_;
+    r.peer = peer;
+    r.tag = tag;
+    r.count = count;
+    r.type = type;
+    r.site = site;
+    if (send_) {
+      r.buffer = a;  // kept alive by the table until the wait
+      TF_RETURN_IF_ERROR(site.Check(
+          MPI_Isend(DataOf(a), count, type, peer, tag, site.comm, &r.request), "MPI_Isend"));
+    } else {
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(a.dtype(), a.shape(), &r.buffer));
+      TF_RETURN_IF_ERROR(site.Check(
+          MPI_Irecv(DataOf(r.buffer), count, type, peer, tag, site.comm, &r.request), "MPI_Irecv"));
+    }
+    std::lock_guard<std::mutex> lock(requests_mu);
+    const int64_t id = next_request_id++;
+    Requests().emplace(id, std::move(r));
+    handle->scalar<double>()() = static_cast<double>(id);
+    return absl::OkStatus();
+  }
+
+ private:
+  const bool send_;
+};
+
+class IsendKernel : public PostKernel {
+ public:
+  explicit IsendKernel(OpKernelConstruction* c) : PostKernel(c, "dest", true) {}
+};
+
+class IrecvKernel : public PostKernel {
+ public:
+  explicit IrecvKernel(OpKernelConstruction* c) : PostKernel(c, "src", false) {}
+};
+
+class WaitKernel : public MpiKernel {
+ public:
+  explicit WaitKernel(OpKernelConstruction* c) : MpiKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("send", &send_));
+  }
+
+ protected:
+  absl::Status Run(OpKernelContext* ctx, const CallSite& site) final {
+    const double value = ctx->input(0).scalar<double>()();
+    const int64_t id = static_cast<int64_t>(value);
+    PostedRequest r;
+    {
+      std::lock_guard<std::mutex> lock(requests_mu);
+      auto it =
+          id >= 1 && static_cast<double>(id) == value ? Requests().find(id) : Requests().end();
+      if (it == Requests().end()) {
+        if (id >= 1 && id < next_request_id && static_cast<double>(id) == value)
+          return site.InvalidArgument(absl::StrCat(
+              "argument 'handle' = ", id,
+              " was already waited on (or its wait failed); wait on a handle exactly once"));
+        return site.InvalidArgument(absl::StrCat("argument 'handle' = ", value,
+                                                 " is not a handle from mpi_isend or mpi_irecv"));
+      }
+      r = std::move(it->second);
+      Requests().erase(it);  // taken: a second wait on it is an error, never a hang
+    }
+    // The wait completes the request, or abandons it with its buffer kept alive.
+    RequestSet requests(site);
+    requests.Keep(r.buffer);
+    *requests.Next(!r.send) = r.request;
+    TF_RETURN_IF_ERROR(requests.Posted(MPI_SUCCESS, r.send ? "MPI_Isend" : "MPI_Irecv"));
+    if (r.send != send_ || r.site.comm != site.comm || r.buffer.dtype() != ctx->input(1).dtype())
+      return site.InvalidArgument(absl::StrCat("argument 'handle' = ", id, " is ", Describe(r),
+                                               ", which this wait does not match"));
+    const std::string waiting_for = r.send ? absl::StrCat("rank ", r.peer, " to receive (tag ",
+                                                          r.tag, ") the message of ", r.site.op)
+                                           : absl::StrCat("rank ", r.peer, " to send (tag ", r.tag,
+                                                          ") the message of ", r.site.op);
+    std::vector<MPI_Status> statuses;
+    absl::Status status = requests.Wait(waiting_for, &statuses);
+    if (!r.send) {
+      // A receive cannot check the size before the message arrives (that
+      // would block the post): it is checked here. A longer message fails
+      // as truncated, a shorter one is counted.
+      int got = r.count;
+      if (status.ok())
+        TF_RETURN_IF_ERROR(site.Check(MPI_Get_count(&statuses[0], r.type, &got), "MPI_Get_count"));
+      if ((!status.ok() && !absl::IsFailedPrecondition(status)) || got != r.count)
+        return site.InvalidArgument(absl::StrCat(
+            "the message from rank ", r.peer, " (tag ", r.tag, ") does not match ", r.site.op,
+            "'s argument 'a' (", ShapeString(r.buffer.dtype(), r.buffer.shape()), ", ", r.count,
+            " elements): ",
+            status.ok() ? absl::StrCat("it holds ", got, " elements")
+            : absl::StrContains(status.message(), "truncat")
+                ? absl::StrCat("it holds more than ", r.count, " elements (truncated)")
+                : std::string(status.message()),
+            "; send and receive must agree on dtype and size"));
+    }
+    TF_RETURN_IF_ERROR(status);
+    ctx->set_output(0, r.send ? ctx->input(1) : r.buffer);
+    return absl::OkStatus();
+  }
+
+ private:
+  bool send_ = false;
+};
+
+REGISTER_KERNEL_BUILDER(
+    ADCME_MPI_CPU_KERNEL("MPIIsend").HostMemory("dest").HostMemory("tag").HostMemory("handle"),
+    IsendKernel);
+REGISTER_KERNEL_BUILDER(
+    ADCME_MPI_CPU_KERNEL("MPIIrecv").HostMemory("src").HostMemory("tag").HostMemory("handle"),
+    IrecvKernel);
+REGISTER_KERNEL_BUILDER(
+    ADCME_MPI_CPU_KERNEL("MPIWait").HostMemory("handle").HostMemory("peer").HostMemory("tag"),
+    WaitKernel);
+
 }  // namespace
 }  // namespace adcme_mpi
+
+// At the end of the program: requests posted by mpi_isend / mpi_irecv (or
+// their gradients) that nothing waited on. Writes the first into `buffer`
+// and returns how many. Receives are cancelled, and every request is handed
+// to the detached list with its buffer, so MPI never touches freed memory.
+ADCME_MPI_C_API int adcme_mpi_unwaited_requests(char* buffer, int length) {
+  using namespace adcme_mpi;
+  std::map<int64_t, PostedRequest> left;
+  {
+    std::lock_guard<std::mutex> lock(requests_mu);
+    left.swap(Requests());
+  }
+  if (left.empty()) return 0;
+  const PostedRequest& first = left.begin()->second;
+  std::snprintf(
+      buffer, length, "%s",
+      absl::StrCat(
+          Describe(first), " that was never waited on (handle ", left.begin()->first,
+          "); every handle of mpi_isend / mpi_irecv needs one mpi_wait",
+          left.size() > 1 ? absl::StrCat(" (", left.size(), " such handles)") : std::string())
+          .c_str());
+  for (auto& [id, r] : left) {
+    RequestSet requests(r.site);  // its destructor cancels the receive and detaches
+    requests.Keep(r.buffer);
+    *requests.Next(!r.send) = r.request;
+  }
+  return static_cast<int>(left.size());
+}

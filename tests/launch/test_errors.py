@@ -226,6 +226,45 @@ run(tf.gradients(tf.reduce_sum(u), x)[0])
         r"mpi_allreduce \(checked collective #5\); rank 1 is at mpi_sum \(checked collective #5\)",
     ),
     (
+        "isend never waited on",
+        2,
+        """
+h = am.mpi_isend(tf.ones(3), 1, tag=7) if r == 0 else am.mpi_irecv(tf.ones(3), 0, tag=7)
+run(h)
+if r == 1:
+    run(am.mpi_wait(h))   # rank 0 never waits on its send
+""",
+        r"adcme_mpi \(rank 0\): mpi_isend \(rank 0 of 2\) posted a send to rank 1 \(tag 7, "
+        r"float\[3\]\) that was never waited on \(handle \d+\)",
+    ),
+    (
+        "irecv never waited on (mpi_finalize)",
+        2,
+        """
+h = am.mpi_isend(tf.ones(3), 1, tag=8) if r == 0 else am.mpi_irecv(tf.ones(3), 0, tag=8)
+run(am.mpi_wait(h) if r == 0 else h)
+am.mpi_finalize()
+""",
+        r"adcme_mpi \(rank 1\): mpi_irecv \(rank 1 of 2\) posted a receive from rank 0 \(tag 8, "
+        r"float\[3\]\) that was never waited on",
+    ),
+    (
+        "handle waited on twice",
+        2,
+        """
+h = am.mpi_isend(tf.ones(3), 1 - r, tag=9); g = am.mpi_irecv(tf.ones(3), 1 - r, tag=9)
+run([am.mpi_wait(g), am.mpi_wait(h)])
+run(am.mpi_wait(h))
+""",
+        r"mpi_wait \(rank \d of 2\): argument 'handle' = \d+ was already waited on",
+    ),
+    (
+        "isend partner out of range (tensor)",
+        2,
+        "run(am.mpi_isend(tf.ones(3), tf.constant(2)))",
+        r"mpi_isend \(rank \d of 2\): argument 'dest' = 2 is out of range \[0, 1\]",
+    ),
+    (
         "op created after mpi_finalize",
         2,
         "am.mpi_finalize(); am.mpi_sum(tf.ones(2))",

@@ -23,6 +23,16 @@ def p2p(t):
     return tf.identity(t)
 
 
+def nonblocking_ring(t):
+    """Posts to the right and from the left, then the waits. (Two terms, in
+    the value and in the gradient: a sum that no mode can reorder.)"""
+    if SIZE == 1:
+        return tf.identity(t)
+    hs = am.mpi_isend(t, (RANK + 1) % SIZE, tag=4)
+    hr = am.mpi_irecv(t, (RANK - 1) % SIZE, tag=4)
+    return am.mpi_wait(hr) + 0.5 * am.mpi_wait(hs)
+
+
 def stripe():
     lo, hi = helpers.sparse_rows()
     return (hi - lo + 1,)
@@ -89,6 +99,9 @@ CASES = {
                 t, RANK + 1 if RANK + 1 < SIZE else None, RANK - 1 if RANK else None
             ),
         ),
+    },
+    ("mpi_isend", "mpi_irecv", "mpi_wait"): {
+        "isend_irecv_wait": ((5,), (5,), lambda t: nonblocking_ring(t)),
     },
     "mpi_sendrecv": {
         "sendrecv": ((5,), (5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t)

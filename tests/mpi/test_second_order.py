@@ -23,6 +23,16 @@ def ring(t):
     return sent * got + got
 
 
+def nonblocking_ring(t):
+    """Posts to the right and from the left; waits in the opposite order."""
+    if SIZE == 1:
+        return t * 1.0
+    hs = am.mpi_isend(t, (RANK + 1) % SIZE, tag=4)
+    hr = am.mpi_irecv(t, (RANK - 1) % SIZE, tag=4)
+    sent = am.mpi_wait(hs)
+    return am.mpi_wait(hr) * sent + sent
+
+
 def stripe():
     lo, hi = helpers.sparse_rows()
     return (hi - lo + 1,)
@@ -73,6 +83,9 @@ CASES = {
     ("mpi_send", "mpi_recv"): {"send_recv_ring": ((5,), ring)},
     "mpi_exchange": {
         "exchange_ring": ((5,), lambda t: am.mpi_exchange(t, (RANK + 1) % SIZE, (RANK - 1) % SIZE))
+    },
+    ("mpi_isend", "mpi_irecv", "mpi_wait"): {
+        "isend_irecv_wait": ((5,), lambda t: nonblocking_ring(t))
     },
     "mpi_sendrecv": {
         "sendrecv": ((5,), lambda t: am.mpi_sendrecv(t, 0, SIZE - 1) if SIZE > 1 else t * 1.0)
