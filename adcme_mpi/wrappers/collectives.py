@@ -14,6 +14,18 @@ forward ops too: one sum or allgather of the cotangent stacked with what the
 local derivative needs (the extremum's mask and its ties; the other ranks'
 factors, so a product with zeros is exact without division). mpi_scan's
 other reductions are forward only.
+
+dtypes: float32, float64, int32, int64, float16, bfloat16, complex64 and
+complex128 everywhere. float16 and bfloat16 move as 2-byte words; their
+reductions (every op, in mpi_sum, mpi_allreduce, mpi_reduce_scatter and
+mpi_scan) accumulate in float32 inside the kernel and round once to the
+dtype. Complex tensors reduce with "sum", "mean" and "prod" ("max" and "min"
+are an error: complex numbers are not ordered). Gradients exist for the
+float and complex dtypes, in TensorFlow's convention for complex values (the
+conjugate of d loss / dz, as tf.GradientTape gives for a holomorphic map):
+every map here but the product is linear with real coefficients, so its
+adjoint is the same as for real values; the product's local derivative is
+conjugated.
 """
 
 import numpy as np
@@ -35,13 +47,24 @@ def _reduce(site, a, op, kernel, deps):
         raise site.error(
             ValueError, f"argument 'op' = {op!r} is not one of {', '.join(REDUCTIONS)}"
         )
-    if op == "mean" and not a.dtype.is_floating:
+    if op == "mean" and not (a.dtype.is_floating or a.dtype.is_complex):
         raise site.error(TypeError, f"op='mean' needs a float dtype, got {a.dtype.name}")
+    _ordered(site, a, op)
     reduction = "sum" if op == "mean" else op
     out = ordering.run_in_order(lambda token: kernel(token, reduction), deps)[0]
     # (a product with the reciprocal: graph optimisation turns a division by a
     # constant into one, and every mode must compute the same bits)
     return out * tf.constant(1.0 / site.size, a.dtype) if op == "mean" else out
+
+
+def _ordered(site, a, op):
+    """max and min need ordered values: not complex ones (MPI refuses them too)."""
+    if a.dtype.is_complex and op in ("max", "min"):
+        raise site.error(
+            TypeError,
+            f"argument 'op' = '{op}' is not defined for {a.dtype.name} (complex numbers are not "
+            "ordered); use sum, mean or prod",
+        )
 
 
 def _rooted(name, kernel, doc):
@@ -257,6 +280,7 @@ def mpi_scan(a, op="sum", exclusive=False, *, comm=None, deps=None, name=None):
         raise site.error(
             TypeError, f"argument 'exclusive' must be a Python bool, got {exclusive!r}"
         )
+    _ordered(site, a, op)
     return ordering.run_in_order(
         lambda token: lib.mpi_scan(
             a, token, reduction=op, exclusive=bool(exclusive), name=name, **site.comm_attrs
@@ -404,8 +428,8 @@ def _mpi_sum_grad(op, grad, token_grad):
     stacked = tf.expand_dims(tf.stack([g * is_root, y * is_root, a]), 0)
     rows, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_allgather(stacked, t, **c))
     upstream, result = tf.reduce_sum(rows[:, 0], 0), tf.reduce_sum(rows[:, 1], 0)
-    if reduction == "prod":
-        return upstream * _others_product(rows[:, 2], _rank_of(op)), None, token
+    if reduction == "prod":  # (conj: TF's convention for complex; the identity for real)
+        return upstream * tf.math.conj(_others_product(rows[:, 2], _rank_of(op))), None, token
     holds = tf.cast(tf.equal(a, result), g.dtype)
     ties = tf.reduce_sum(tf.cast(tf.equal(rows[:, 2], result), g.dtype), 0)
     return upstream * holds / ties, None, token
@@ -423,7 +447,8 @@ def _mpi_allreduce_grad(op, grad, token_grad):
     if reduction == "prod":
         stacked = tf.expand_dims(tf.stack([g, a]), 0)
         rows, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_allgather(stacked, t, **c))
-        return tf.reduce_sum(rows[:, 0], 0) * _others_product(rows[:, 1], _rank_of(op)), token
+        others = tf.math.conj(_others_product(rows[:, 1], _rank_of(op)))  # (as in mpi_sum's)
+        return tf.reduce_sum(rows[:, 0], 0) * others, token
     holds = tf.cast(tf.equal(a, y), g.dtype)
     sums, token = adjoint(
         op, token_grad, lambda t, **c: lib.mpi_allreduce(tf.stack([g, holds]), t, **c)
