@@ -91,12 +91,15 @@ def mpi_sum(a, root=0, *, op="sum", comm=None, deps=None, name=None):
     its local derivative: 1 (sum), 1/size (mean), for max and min the mask
     of where this rank holds the extremum, split equally among ties (as
     tf.reduce_max), for prod the product of the other ranks' values (exact
-    with zeros). int dtypes are forward only.
+    with zeros; conjugated for complex values, TensorFlow's convention).
+    int dtypes are forward only. float16 and bfloat16 accumulate in float32
+    and round once; complex values have no "max" or "min" (an error).
 
     Example::
 
         L = am.mpi_sum(tf.constant(2.0) ** am.mpi_rank())   # rank 0: sum of 2^r
         top = am.mpi_sum(tf.constant([1.0, 5.0]) * am.mpi_rank(), op="max")
+        z = am.mpi_sum(tf.complex(1.0, float(am.mpi_rank())), op="prod")   # complex64
     """
     site = CallSite("mpi_sum", comm, collective=True)
     a = site.data("a", a)
@@ -165,12 +168,16 @@ def mpi_allreduce(a, *, op="sum", comm=None, deps=None, name=None):
     Gradient: the sum over ranks of the upstream gradients (an allreduce),
     times the local derivative as for mpi_sum: 1/size for mean, the
     extremum's mask split among ties for max and min, the other ranks'
-    product for prod (exact with zeros). int dtypes are forward only.
+    product for prod (exact with zeros; conjugated for complex values). int
+    dtypes are forward only. float16 and bfloat16 accumulate in float32 and
+    round once (the result keeps the dtype); complex values have no "max"
+    or "min" (an error).
 
     Example::
 
         total = am.mpi_allreduce(tf.constant([1.0, 2.0]) * am.mpi_rank())
         worst = am.mpi_allreduce(loss, op="max")
+        half = am.mpi_allreduce(tf.ones([4], tf.float16))   # float16, summed in float32
     """
     site = CallSite("mpi_allreduce", comm, collective=True)
     a = site.data("a", a)
@@ -214,6 +221,8 @@ def mpi_reduce_scatter(a, op="sum", counts=None, *, comm=None, deps=None, name=N
 
     Gradient (sum and mean): an allgather of the upstream gradients. The
     other reductions are forward only here (a clear error if differentiated).
+    float16 and bfloat16 accumulate in float32; complex values reduce with
+    sum, mean or prod only.
 
     Example::
 
@@ -264,7 +273,9 @@ def mpi_scan(a, op="sum", exclusive=False, *, comm=None, deps=None, name=None):
     order, rank r getting the sum over ranks k >= r of theirs (exclusive:
     k > r), exact (no difference of sums), on the gradient communicator; its
     own gradient is the forward scan again, so second derivatives compose.
-    The other reductions are forward only (an error if differentiated), as
+    float16 and bfloat16 scan in float32 and round once; complex values
+    scan with sum or prod only. The other reductions are forward only (an
+    error if differentiated), as
     are int dtypes.
 
     Example::
