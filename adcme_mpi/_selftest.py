@@ -1,6 +1,8 @@
 """The self-test `python -m adcme_mpi --check` runs under mpiexec: every op
 forward (against NumPy, from every rank's input) and backward (a dot-product
-test with different cotangents per rank), in graph mode. Rank 0 prints one
+test with different cotangents per rank), in graph mode, in float64 and (the
+collectives and point-to-point ops) complex128, whose dot-product test uses
+complex cotangents and the conjugating inner product. Rank 0 prints one
 "selftest <op> ok|FAILED ..." line per op; the exit status is 0 only if all pass."""
 
 import sys
@@ -151,22 +153,33 @@ CASES = {
 }
 
 
-def run_case(shape, op, reference):
+# The cases also run in complex128 (the halo exchange and the sparse ops are
+# real only).
+REAL_ONLY = ("mpi_halo_exchange", "mpi_sparse_matvec", "mpi_sparse_solve")
+
+
+def run_case(shape, op, reference, complex_values=False):
     rng = np.random.default_rng([7, RANK])  # different on every rank
-    x, v = rng.standard_normal(shape), rng.standard_normal(shape)
+
+    def draw(shape):
+        x = rng.standard_normal(shape)
+        return x + 1j * rng.standard_normal(shape) if complex_values else x
+
+    x, v = draw(shape), draw(shape)
     xs = COMM.allgather(x)
     with tf.Graph().as_default():
         xt, vt = tf.constant(x), tf.constant(v)
         y = op(xt)
-        w = rng.standard_normal(y.shape.as_list())  # the cotangent
+        w = draw(y.shape.as_list())  # the cotangent
         (g,) = tf.gradients(y, xt, grad_ys=tf.constant(w))
         opv = op(vt)
         with am.Session() as sess:
             y_, g_, opv_ = sess.run([y, g, opv])
     forward_error = float(np.max(np.abs(y_ - reference(xs))))
     # the adjoint identity: sum over ranks of <g, v> equals that of <w, op(v)>
-    lhs = COMM.allreduce(float(np.vdot(g_, v)))
-    rhs = COMM.allreduce(float(np.vdot(w, opv_)))
+    # (<a, b> = sum conj(a) b: for complex values g = J^H w, TF's convention)
+    lhs = COMM.allreduce(complex(np.vdot(g_, v)))
+    rhs = COMM.allreduce(complex(np.vdot(w, opv_)))
     adjoint_error = abs(lhs - rhs) / max(abs(lhs), abs(rhs), 1.0)
     return COMM.allreduce(forward_error, op=MPI.MAX), adjoint_error
 
@@ -182,9 +195,14 @@ def main():
             if any(row.needs_petsc for row in OPS if row.case == name):
                 am.petsc_info()  # raises PETScUnavailableError where they were not built
             forward, adjoint = run_case(shape, op, reference)
+            dtypes = "float64"
+            if name not in REAL_ONLY:
+                errors = run_case(shape, op, reference, complex_values=True)
+                forward, adjoint = max(forward, errors[0]), max(adjoint, errors[1])
+                dtypes += " and complex128"
             ok = forward < 1e-12 and adjoint < 1e-11
             verdict = "ok" if ok else "FAILED"
-            text = f"forward error {forward:.1e}, adjoint error {adjoint:.1e}"
+            text = f"forward error {forward:.1e}, adjoint error {adjoint:.1e}, {dtypes}"
         except am.PETScUnavailableError:
             ok, verdict, text = True, "skipped", "the sparse ops were not built: no PETSc"
         except Exception as err:  # report, then let every rank reach the end

@@ -324,7 +324,9 @@ MESSAGES = {
 SOLVERS = ("BoomerAMG", "GAMG", "GMRES", "CG")
 
 TYPES = frozenset(op.type for op in OPS)
-DATA_DTYPES = "float32, float64, int32, int64"
+DATA_DTYPES = "float32, float64, int32, int64, float16, bfloat16, complex64, complex128"
+# The halo exchange's (its gradient kernel is float32/float64 only).
+HALO_DTYPES = "float32, float64, int32, int64"
 
 
 def by_type(op_type):

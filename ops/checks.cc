@@ -45,6 +45,7 @@
 #include "checks.h"
 
 #include <algorithm>
+#include <complex>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -107,7 +108,13 @@ void CombinePackets(void* in_v, void* inout_v, int* len, MPI_Datatype*) {
         case tensorflow::DT_DOUBLE: AddInto<double>(in->data, inout->data, inout->count); break;
         case tensorflow::DT_INT32: AddInto<int32_t>(in->data, inout->data, inout->count); break;
         case tensorflow::DT_INT64: AddInto<int64_t>(in->data, inout->data, inout->count); break;
-        default: break;
+        case tensorflow::DT_COMPLEX64:
+          AddInto<std::complex<float>>(in->data, inout->data, inout->count);
+          break;
+        case tensorflow::DT_COMPLEX128:
+          AddInto<std::complex<double>>(in->data, inout->data, inout->count);
+          break;
+        default: break;  // (float16/bfloat16 sums arrive widened to float32)
       }
     }
   }

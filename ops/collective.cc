@@ -6,6 +6,7 @@
 // Alltoall (with the transposed splits), Scan <-> Scan in reverse rank order
 // (sums only).
 #include <algorithm>
+#include <complex>
 #include <cstring>
 #include <limits>
 
@@ -255,6 +256,64 @@ struct Reduction {
   }
 };
 
+// float16 and bfloat16 reduce in float32 (MPI has no 2-byte float
+// arithmetic, and a sum rounded to 8 or 11 bits at every rank would lose the
+// small terms): a reducing kernel widens its input into a float32 buffer,
+// reduces that, and rounds once into the output. max and min are exact so;
+// a prod is rounded once instead of once per rank.
+bool IsNarrow(DataType t) { return t == tensorflow::DT_HALF || t == tensorflow::DT_BFLOAT16; }
+
+absl::Status Widen(OpKernelContext* ctx, const Tensor& a, Tensor* wide) {
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, a.shape(), wide));
+  if (a.dtype() == tensorflow::DT_HALF) {
+    wide->flat<float>() = a.flat<Eigen::half>().cast<float>();
+  } else {
+    wide->flat<float>() = a.flat<tensorflow::bfloat16>().cast<float>();
+  }
+  return absl::OkStatus();
+}
+
+void Narrow(const Tensor& wide, Tensor* out) {
+  if (out->dtype() == tensorflow::DT_HALF) {
+    out->flat<Eigen::half>() = wide.flat<float>().cast<Eigen::half>();
+  } else {
+    out->flat<tensorflow::bfloat16>() = wide.flat<float>().cast<tensorflow::bfloat16>();
+  }
+}
+
+// What a reducing kernel reduces: `a` itself, or for float16/bfloat16 its
+// float32 widening (`wide`). `type` is the MPI datatype of `data`.
+struct Reduced {
+  const Tensor* data = nullptr;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  Tensor wide;
+  bool narrow = false;
+};
+
+// max and min of complex numbers are undefined (MPI refuses them too);
+// the Python wrappers say so first, this is for the raw ops.
+absl::Status ReducibleAs(OpKernelContext* ctx, const CallSite& site, const std::string& reduction,
+                         const Tensor& a, MPI_Datatype type, Reduced* r) {
+  if (a.dtype() == tensorflow::DT_COMPLEX64 || a.dtype() == tensorflow::DT_COMPLEX128) {
+    if (reduction == "max" || reduction == "min")
+      return site.InvalidArgument(absl::StrCat("argument 'op' = '", reduction,
+                                               "' is not defined for ",
+                                               tensorflow::DataTypeString(a.dtype()),
+                                               " (complex numbers are not ordered); use sum, "
+                                               "mean or prod"));
+  }
+  r->narrow = IsNarrow(a.dtype());
+  if (!r->narrow) {
+    r->data = &a;
+    r->type = type;
+    return absl::OkStatus();
+  }
+  TF_RETURN_IF_ERROR(Widen(ctx, a, &r->wide));
+  r->data = &r->wide;
+  r->type = MPI_FLOAT;
+  return absl::OkStatus();
+}
+
 std::string ReductionAttr(OpKernelConstruction* c) {
   std::string name = "sum";
   const absl::Status status = c->GetAttr("reduction", &name);
@@ -304,37 +363,47 @@ class RootedKernel : public MpiKernel {
 class SumKernel : public RootedKernel {
  public:
   explicit SumKernel(OpKernelConstruction* c)
-      : RootedKernel(c, OpKind::kMPISum), reduction_(ReductionAttr(c)) {}
+      : RootedKernel(c, OpKind::kMPISum), name_(ReductionAttr(c)), reduction_(name_) {}
   absl::Status RunRooted(OpKernelContext* ctx, const CallSite& site, int root,
                          const Operand& a) override {
+    Reduced r;
+    TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name_, *a.tensor, a.type, &r));
     Tensor* out = nullptr;
     const bool is_root = site.rank == root;
-    // Root: reduce in place into the input's buffer when TF can hand it over.
+    // Root: reduce in place into the input's buffer when TF can hand it over
+    // (a widened input: in place into the float32 buffer, rounded after).
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+    char* result = r.narrow ? DataOf(r.wide) : DataOf(*out);
     Carried carried;
-    carried.input = a.tensor;
+    carried.input = r.data;
     carried.sum = true;
-    carried.output = DataOf(*out);
+    carried.output = result;
     // (small sums ride in the check's reduction; other reductions do not)
     TF_RETURN_IF_ERROR(CheckAcrossRanks(
         site, root, a, reduction_.op == MPI_SUM ? &carried : nullptr, reduction_.AsAlike()));
     if (!carried.done) {
-      const bool in_place = DataOf(*out) == DataOf(*a.tensor);
+      const bool in_place = result == DataOf(*r.data);
       RequestSet requests(site);
       requests.Keep(*a.tensor);
+      requests.Keep(*r.data);
       requests.Keep(*out);
       TF_RETURN_IF_ERROR(
-          requests.Posted(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*a.tensor),
-                                      is_root ? DataOf(*out) : nullptr, a.count, a.type,
-                                      reduction_.op, root, site.comm, requests.Next()),
+          requests.Posted(MPI_Ireduce(is_root && in_place ? MPI_IN_PLACE : DataOf(*r.data),
+                                      is_root ? result : nullptr, a.count, r.type, reduction_.op,
+                                      root, site.comm, requests.Next()),
                           "MPI_Ireduce"));
       TF_RETURN_IF_ERROR(requests.Wait("every rank to join the reduction"));
     }
-    if (!is_root) ZeroFill(out);
+    if (!is_root) {
+      ZeroFill(out);
+    } else if (r.narrow) {
+      Narrow(r.wide, out);
+    }
     return absl::OkStatus();
   }
 
  private:
+  const std::string name_;
   const Reduction reduction_;
 };
 
@@ -424,33 +493,43 @@ class ScatterKernel : public RootedKernel {
 
 class AllreduceKernel : public MpiKernel {
  public:
-  explicit AllreduceKernel(OpKernelConstruction* c) : MpiKernel(c), reduction_(ReductionAttr(c)) {}
+  explicit AllreduceKernel(OpKernelConstruction* c)
+      : MpiKernel(c), name_(ReductionAttr(c)), reduction_(name_) {}
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
     Operand a;
     TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    Reduced r;
+    TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name_, *a.tensor, a.type, &r));
     Tensor* out = nullptr;
-    // Reuse the input buffer when TF lets us (it is not needed elsewhere).
+    // Reuse the input buffer when TF lets us (it is not needed elsewhere);
+    // a widened input is reduced in place in its float32 buffer.
     TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+    char* result = r.narrow ? DataOf(r.wide) : DataOf(*out);
     Carried carried;
-    carried.input = a.tensor;
+    carried.input = r.data;
     carried.sum = true;
-    carried.output = DataOf(*out);
+    carried.output = result;
     TF_RETURN_IF_ERROR(CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1,
                                             reduction_.op == MPI_SUM ? &carried : nullptr,
                                             reduction_.AsAlike()));
-    if (carried.done) return absl::OkStatus();
-    const bool in_place = DataOf(*out) == DataOf(*a.tensor);
-    RequestSet requests(site);
-    requests.Keep(*a.tensor);
-    requests.Keep(*out);
-    TF_RETURN_IF_ERROR(
-        requests.Posted(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*a.tensor), DataOf(*out),
-                                       a.count, a.type, reduction_.op, site.comm, requests.Next()),
-                        "MPI_Iallreduce"));
-    return requests.Wait("every rank to join the allreduce");
+    if (!carried.done) {
+      const bool in_place = result == DataOf(*r.data);
+      RequestSet requests(site);
+      requests.Keep(*a.tensor);
+      requests.Keep(*r.data);
+      requests.Keep(*out);
+      TF_RETURN_IF_ERROR(
+          requests.Posted(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*r.data), result, a.count,
+                                         r.type, reduction_.op, site.comm, requests.Next()),
+                          "MPI_Iallreduce"));
+      TF_RETURN_IF_ERROR(requests.Wait("every rank to join the allreduce"));
+    }
+    if (r.narrow) Narrow(r.wide, out);
+    return absl::OkStatus();
   }
 
  private:
+  const std::string name_;
   const Reduction reduction_;
 };
 
@@ -532,10 +611,12 @@ class AllgatherKernel : public MpiKernel {
 class ReduceScatterKernel : public MpiKernel {
  public:
   explicit ReduceScatterKernel(OpKernelConstruction* c)
-      : MpiKernel(c), reduction_(ReductionAttr(c)) {}
+      : MpiKernel(c), name_(ReductionAttr(c)), reduction_(name_) {}
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
     Operand a;
     TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    Reduced r;
+    TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name_, *a.tensor, a.type, &r));
     const Tensor& given = ctx->input(1);
     if (a.tensor->dims() == 0)
       return site.InvalidArgument("argument 'a' must have at least one dimension, got a scalar");
@@ -585,17 +666,24 @@ class ReduceScatterKernel : public MpiKernel {
     shape.set_dim(0, rows[site.rank]);
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    Tensor wide_out;  // (a widened input's float32 part, rounded into out after)
+    if (r.narrow) TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, shape, &wide_out));
+    const Tensor& part = r.narrow ? wide_out : *out;
     RequestSet requests(site);
     requests.Keep(*a.tensor);
-    requests.Keep(*out);
+    requests.Keep(*r.data);
+    requests.Keep(part);
     TF_RETURN_IF_ERROR(
-        requests.Posted(MPI_Ireduce_scatter(DataOf(*a.tensor), DataOf(*out), counts.data(), a.type,
+        requests.Posted(MPI_Ireduce_scatter(DataOf(*r.data), DataOf(part), counts.data(), r.type,
                                             reduction_.op, site.comm, requests.Next()),
                         "MPI_Ireduce_scatter"));
-    return requests.Wait("every rank to join the reduce-scatter");
+    TF_RETURN_IF_ERROR(requests.Wait("every rank to join the reduce-scatter"));
+    if (r.narrow) Narrow(wide_out, out);
+    return absl::OkStatus();
   }
 
  private:
+  const std::string name_;
   const Reduction reduction_;
 };
 
@@ -625,8 +713,14 @@ class ScanKernel : public MpiKernel {
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
     Operand a;
     TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    Reduced r;
+    TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name_, *a.tensor, a.type, &r));
     Tensor* out = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output(0, a.tensor->shape(), &out));
+    Tensor wide_out;  // (a widened input's float32 scan, rounded into out after)
+    if (r.narrow)
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, a.tensor->shape(), &wide_out));
+    Tensor* scanned = r.narrow ? &wide_out : out;
     // the reduction, inclusive or exclusive, and the direction: one word
     Alike alike;
     alike.name = "op' and 'exclusive";
@@ -646,26 +740,30 @@ class ScanKernel : public MpiKernel {
     const bool first = (reverse_ ? site.size - 1 - site.rank : site.rank) == 0;
     RequestSet requests(site);
     requests.Keep(*a.tensor);
-    requests.Keep(*out);
+    requests.Keep(*r.data);
+    requests.Keep(*scanned);
     if (exclusive_) {
-      TF_RETURN_IF_ERROR(requests.Posted(MPI_Iexscan(DataOf(*a.tensor), DataOf(*out), a.count,
-                                                     a.type, reduction_.op, comm, requests.Next()),
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Iexscan(DataOf(*r.data), DataOf(*scanned), a.count,
+                                                     r.type, reduction_.op, comm, requests.Next()),
                                          "MPI_Iexscan"));
     } else {
-      TF_RETURN_IF_ERROR(requests.Posted(MPI_Iscan(DataOf(*a.tensor), DataOf(*out), a.count, a.type,
-                                                   reduction_.op, comm, requests.Next()),
+      TF_RETURN_IF_ERROR(requests.Posted(MPI_Iscan(DataOf(*r.data), DataOf(*scanned), a.count,
+                                                   r.type, reduction_.op, comm, requests.Next()),
                                          "MPI_Iscan"));
     }
     TF_RETURN_IF_ERROR(requests.Wait("every rank to join the scan"));
     // MPI leaves the exclusive scan's first rank undefined
     if (exclusive_ && first) {
-      switch (a.tensor->dtype()) {
-        case tensorflow::DT_FLOAT: FillIdentity<float>(name_, out); break;
-        case tensorflow::DT_DOUBLE: FillIdentity<double>(name_, out); break;
-        case tensorflow::DT_INT32: FillIdentity<int32_t>(name_, out); break;
-        default: FillIdentity<int64_t>(name_, out); break;
+      switch (scanned->dtype()) {
+        case tensorflow::DT_FLOAT: FillIdentity<float>(name_, scanned); break;
+        case tensorflow::DT_DOUBLE: FillIdentity<double>(name_, scanned); break;
+        case tensorflow::DT_INT32: FillIdentity<int32_t>(name_, scanned); break;
+        case tensorflow::DT_COMPLEX64: FillIdentity<std::complex<float>>(name_, scanned); break;
+        case tensorflow::DT_COMPLEX128: FillIdentity<std::complex<double>>(name_, scanned); break;
+        default: FillIdentity<int64_t>(name_, scanned); break;
       }
     }
+    if (r.narrow) Narrow(wide_out, out);
     return absl::OkStatus();
   }
 

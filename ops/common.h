@@ -52,7 +52,13 @@ absl::Status ScalarInputs(InferenceContext* c, int first, int last);
 }  // namespace adcme_mpi
 
 // Interface shared by every op: data types, communicators, the token.
-#define ADCME_MPI_DATA_TYPES "T: {float, double, int32, int64}"
+// float16/bfloat16 travel as 2-byte words and reduce in float32 (collective.cc,
+// Widened); complex64/128 as MPI's C complex types (sum and prod only).
+#define ADCME_MPI_DATA_TYPES \
+  "T: {float, double, int32, int64, half, bfloat16, complex64, complex128}"
+// The halo exchange's: its gradient kernel adds in T and exists for float and
+// double only, so the new dtypes are not offered there.
+#define ADCME_MPI_HALO_TYPES "T: {float, double, int32, int64}"
 
 // Kernel registration: CPU, with the small scalar inputs in host memory.
 #define ADCME_MPI_CPU_KERNEL(op) \

@@ -87,6 +87,13 @@ absl::Status DatatypeArg(const CallSite& site, const char* arg, const Tensor& t,
     case tensorflow::DT_DOUBLE: *out = MPI_DOUBLE; return absl::OkStatus();
     case tensorflow::DT_INT32: *out = MPI_INT32_T; return absl::OkStatus();
     case tensorflow::DT_INT64: *out = MPI_INT64_T; return absl::OkStatus();
+    // 2-byte floats move as raw 2-byte words (MPI has no float16); the
+    // reducing kernels widen them to float32 first (collective.cc, Widened)
+    case tensorflow::DT_HALF:
+    case tensorflow::DT_BFLOAT16: *out = MPI_UINT16_T; return absl::OkStatus();
+    // MPI_SUM and MPI_PROD are defined on these; MPI_MAX and MPI_MIN are not
+    case tensorflow::DT_COMPLEX64: *out = MPI_C_FLOAT_COMPLEX; return absl::OkStatus();
+    case tensorflow::DT_COMPLEX128: *out = MPI_C_DOUBLE_COMPLEX; return absl::OkStatus();
     default:
       return site.InvalidArgument(absl::Substitute(
           messages::kDtype, arg, tensorflow::DataTypeString(t.dtype()), messages::kDataDtypes));

@@ -27,8 +27,16 @@ def cotangent(op, grad, index=0):
     return tf.zeros_like(op.outputs[index])
 
 
+# The dtypes whose ops have gradients (int dtypes are forward only). The ops'
+# maps are linear with real coefficients (sums, copies, permutations), so
+# their adjoints hold for complex values unchanged under TensorFlow's
+# convention (a gradient is the conjugate of d loss / dz); the product's
+# local derivative is conjugated where it is used (collectives.py).
+DIFFERENTIABLE = (tf.float32, tf.float64, tf.float16, tf.bfloat16, tf.complex64, tf.complex128)
+
+
 def differentiable(op, index=0):
-    return op.outputs[index].dtype in (tf.float32, tf.float64)
+    return op.outputs[index].dtype in DIFFERENTIABLE
 
 
 def _is_filler(token_grad):

@@ -10,7 +10,8 @@ from .. import _tf_private, runtime
 from ..op_table import DATA_DTYPES as DATA_DTYPE_NAMES
 from ..op_table import message
 
-DATA_DTYPES = (tf.float32, tf.float64, tf.int32, tf.int64)
+# (in op_table.DATA_DTYPES' order: the messages list them so)
+DATA_DTYPES = tuple(tf.as_dtype(name) for name in DATA_DTYPE_NAMES.split(", "))
 
 
 def _static_int(value):
@@ -59,17 +60,15 @@ class CallSite:
         """The communicators of the forward op and of its gradient ops."""
         return {"comm": self.pair.forward_handle, "grad_comm": self.pair.backward_handle}
 
-    def data(self, arg, value, dtype=None):
-        """`value` as a tensor of a supported dtype."""
+    def data(self, arg, value, dtype=None, names=DATA_DTYPE_NAMES):
+        """`value` as a tensor of a supported dtype (`names`: the op's, as
+        op_table lists them)."""
         try:
             t = tf.convert_to_tensor(value, dtype=dtype)
         except (TypeError, ValueError) as err:
             raise self.error(TypeError, f"argument '{arg}' cannot be a tensor: {err}") from None
-        if t.dtype not in DATA_DTYPES:
-            raise self.error(
-                TypeError,
-                message("dtype", arg, t.dtype.name, DATA_DTYPE_NAMES),
-            )
+        if t.dtype.name not in names.split(", "):
+            raise self.error(TypeError, message("dtype", arg, t.dtype.name, names))
         return t
 
     def int_arg(self, arg, value, lo, hi):

@@ -14,6 +14,18 @@ forward ops too: one sum or allgather of the cotangent stacked with what the
 local derivative needs (the extremum's mask and its ties; the other ranks'
 factors, so a product with zeros is exact without division). mpi_scan's
 other reductions are forward only.
+
+dtypes: float32, float64, int32, int64, float16, bfloat16, complex64 and
+complex128 everywhere. float16 and bfloat16 move as 2-byte words; their
+reductions (every op, in mpi_sum, mpi_allreduce, mpi_reduce_scatter and
+mpi_scan) accumulate in float32 inside the kernel and round once to the
+dtype. Complex tensors reduce with "sum", "mean" and "prod" ("max" and "min"
+are an error: complex numbers are not ordered). Gradients exist for the
+float and complex dtypes, in TensorFlow's convention for complex values (the
+conjugate of d loss / dz, as tf.GradientTape gives for a holomorphic map):
+every map here but the product is linear with real coefficients, so its
+adjoint is the same as for real values; the product's local derivative is
+conjugated.
 """
 
 import numpy as np
@@ -35,13 +47,24 @@ def _reduce(site, a, op, kernel, deps):
         raise site.error(
             ValueError, f"argument 'op' = {op!r} is not one of {', '.join(REDUCTIONS)}"
         )
-    if op == "mean" and not a.dtype.is_floating:
+    if op == "mean" and not (a.dtype.is_floating or a.dtype.is_complex):
         raise site.error(TypeError, f"op='mean' needs a float dtype, got {a.dtype.name}")
+    _ordered(site, a, op)
     reduction = "sum" if op == "mean" else op
     out = ordering.run_in_order(lambda token: kernel(token, reduction), deps)[0]
     # (a product with the reciprocal: graph optimisation turns a division by a
     # constant into one, and every mode must compute the same bits)
     return out * tf.constant(1.0 / site.size, a.dtype) if op == "mean" else out
+
+
+def _ordered(site, a, op):
+    """max and min need ordered values: not complex ones (MPI refuses them too)."""
+    if a.dtype.is_complex and op in ("max", "min"):
+        raise site.error(
+            TypeError,
+            f"argument 'op' = '{op}' is not defined for {a.dtype.name} (complex numbers are not "
+            "ordered); use sum, mean or prod",
+        )
 
 
 def _rooted(name, kernel, doc):
@@ -68,12 +91,15 @@ def mpi_sum(a, root=0, *, op="sum", comm=None, deps=None, name=None):
     its local derivative: 1 (sum), 1/size (mean), for max and min the mask
     of where this rank holds the extremum, split equally among ties (as
     tf.reduce_max), for prod the product of the other ranks' values (exact
-    with zeros). int dtypes are forward only.
+    with zeros; conjugated for complex values, TensorFlow's convention).
+    int dtypes are forward only. float16 and bfloat16 accumulate in float32
+    and round once; complex values have no "max" or "min" (an error).
 
     Example::
 
         L = am.mpi_sum(tf.constant(2.0) ** am.mpi_rank())   # rank 0: sum of 2^r
         top = am.mpi_sum(tf.constant([1.0, 5.0]) * am.mpi_rank(), op="max")
+        z = am.mpi_sum(tf.complex(1.0, float(am.mpi_rank())), op="prod")   # complex64
     """
     site = CallSite("mpi_sum", comm, collective=True)
     a = site.data("a", a)
@@ -142,12 +168,16 @@ def mpi_allreduce(a, *, op="sum", comm=None, deps=None, name=None):
     Gradient: the sum over ranks of the upstream gradients (an allreduce),
     times the local derivative as for mpi_sum: 1/size for mean, the
     extremum's mask split among ties for max and min, the other ranks'
-    product for prod (exact with zeros). int dtypes are forward only.
+    product for prod (exact with zeros; conjugated for complex values). int
+    dtypes are forward only. float16 and bfloat16 accumulate in float32 and
+    round once (the result keeps the dtype); complex values have no "max"
+    or "min" (an error).
 
     Example::
 
         total = am.mpi_allreduce(tf.constant([1.0, 2.0]) * am.mpi_rank())
         worst = am.mpi_allreduce(loss, op="max")
+        half = am.mpi_allreduce(tf.ones([4], tf.float16))   # float16, summed in float32
     """
     site = CallSite("mpi_allreduce", comm, collective=True)
     a = site.data("a", a)
@@ -191,6 +221,8 @@ def mpi_reduce_scatter(a, op="sum", counts=None, *, comm=None, deps=None, name=N
 
     Gradient (sum and mean): an allgather of the upstream gradients. The
     other reductions are forward only here (a clear error if differentiated).
+    float16 and bfloat16 accumulate in float32; complex values reduce with
+    sum, mean or prod only.
 
     Example::
 
@@ -241,7 +273,9 @@ def mpi_scan(a, op="sum", exclusive=False, *, comm=None, deps=None, name=None):
     order, rank r getting the sum over ranks k >= r of theirs (exclusive:
     k > r), exact (no difference of sums), on the gradient communicator; its
     own gradient is the forward scan again, so second derivatives compose.
-    The other reductions are forward only (an error if differentiated), as
+    float16 and bfloat16 scan in float32 and round once; complex values
+    scan with sum or prod only. The other reductions are forward only (an
+    error if differentiated), as
     are int dtypes.
 
     Example::
@@ -257,6 +291,7 @@ def mpi_scan(a, op="sum", exclusive=False, *, comm=None, deps=None, name=None):
         raise site.error(
             TypeError, f"argument 'exclusive' must be a Python bool, got {exclusive!r}"
         )
+    _ordered(site, a, op)
     return ordering.run_in_order(
         lambda token: lib.mpi_scan(
             a, token, reduction=op, exclusive=bool(exclusive), name=name, **site.comm_attrs
@@ -404,8 +439,8 @@ def _mpi_sum_grad(op, grad, token_grad):
     stacked = tf.expand_dims(tf.stack([g * is_root, y * is_root, a]), 0)
     rows, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_allgather(stacked, t, **c))
     upstream, result = tf.reduce_sum(rows[:, 0], 0), tf.reduce_sum(rows[:, 1], 0)
-    if reduction == "prod":
-        return upstream * _others_product(rows[:, 2], _rank_of(op)), None, token
+    if reduction == "prod":  # (conj: TF's convention for complex; the identity for real)
+        return upstream * tf.math.conj(_others_product(rows[:, 2], _rank_of(op))), None, token
     holds = tf.cast(tf.equal(a, result), g.dtype)
     ties = tf.reduce_sum(tf.cast(tf.equal(rows[:, 2], result), g.dtype), 0)
     return upstream * holds / ties, None, token
@@ -423,7 +458,8 @@ def _mpi_allreduce_grad(op, grad, token_grad):
     if reduction == "prod":
         stacked = tf.expand_dims(tf.stack([g, a]), 0)
         rows, token = adjoint(op, token_grad, lambda t, **c: lib.mpi_allgather(stacked, t, **c))
-        return tf.reduce_sum(rows[:, 0], 0) * _others_product(rows[:, 1], _rank_of(op)), token
+        others = tf.math.conj(_others_product(rows[:, 1], _rank_of(op)))  # (as in mpi_sum's)
+        return tf.reduce_sum(rows[:, 0], 0) * others, token
     holds = tf.cast(tf.equal(a, y), g.dtype)
     sums, token = adjoint(
         op, token_grad, lambda t, **c: lib.mpi_allreduce(tf.stack([g, holds]), t, **c)

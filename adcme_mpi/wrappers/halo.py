@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from .. import ordering
 from .._loader import ops as lib
-from ..op_table import message
+from ..op_table import HALO_DTYPES, message
 from ._adjoint import adjoint, cotangent, differentiable
 from ._callsite import CallSite
 
@@ -33,7 +33,7 @@ def mpi_halo_exchange(u, m, n, fill_value=0.0, tag=0, deps=None, width=1, *, com
         lap = padded[1:-1, :-2] + padded[1:-1, 2:] + padded[:-2, 1:-1] + padded[2:, 1:-1] - 4 * u
     """
     site = CallSite("mpi_halo_exchange", comm, collective=True)
-    u = site.data("u", u)
+    u = site.data("u", u, names=HALO_DTYPES)  # (no float16 or complex halo)
     for arg, value in (("m", m), ("n", n), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise site.error(ValueError, f"argument '{arg}' must be a positive int, got {value!r}")

@@ -26,8 +26,8 @@ CASES = [
     (
         "unsupported dtype",
         2,
-        "run(am.mpi_sum(tf.constant([1+2j], tf.complex64)))",
-        r"mpi_sum \(rank \d of 2\): argument 'a' has dtype complex64; supported",
+        "run(am.mpi_sum(tf.constant([1], tf.uint8)))",
+        r"mpi_sum \(rank \d of 2\): argument 'a' has dtype uint8; supported",
     ),
     (
         "root out of range (int)",
@@ -84,6 +84,20 @@ CASES = [
         "run(am.mpi_bcast(tf.ones([2], tf.float32 if r == 0 else tf.float64)))",
         r"mpi_bcast \(rank \d of 2\): argument 'a' must have the same dtype and shape on every rank; "
         r"got rank 0: float\[2\], rank 1: double\[2\]",
+    ),
+    (
+        "float16 and bfloat16 across ranks (a sum widened to float32 still compares them)",
+        2,
+        "run(am.mpi_allreduce(tf.ones([2], tf.float16 if r == 0 else tf.bfloat16)))",
+        r"mpi_allreduce \(rank \d of 2\): argument 'a' must have the same dtype and shape on every "
+        r"rank; got rank 0: half\[2\], rank 1: bfloat16\[2\]",
+    ),
+    (
+        "max of complex values",
+        2,
+        "run(am.mpi_allreduce(tf.ones([2], tf.complex64), op='max'))",
+        r"mpi_allreduce \(rank \d of 2\): argument 'op' = 'max' is not defined for complex64 "
+        r"\(complex numbers are not ordered\)",
     ),
     (
         "scan op differs across ranks",
