@@ -187,9 +187,10 @@ def _mpi_recv_grad(op, grad, token_grad):
 
 # The dtypes whose non-blocking messages have gradients. Not yet the 2-byte
 # floats and complex types that the other ops differentiate (wrappers/
-# _adjoint.py DIFFERENTIABLE): a complex isend/irecv pair's gradient measured
-# zeros in eager mode; until that is found, they are forward-only here, on
-# both sides of a message (wait and post), so no adjoint message is orphaned.
+# _adjoint.py DIFFERENTIABLE): with complex128, tf.gradients gives the
+# handles their gradients but none reaches the posted tensor (not understood
+# yet). Until it is, they are forward-only here, on both sides of a message
+# (wait and post), so no adjoint message is orphaned.
 _FLOATS = (tf.float32, tf.float64)
 
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 import adcme_mpi as am
 from adcme_mpi import _loader
 from helpers import (
+    hvp_test,
     ALL_DTYPES,
     FLOAT_DTYPES,
     RANK,
@@ -150,6 +151,7 @@ def test_nonblocking_adjoint_eager_and_function(dtype, pattern, mode):
     assert abs(lhs - rhs) <= tol * max(abs(lhs), abs(rhs), 1.0), (lhs, rhs)
 
 
+@hvp_test("mpi_isend", "mpi_irecv", "mpi_wait")
 def test_nonblocking_hessian_vector_product():
     """f = sum(c * x * ring(x)**2): H v against central differences of the gradient."""
     x, v = random((3,), np.float64, 39), random((3,), np.float64, 40)
