@@ -24,7 +24,7 @@ import tensorflow as tf
 from .. import ordering
 from .._loader import ops as lib
 from ..op_table import message
-from ._adjoint import _is_filler, adjoint, cotangent, differentiable
+from ._adjoint import DIFFERENTIABLE, _is_filler, adjoint, cotangent, differentiable
 from ._callsite import CallSite
 
 
@@ -185,13 +185,7 @@ def _mpi_recv_grad(op, grad, token_grad):
 # adjoint posts come first and the adjoint waits later: posts never block,
 # and reverse order is deadlock-free whenever the forward pass was.
 
-# The dtypes whose non-blocking messages have gradients. Not yet the 2-byte
-# floats and complex types that the other ops differentiate (wrappers/
-# _adjoint.py DIFFERENTIABLE): with complex128, tf.gradients gives the
-# handles their gradients but none reaches the posted tensor (not understood
-# yet). Until it is, they are forward-only here, on both sides of a message
-# (wait and post), so no adjoint message is orphaned.
-_FLOATS = (tf.float32, tf.float64)
+_FLOATS = DIFFERENTIABLE  # the dtypes with gradients (wrappers/_adjoint.py)
 
 
 class _Posted:
