@@ -315,6 +315,24 @@ def _never_posted(handle_grad):
     return value is not None and value == 0
 
 
+def _unmatched_adjoint(op, what):
+    """The post's gradient runs but its wait's did not (the wait is after
+    every op this rank's loss depends on, so the ordering token never reaches
+    it): zeros here would be a wrong gradient, and the peer's adjoint message
+    would stay unmatched."""
+    from mpi4py import MPI
+
+    comm = MPI.Comm.f2py(op.get_attr("comm"))
+    peer = tf.get_static_value(op.inputs[1])
+    name = "mpi_isend" if op.type == "MPIIsend" else "mpi_irecv"
+    return ValueError(
+        f"{name} (rank {comm.Get_rank()} of {comm.Get_size()}): the gradient of its mpi_wait "
+        f"did not run, so it cannot {what.format(peer if peer is not None else '?')}: "
+        "the wait comes after every MPI op this rank's loss depends on. Use the waited "
+        "tensor, or wait on this handle before the wait whose result you use"
+    )
+
+
 @tf.RegisterGradient("MPIWait")
 def _mpi_wait_grad(op, grad, token_grad):
     if op.outputs[0].dtype not in _FLOATS:
@@ -335,7 +353,7 @@ def _mpi_isend_grad(op, handle_grad, token_grad):
     if a.dtype not in _FLOATS:
         return None, None, None, token_grad
     if _never_posted(handle_grad):
-        return tf.zeros_like(a), None, None, token_grad
+        raise _unmatched_adjoint(op, "receive the gradient that rank {} sends back")
     dest, tag = op.inputs[1], op.inputs[2]
     received, token = adjoint(
         op,
@@ -352,7 +370,7 @@ def _mpi_irecv_grad(op, handle_grad, token_grad):
         return None, None, None, token_grad
     zeros = tf.zeros_like(a)
     if _never_posted(handle_grad):
-        return zeros, None, None, token_grad
+        raise _unmatched_adjoint(op, "send the gradient back to rank {}")
     src, tag = op.inputs[1], op.inputs[2]
     # the wait of the adjoint send returns its `a`, here zeros: the template's
     # gradient, which so depends on the wait (a second derivative on this

@@ -315,3 +315,25 @@ def test_never_waited_is_reported_with_op_rank_and_tag():
     assert _loader.capi.adcme_mpi_unwaited_requests(buffer, len(buffer)) == 0
     del hs, hr
     am.mpi_barrier()
+
+
+def test_a_wait_after_every_differentiated_op_is_a_clear_error_not_a_zero_gradient():
+    """The send's wait comes last and its result is not used: the ordering
+    token never reaches its gradient, so the post's gradient cannot receive
+    what the peer sends back. That is an error naming op, rank and peer on
+    every rank, not a silent zero. (A tag of its own: the peer's unmatched
+    adjoint message must not meet another test's.)"""
+    nxt, prv = (RANK + 1) % SIZE, (RANK - 1) % SIZE
+    x = tf.constant(np.arange(3.0) + RANK)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        hs, hr = am.mpi_isend(x, nxt, tag=97), am.mpi_irecv(x, prv, tag=97)
+        y = am.mpi_wait(hr)
+        am.mpi_wait(hs)
+        loss = tf.reduce_sum(y * y)
+    with pytest.raises(ValueError) as info:
+        tape.gradient(loss, x)
+    assert (
+        f"mpi_isend (rank {RANK} of {SIZE}): the gradient of its mpi_wait did not run, so it "
+        f"cannot receive the gradient that rank {nxt} sends back"
+    ) in str(info.value)
