@@ -282,7 +282,9 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
     - Inside, the loop is three nested tf.while_loops whatever n_steps is:
       the graph holds one copy of `step` and of its adjoint.
 
-    Example (heat: 2,000 steps, 60 stored states, halo exchanges inside)::
+    Example::
+
+        # heat: 2,000 steps, 60 stored states, halo exchanges inside
 
         def step(i, u, kappa):
             up = am.mpi_halo_exchange(u, m, n, fill_value=0.0)
