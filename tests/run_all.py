@@ -17,7 +17,9 @@ Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
 ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FILES
-(only these files of tests/launch), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
+(only these files of tests/launch), ADCME_MPI_TEST_IGNORE (these files of
+tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
+ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Before the total: a table of the adjoint (dot-product) and HVP tests that
@@ -182,11 +184,18 @@ def main():
     junit = os.path.join(tempfile.mkdtemp(prefix="adcme_mpi_junit_"), "report.xml")
     pytest_args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     columns = []  # the MPI runs, as the adjoint/HVP table's columns
+    # ADCME_MPI_TEST_IGNORE: files of tests/mpi a stage that repeats stage 1's
+    # leaves out (e.g. the applications, which add no op the other files lack)
+    ignored = [
+        f"--ignore={os.path.join(HERE, 'mpi', name)}"
+        for name in os.environ.get("ADCME_MPI_TEST_IGNORE", "").split()
+    ]
     for n, on_thread in runs:
         cmd = mpiexec(n) + [
             sys.executable,
             os.path.join(HERE, "mpi_pytest.py"),
             *pytest_args,
+            *ignored,
             os.path.join(HERE, "mpi"),
         ]
         os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
