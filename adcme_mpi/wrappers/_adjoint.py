@@ -35,6 +35,15 @@ def cotangent(op, grad, index=0):
 DIFFERENTIABLE = (tf.float32, tf.float64, tf.float16, tf.bfloat16, tf.complex64, tf.complex128)
 
 
+def where(op):
+    """ "rank r of n" in the forward op's communicator (its Fortran handle),
+    as every message says it."""
+    from mpi4py import MPI
+
+    comm = MPI.Comm.f2py(op.get_attr("comm"))
+    return f"rank {comm.Get_rank()} of {comm.Get_size()}"
+
+
 def differentiable(op, index=0):
     return op.outputs[index].dtype in DIFFERENTIABLE
 

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from .. import ordering
 from .._loader import ops as lib
-from ._adjoint import adjoint, cotangent, differentiable
+from ._adjoint import adjoint, cotangent, differentiable, where
 from ._callsite import CallSite
 
 
@@ -415,14 +415,6 @@ def _rank_of(op):
     return MPI.Comm.f2py(op.get_attr("comm")).Get_rank()
 
 
-def _where(op):
-    """ "rank r of n" in the forward op's communicator, as every message says it."""
-    from mpi4py import MPI
-
-    comm = MPI.Comm.f2py(op.get_attr("comm"))
-    return f"rank {comm.Get_rank()} of {comm.Get_size()}"
-
-
 def _others_product(rows, rank):
     """Over axis 0 of `rows` (one row per rank): the product of every row but
     `rank`'s. tf.reduce_prod's gradient is exact with zeros."""
@@ -496,7 +488,7 @@ def _mpi_reduce_scatter_grad(op, grad, token_grad):
     reduction = op.get_attr("reduction").decode()
     if reduction != "sum":
         raise ValueError(
-            f"mpi_reduce_scatter ({_where(op)}): op='{reduction}' has no gradient here; "
+            f"mpi_reduce_scatter ({where(op)}): op='{reduction}' has no gradient here; "
             "only op='sum' and op='mean' are differentiable"
         )
     out, token = adjoint(
@@ -512,7 +504,7 @@ def _mpi_scan_grad(op, grad, token_grad):
     reduction = op.get_attr("reduction").decode()
     if reduction != "sum":
         raise ValueError(
-            f"mpi_scan ({_where(op)}): op='{reduction}' has no gradient; "
+            f"mpi_scan ({where(op)}): op='{reduction}' has no gradient; "
             "only op='sum' is differentiable"
         )
     # the transpose of a prefix sum is the suffix sum: the same scan in

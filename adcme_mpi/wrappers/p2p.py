@@ -24,7 +24,7 @@ import tensorflow as tf
 from .. import ordering
 from .._loader import ops as lib
 from ..op_table import message
-from ._adjoint import DIFFERENTIABLE, _is_filler, adjoint, cotangent, differentiable
+from ._adjoint import DIFFERENTIABLE, _is_filler, adjoint, cotangent, differentiable, where
 from ._callsite import CallSite
 
 
@@ -185,8 +185,6 @@ def _mpi_recv_grad(op, grad, token_grad):
 # adjoint posts come first and the adjoint waits later: posts never block,
 # and reverse order is deadlock-free whenever the forward pass was.
 
-_FLOATS = DIFFERENTIABLE  # the dtypes with gradients (wrappers/_adjoint.py)
-
 
 class _Posted:
     """What mpi_wait needs to know about the post of a handle."""
@@ -320,13 +318,10 @@ def _unmatched_adjoint(op, what):
     every op this rank's loss depends on, so the ordering token never reaches
     it): zeros here would be a wrong gradient, and the peer's adjoint message
     would stay unmatched."""
-    from mpi4py import MPI
-
-    comm = MPI.Comm.f2py(op.get_attr("comm"))
     peer = tf.get_static_value(op.inputs[1])
     name = "mpi_isend" if op.type == "MPIIsend" else "mpi_irecv"
     return ValueError(
-        f"{name} (rank {comm.Get_rank()} of {comm.Get_size()}): the gradient of its mpi_wait "
+        f"{name} ({where(op)}): the gradient of its mpi_wait "
         f"did not run, so it cannot {what.format(peer if peer is not None else '?')}: "
         "the wait comes after every MPI op this rank's loss depends on. Use the waited "
         "tensor, or wait on this handle before the wait whose result you use"
@@ -335,7 +330,7 @@ def _unmatched_adjoint(op, what):
 
 @tf.RegisterGradient("MPIWait")
 def _mpi_wait_grad(op, grad, token_grad):
-    if op.outputs[0].dtype not in _FLOATS:
+    if not differentiable(op):
         return None, None, None, None, token_grad
     send = op.get_attr("send")
     peer, tag = op.inputs[2], op.inputs[3]
@@ -350,7 +345,7 @@ def _mpi_wait_grad(op, grad, token_grad):
 @tf.RegisterGradient("MPIIsend")
 def _mpi_isend_grad(op, handle_grad, token_grad):
     a = op.inputs[0]
-    if a.dtype not in _FLOATS:
+    if a.dtype not in DIFFERENTIABLE:
         return None, None, None, token_grad
     if _never_posted(handle_grad):
         raise _unmatched_adjoint(op, "receive the gradient that rank {} sends back")
@@ -366,7 +361,7 @@ def _mpi_isend_grad(op, handle_grad, token_grad):
 @tf.RegisterGradient("MPIIrecv")
 def _mpi_irecv_grad(op, handle_grad, token_grad):
     a = op.inputs[0]
-    if a.dtype not in _FLOATS:
+    if a.dtype not in DIFFERENTIABLE:
         return None, None, None, token_grad
     zeros = tf.zeros_like(a)
     if _never_posted(handle_grad):
