@@ -199,9 +199,15 @@ if os.path.exists(os.path.join(results, "ops_new_collectives.json")):
             "row's bytes are each rank's input (float64; reduce_scatter and alltoall need an "
             "element per rank: 16 B at the smallest). *fwd+bwd/fwd* = ours with its gradient "
             "over ours alone.",
-            f"**Indicative only**: the 2 cores were shared with other jobs (load averages over "
-            f"1, 5 and 15 minutes: {loads} the run), so the 2 ranks, which poll while they "
-            "wait, waited for time slices: the per-round ratios cancel part of that, the "
+            # a 1-minute load average under 1 before the run: nothing else was running
+            # (the load after counts the run's own 2 polling ranks)
+            f"Nothing else ran on the 2 cores (load averages over 1, 5 and 15 minutes: "
+            f"{loads} the run; the run's own 2 ranks poll, so they count in the load after "
+            "it)."
+            if meta["load_before"][0] < 1.0
+            else f"**Indicative only**: the 2 cores were shared with other jobs (load averages "
+            f"over 1, 5 and 15 minutes: {loads} the run), so the 2 ranks, which poll while "
+            "they wait, waited for time slices: the per-round ratios cancel part of that, the "
             "spreads show the rest. At 8 B and 8 KiB an op took milliseconds instead of "
             "microseconds and the ratios there say little; at 1 and 8 MiB they are steadier.",
         ],
