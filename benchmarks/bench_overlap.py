@@ -145,11 +145,14 @@ def main():
                 f"{r['ratio_median']:.2f} [{r['ratio_min']:.2f}..{r['ratio_max']:.2f}]",
                 flush=True,
             )
+    # every rank takes part in the allgather (inside `if RANK == 0` it hung
+    # rank 0 while rank 1 went on to mpi_finalize: no JSON was ever written)
+    hosts = len(set(COMM.allgather(MPI.Get_processor_name())))
     if RANK == 0 and args.out:
         meta = {
             "label": args.label,
             "ranks": SIZE,
-            "hosts": len(set(COMM.allgather(MPI.Get_processor_name()))),
+            "hosts": hosts,
             "mpi": MPI.Get_library_version().splitlines()[0],
             "tensorflow": tf.__version__,
             "delay_us": os.environ.get("ADCME_DELAY_US"),
