@@ -71,7 +71,28 @@ class _Control:
         self.comm.Free()
 
 
-def _evaluate(kind, x, f, g, fg):
+# scipy's methods that need the Hessian as products H p (`hessp=`); "trust-exact" and
+# "dogleg" need the full matrix, which a distributed graph does not form.
+SECOND_ORDER = ("Newton-CG", "trust-ncg", "trust-krylov")
+_METHODS = (
+    "Nelder-Mead",
+    "Powell",
+    "CG",
+    "BFGS",
+    "L-BFGS-B",
+    "TNC",
+    "COBYLA",
+    "COBYQA",
+    "SLSQP",
+    "trust-constr",
+) + SECOND_ORDER
+
+
+def _evaluate(kind, x, f, g, fg, hessp=None):
+    if kind == "h":
+        # x carries (x, p): the workers need both to run the same graph
+        x, p = x
+        return np.asarray(hessp(x, p), dtype=np.float64).reshape(x.shape)
     if fg is not None:
         value, grad = fg(x)
         return (float(value), np.asarray(grad, dtype=np.float64).reshape(x.shape))
@@ -82,10 +103,10 @@ def _evaluate(kind, x, f, g, fg):
     raise ValueError(kind)
 
 
-def _run_one(control, kind, x, f, g, fg):
+def _run_one(control, kind, x, f, g, fg, hessp=None):
     error, result = None, None
     try:
-        result = _evaluate(kind, x, f, g, fg)
+        result = _evaluate(kind, x, f, g, fg, hessp)
     except Exception:  # reported to every rank below
         error = traceback.format_exc()
     control.agree_on_errors(error)
@@ -101,6 +122,7 @@ def mpi_optimize(
     callback=None,
     *,
     fg=None,
+    hessp=None,
     comm=None,
     verbose=False,
     error_wait=30.0,
@@ -116,6 +138,12 @@ def mpi_optimize(
     keyword (bounds, tol, ...) go to scipy. `callback` runs on rank 0.
     verbose=True prints iteration, loss and gradient norm on rank 0.
 
+    Second order: with method "Newton-CG", "trust-ncg" or "trust-krylov", pass
+    hessp(x, p) -> ndarray, the Hessian of the objective at x times p (build
+    it in the graph by differentiating <g, p> once more: every MPI op's
+    gradient is differentiable, see the example); every rank runs it, like f
+    and g. hessp is an error for the other methods, and those three need it.
+
     Every rank returns the same OptimizeResult. If f or g raises on any rank,
     every rank raises MPIOptimizeError (or, when the failing rank left the
     others waiting inside an MPI op, the job is aborted after `error_wait` s).
@@ -129,6 +157,15 @@ def mpi_optimize(
         f = lambda x: sess.run(L, {th: x})
         result = am.mpi_optimize(f, lambda x: sess.run(g, {th: x}), np.ones(1))
         result.x   # the same on every rank
+
+    The same problem by Newton-CG, with Hessian-vector products from the graph::
+
+        p = tf.compat.v1.placeholder(tf.float64, [1])
+        hp = tf.gradients(tf.reduce_sum(g * p), th)[0]
+        result = am.mpi_optimize(
+            f, lambda x: sess.run(g, {th: x}), np.ones(1), method="Newton-CG",
+            hessp=lambda x, v: sess.run(hp, {th: x, p: v}),
+        )
     """
     require_mpi("mpi_optimize")
     where = f"mpi_optimize (rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()})"
@@ -136,25 +173,53 @@ def mpi_optimize(
         raise TypeError(f"{where}: pass f and g, or fg")
     if x0 is None:
         raise TypeError(f"{where}: x0 is required")
+    _check_method(where, method, hessp)
     control = _Control(comm or MPI.COMM_WORLD, error_wait)
     try:
         x0 = np.array(x0, dtype=np.float64)
         x0 = control.bcast(x0, "rank 0's x0")
         if control.rank == 0:
-            result = _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_kw)
+            result = _master(
+                control, f, g, fg, hessp, x0, method, options, callback, verbose, minimize_kw
+            )
         else:
-            result = _worker(control, f, g, fg)
+            result = _worker(control, f, g, fg, hessp)
         return result
     finally:
         control.free()
 
 
-def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_kw):
+def _check_method(where, method, hessp):
+    """On every rank, before any command: a bad name raised by scipy on rank 0
+    alone would reach the workers only as a stop message."""
+    if callable(method):
+        return  # a custom minimizer: scipy passes it everything, hessp included
+    if not isinstance(method, str) or method.lower() not in {m.lower() for m in _METHODS}:
+        raise ValueError(
+            f"{where}: argument 'method' = {method!r} is not one of scipy's minimize methods "
+            f"mpi_optimize supports: {', '.join(_METHODS)}"
+        )
+    second = method.lower() in {m.lower() for m in SECOND_ORDER}
+    if second and hessp is None:
+        raise ValueError(
+            f"{where}: argument 'hessp' is required with method {method!r} "
+            "(a callable hessp(x, p) -> Hessian times p)"
+        )
+    if not second and hessp is not None:
+        raise ValueError(
+            f"{where}: argument 'hessp' is only used by the second-order methods "
+            f"{', '.join(SECOND_ORDER)}, not by method {method!r}"
+        )
+
+
+def _master(control, f, g, fg, hessp, x0, method, options, callback, verbose, minimize_kw):
     def remote(kind):
-        def evaluate(x):
+        def evaluate(x, p=None):
             x = np.asarray(x, dtype=np.float64).reshape(x0.shape)
+            if kind == "h":
+                x = (x, np.asarray(p, dtype=np.float64).reshape(x0.shape))
             control.bcast((_EVAL, kind, x), "the workers")
-            return _run_one(control, kind, x, f, g, fg)
+            return _run_one(control, kind, x, f, g, fg, hessp)
 
         return evaluate
 
@@ -191,6 +256,8 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
         return None
 
     try:
+        if hessp is not None:
+            minimize_kw = dict(minimize_kw, hessp=remote("h"))
         result = scipy.optimize.minimize(
             fun, x0, jac=jac, method=method, options=options, callback=report, **minimize_kw
         )
@@ -204,11 +271,11 @@ def _master(control, f, g, fg, x0, method, options, callback, verbose, minimize_
     return result
 
 
-def _worker(control, f, g, fg):
+def _worker(control, f, g, fg, hessp):
     while True:
         command, payload, extra = control.bcast(None, "rank 0's next command")
         if command == _STOP:
             if extra is not None:
                 raise MPIOptimizeError(f"mpi_optimize: {extra}")
             return payload
-        _run_one(control, payload, extra, f, g, fg)
+        _run_one(control, payload, extra, f, g, fg, hessp)
