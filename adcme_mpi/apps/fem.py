@@ -2,12 +2,16 @@
 row stripes (mpi_SparseTensor on PETSc), with an inverse problem for the
 coefficient field (examples/fem_inverse.py runs it; its docstring says more)."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 from scipy.spatial import Delaunay
 
 import adcme_mpi as am
 from mpi4py import MPI
+
+from .grid import pyplot_or_none, recording_fg, save_loss_figure
 
 TRUE_THETA = np.array([0.3, -0.5, 0.8, 0.6])
 
@@ -40,10 +44,11 @@ class FEMProblem:
         self.N = len(interior)
         number = np.full(len(nodes), -1)  # node -> unknown (-1: on the boundary)
         number[interior] = np.arange(self.N)
-        bounds = np.linspace(0, self.N, size + 1).astype(int)
+        self.bounds = bounds = np.linspace(0, self.N, size + 1).astype(int)  # rank r: rows
         self.ilower, self.iupper = int(bounds[rank]), int(bounds[rank + 1]) - 1
         self.nodes, self.triangles = nodes, triangles
         self.centroids = nodes[triangles].mean(axis=1)
+        self.interior = interior  # every unknown's node, in row order
         self.mine = interior[self.ilower : self.iupper + 1]  # my nodes, in row order
         self._assembly(nodes, triangles, number)
 
@@ -92,10 +97,17 @@ class FEMProblem:
         values = np.bincount(entry, weights=kappa_t[tri] * coef, minlength=len(pairs))
         return scipy.sparse.csr_matrix((values, (pairs[:, 0], pairs[:, 1])), (self.N, self.N))
 
-    def kappa(self, theta):
+    def _features(self):
+        """(1, x, y, xy) at each triangle's centroid: log kappa = features @ theta."""
         x, y = self.centroids[:, 0], self.centroids[:, 1]
-        features = tf.constant(np.stack([np.ones_like(x), x, y, x * y], 1))
-        return tf.exp(tf.linalg.matvec(features, theta))
+        return np.stack([np.ones_like(x), x, y, x * y], 1)
+
+    def kappa(self, theta):
+        return tf.exp(tf.linalg.matvec(tf.constant(self._features()), theta))
+
+    def kappa_values(self, theta):
+        """kappa per triangle in NumPy (for the figures)."""
+        return np.exp(self._features() @ np.asarray(theta, dtype=np.float64))
 
     def matrix(self, theta):
         kappa_t = tf.gather(self.kappa(theta), self.triangle_of)
@@ -108,7 +120,48 @@ class FEMProblem:
         return self.matrix(theta).solve(tf.constant(self.load), solver=solver, rtol=1e-12)
 
 
-def run(points=2000, solver=None, maxiter=100):
+def save_fem_figures(out, problem, theta_found, history):
+    """<out>/fem_fields.png (the mesh with its interior nodes coloured by the
+    rank owning their rows, the true and the recovered kappa per triangle) and
+    <out>/fem_loss.png (loss per evaluation), as heat's figures. Rank 0 calls
+    it; returns the paths, or [] without matplotlib (one line says so)."""
+    plt = pyplot_or_none("fem")
+    if plt is None:
+        return []
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, "fem_fields.png"), os.path.join(out, "fem_loss.png")]
+    x, y = problem.nodes[:, 0], problem.nodes[:, 1]
+    size = problem.comm.Get_size()
+    interior = problem.interior  # in row order
+    owner = np.searchsorted(problem.bounds, np.arange(problem.N), side="right") - 1
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4))
+    axes[0].triplot(x, y, problem.triangles, lw=0.3, color="0.7")
+    dots = axes[0].scatter(
+        x[interior],
+        y[interior],
+        c=owner,
+        s=6,
+        cmap=plt.get_cmap("tab10", size),
+        vmin=-0.5,
+        vmax=size - 0.5,
+    )
+    fig.colorbar(dots, ax=axes[0], ticks=range(size), label="rank owning the row")
+    axes[0].set_title(f"mesh: {len(problem.nodes)} nodes, {size} row stripes")
+    kappas = [problem.kappa_values(TRUE_THETA), problem.kappa_values(theta_found)]
+    low, high = min(k.min() for k in kappas), max(k.max() for k in kappas)
+    for ax, kappa, title in zip(axes[1:], kappas, ["true kappa", "recovered kappa"]):
+        shade = ax.tripcolor(x, y, problem.triangles, facecolors=kappa, vmin=low, vmax=high)
+        ax.set_title(title)
+        fig.colorbar(shade, ax=ax)
+    for ax in axes:
+        ax.set_aspect("equal")
+    fig.savefig(paths[0], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    save_loss_figure(plt, paths[1], "fem", history)
+    return paths
+
+
+def run(points=2000, solver=None, maxiter=100, out=None):
     solver = solver or ("BoomerAMG" if am.petsc_info()["hypre"] else "GAMG")
     problem = FEMProblem(points)
     with tf.Graph().as_default() as g:
@@ -122,10 +175,7 @@ def run(points=2000, solver=None, maxiter=100):
         loss = am.mpi_allreduce(tf.reduce_sum((u - observed) ** 2)) * 1e6
         grad = tf.gradients(loss, theta0)[0]
         with am.Session(graph=g) as sess:
-
-            def fg(t):
-                return sess.run([loss, grad], {theta0: t})
-
+            fg, history = recording_fg(sess, loss, grad, theta0)
             loss0 = fg(np.zeros(4))[0]
             result = am.mpi_optimize(fg=fg, x0=np.zeros(4), options={"maxiter": maxiter})
     error = float(np.max(np.abs(result.x - TRUE_THETA)))
@@ -140,4 +190,6 @@ def run(points=2000, solver=None, maxiter=100):
         )
     else:
         problem.comm.allgather(problem.iupper - problem.ilower + 1)
+    if out and am.mpi_rank() == 0:
+        save_fem_figures(out, problem, result.x, history)
     return result, error

@@ -70,10 +70,9 @@ def require_ranks(script, exactly=None, at_least=None):
     sys.exit(2)
 
 
-def save_figures(out, name, fields, titles, history):
-    """<out>/<name>_fields.png (the fields side by side) and <out>/<name>_loss.png
-    (loss per evaluation). Returns both paths, or [] without matplotlib (one
-    line says how to get it). Rank 0 calls it."""
+def pyplot_or_none(name):
+    """matplotlib.pyplot on the Agg backend, or None without matplotlib (one
+    line says how to get it)."""
     try:
         import matplotlib
     except ImportError:
@@ -82,10 +81,31 @@ def save_figures(out, name, fields, titles, history):
             "pip install '.[examples]' to get them)",
             flush=True,
         )
-        return []
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_loss_figure(plt, path, name, history):
+    """The loss per evaluation of an inverse problem, log scale."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogy(history)
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{name} inverse problem")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_figures(out, name, fields, titles, history):
+    """<out>/<name>_fields.png (the fields side by side) and <out>/<name>_loss.png
+    (loss per evaluation). Returns both paths, or [] without matplotlib (one
+    line says how to get it). Rank 0 calls it."""
+    plt = pyplot_or_none(name)
+    if plt is None:
+        return []
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"{name}_fields.png"), os.path.join(out, f"{name}_loss.png")]
     fig, axes = plt.subplots(1, len(fields), figsize=(4.4 * len(fields), 4))
@@ -95,13 +115,7 @@ def save_figures(out, name, fields, titles, history):
         fig.colorbar(im, ax=ax)
     fig.savefig(paths[0], dpi=90, bbox_inches="tight")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.semilogy(history)
-    ax.set_xlabel("evaluation")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{name} inverse problem")
-    fig.savefig(paths[1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    save_loss_figure(plt, paths[1], name, history)
     return paths
 
 
