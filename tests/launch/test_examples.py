@@ -109,6 +109,11 @@ EXPECT = {
         float(re.search(r"max error=([0-9.eE+-]+)", out).group(1)) < 1e-6
     ),
     "examples/sparse_poisson.py": lambda out, n: sparse_poisson_ok(out),
+    "examples/wave_inverse.py": lambda out, n: (
+        re.search(r"misfit ([0-9.eE+-]+) -> ([0-9.eE+-]+)", out) is not None
+        and float(re.search(r"misfit [0-9.eE+-]+ -> ([0-9.eE+-]+)", out).group(1))
+        < float(re.search(r"misfit ([0-9.eE+-]+) ->", out).group(1)) / 5
+    ),
     "examples/fem_inverse.py": lambda out, n: (
         float(re.search(r"max error ([0-9.eE+-]+)", out).group(1)) < 1e-6
         and f"on {n} rank(s)" in out
