@@ -207,17 +207,22 @@ class WaveProblem:
         u_prev, u = (self._c(a) for a in self.initial)
         row = self.local_row
         width = self.patch.cols if row is not None else 0
-        record = tf.TensorArray(self.dtype, size=self.steps, element_shape=[width])
+        # Every rank records a full row (its first where the line is not in its
+        # patch) and keeps `width` columns at the end: with a TensorArray of
+        # zero-width rows, TensorFlow ran none of the loop's halo exchanges on
+        # the ranks without receivers, and their neighbours waited forever (the
+        # 4-rank hang; grid 2x2, receivers on the bottom row).
+        record = tf.TensorArray(self.dtype, size=self.steps, element_shape=[self.patch.cols])
 
         def body(i, u_prev, u, record):
             un = self.step(i, u_prev, u, c)
-            sample = un[row] if row is not None else tf.zeros([0], self.dtype)
+            sample = un[row if row is not None else 0]
             return i + 1, u, un, record.write(i, sample)
 
         out = ordering.while_loop(
             lambda i, *s: i < self.steps, body, [tf.constant(0), u_prev, u, record]
         )
-        return out[3].stack()
+        return out[3].stack()[:, :width]
 
     def misfit(self, c, observed, scale=1.0):
         """scale * sum over steps and this rank's receivers of (u - observed)^2,
