@@ -191,10 +191,26 @@ def while_loop(cond, body, loop_vars, **kwargs):
 
     def create(token):
         out = tf.while_loop(token_cond, token_body, [token] + loop_vars, **kwargs)
-        return list(out[1:]) + [out[0]]
+        return _after(out[0], list(out[1:])) + [out[0]]
 
     outs = run_in_order(create)
     return outs[:-1] if len(outs) > 2 else outs[0]
+
+
+def _after(token, values):
+    """`values` (a loop's results), each made to wait for the loop's exit
+    token. A session runs only what its fetches need: had a rank fetched a
+    result that none of the loop's MPI ops feed (a TensorArray of
+    zero-width rows written from constants, say), that rank would have run
+    none of them, and its peers would wait for it. Through the exit token,
+    every result needs every MPI op of every iteration."""
+    with tf.control_dependencies([token]):
+        return [
+            tf.nest.map_structure(
+                lambda v: v.identity() if isinstance(v, tf.TensorArray) else tf.identity(v), value
+            )
+            for value in values
+        ]
 
 
 def custom_gradient(f):

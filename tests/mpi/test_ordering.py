@@ -95,3 +95,44 @@ def test_tf_function_and_eager():
     ):
         for i, out in enumerate(outs):
             np.testing.assert_array_equal(out.numpy(), expected(i, everyone), err_msg=f"op {i}")
+
+
+def test_loop_runs_its_mpi_ops_when_no_fetched_result_needs_them():
+    """Rank 0 fetches rows of the loop's state; the other ranks fetch rows
+    of zero width written from constants, which no MPI op of the loop
+    feeds. Every rank must still run every iteration's halo exchange and
+    allreduce (the loop's results wait for its exit token), or rank 0's
+    loop and the allreduce after it would meet nobody."""
+    steps = 5
+
+    def build():
+        width = 2 if RANK == 0 else 0
+        rows = tf.TensorArray(tf.float64, size=steps, element_shape=[width])
+
+        def body(i, u, rows):
+            v = am.mpi_halo_exchange(u, 1, SIZE)[1:-1, 1:-1]
+            total = am.mpi_allreduce(tf.reduce_sum(v))
+            sample = v[0, :width] if width else tf.zeros([0], tf.float64)
+            return i + 1, 0.5 * v + 1e-3 * total, rows.write(i, sample)
+
+        u0 = tf.fill([3, 2], tf.constant(RANK + 1.0, tf.float64))
+        _, _, rows = am.ordering.while_loop(lambda i, *_: i < steps, body, (0, u0, rows))
+        return rows.stack()
+
+    got = run_graph(build)
+    # meets only if every rank ran the loop's collectives (before any assert,
+    # so that one rank's failure cannot leave the others waiting here)
+    after = run_graph(lambda: am.mpi_allreduce(tf.constant(1.0, tf.float64)))
+    # the same loop in NumPy, from every rank's start: rank 0 records its
+    # state's first row before each update
+    u = [np.full((3, 2), r + 1.0) for r in range(SIZE)]
+    expected = []
+    for _ in range(steps):
+        expected.append(u[0][0, :2])
+        total = sum(x.sum() for x in u)
+        u = [0.5 * x + 1e-3 * total for x in u]
+    assert after == SIZE
+    if RANK == 0:
+        np.testing.assert_allclose(got, np.array(expected), rtol=1e-13)
+    else:
+        assert got.shape == (steps, 0)
