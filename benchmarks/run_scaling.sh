@@ -11,7 +11,7 @@ MPIEXEC=${MPIEXEC:-$(dirname "$(command -v "$PY")")/mpiexec}
 out=benchmarks/results/scaling
 mkdir -p "$out"
 run() { timeout 900 "$MPIEXEC" "$@"; }
-for app in heat poisson; do
+for app in heat wave poisson; do
   for p in 1 2; do
     for mode in weak strong; do
       run -n $p "$PY" benchmarks/scaling.py --app $app --mode $mode --out "$out/${app}_${mode}_$p.json"
@@ -63,7 +63,7 @@ done
 # makes the hosts and removes them again; skipped otherwise), every latency in
 # one job, interleaved round by round
 delays=0,1000,3000
-for app in heat poisson; do
+for app in heat wave poisson; do
   "$PY" tools/netns_hosts.py run --hosts 2 --per-host 1 --delay-us $delays --rate-gbit 10 -- \
     "$PY" benchmarks/scaling.py --app $app --mode weak --rounds 21 --link-delays-us $delays \
     --out "$out/${app}_weak_2hosts_link.json" || echo "netns run of $app skipped"

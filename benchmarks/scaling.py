@@ -1,4 +1,4 @@
-"""Weak and strong scaling of the heat and Poisson applications (forward, and
+"""Weak and strong scaling of the heat, wave and Poisson applications (forward, and
 forward + gradient), with each MPI op's share of the time, and the node's own
 limit: the same arithmetic with no communication at all (--no-comm: the halo
 exchange becomes tf.pad, collectives become identities; every rank then works
@@ -12,7 +12,8 @@ environment, XLA auto-clustering compiles the arithmetic between the MPI ops;
 the row records it ("xla") and scaling_report.py tables those runs apart.
 
 weak: about block x block cells per rank (the global grid grows with P);
-strong: a fixed --global N x N grid. Heat runs --steps explicit steps; Poisson
+strong: a fixed --global N x N grid. Heat and wave run --steps explicit steps
+(wave: the stored loop, or checkpointed with --checkpoints K); Poisson
 runs exactly --iterations CG iterations (tolerance 0), so runs with and
 without communication do the same arithmetic. benchmarks/scaling_report.py
 turns the results into tables, plots and the latency-bandwidth model.
@@ -46,7 +47,7 @@ import tensorflow as tf
 
 import adcme_mpi as am  # first: with a system MPI it picks the libmpi mpi4py loads
 from adcme_mpi import op_table  # noqa: E402
-from adcme_mpi.apps import heat, poisson, preconditioners, sparse_poisson
+from adcme_mpi.apps import heat, poisson, preconditioners, sparse_poisson, wave
 from adcme_mpi.apps.communication import LocalOps, MPIOps
 from adcme_mpi.apps.grid import default_grid
 from mpi4py import MPI  # noqa: E402
@@ -75,6 +76,17 @@ def build(args, N, grid):
         observed = tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
         params, loss, grad = heat.build_inverse(problem, observed)
         return problem, params, loss, grad, heat.TRUE_THETA
+    if args.app == "wave":
+        # the velocity inversion's misfit: one halo exchange per leapfrog step
+        # forward and one in the adjoint, as heat's; T is the stable limit for
+        # the optimizer's largest velocity
+        T = args.steps / (1.1 * wave.C_MAX * np.sqrt(2) * (N + 1))
+        problem = wave.WaveProblem(
+            N=N, T=T, steps=args.steps, grid=grid, checkpoints=args.checkpoints, ops=ops
+        )
+        observed = np.ones((problem.steps, N))  # the misfit's cost does not depend on the data
+        params, loss, grad = wave.build_inverse(problem, observed)
+        return problem, params, loss, grad, np.full(N * N, wave.C_BACKGROUND)
     if args.app == "sparse":
         # ADCME's MPI Poisson on PETSc: N x N rows in row stripes, solved to
         # a fixed tolerance (PETSc decides the iterations; the MPI calls are
@@ -311,11 +323,14 @@ def time_v_cycle(args):
 def main():
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--app", choices=["heat", "poisson", "sparse"], required=True)
+    parser.add_argument("--app", choices=["heat", "wave", "poisson", "sparse"], required=True)
     parser.add_argument("--mode", choices=["weak", "strong", "iterations", "vcycle"], required=True)
     parser.add_argument("--block", type=int, default=300, help="weak: cells per rank per side")
     parser.add_argument("--global-size", type=int, default=600, help="strong: global N")
-    parser.add_argument("--steps", type=int, default=20, help="heat: time steps")
+    parser.add_argument("--steps", type=int, default=20, help="heat, wave: time steps")
+    parser.add_argument(
+        "--checkpoints", type=int, default=None, help="wave: K stored states (default: every step)"
+    )
     parser.add_argument("--iterations", type=int, default=30, help="poisson: CG iterations")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
@@ -368,8 +383,10 @@ def main():
             # XLA auto-clustering around the MPI ops (TF_XLA_FLAGS, read when TF starts)
             "xla": "--tf_xla_auto_jit" in os.environ.get("TF_XLA_FLAGS", ""),
         }
-        if args.app == "heat":
+        if args.app in ("heat", "wave"):
             row["steps"] = args.steps
+            if args.app == "wave":
+                row["checkpoints"] = args.checkpoints
         elif args.app == "poisson":
             row["iterations"] = args.iterations
         else:

@@ -10,16 +10,17 @@ what communication costs from what the shared memory bandwidth of one node costs
 
 The model: an op that moves b bytes to a neighbour costs alpha + b / beta.
 alpha and beta are fitted (least squares) to the 2-rank op benchmarks; a link
-of latency L replaces alpha by alpha + L and caps beta at 10 Gbit/s. Heat: each
-step of the gradient does two halo exchanges (forward and adjoint) whose cost
-does not depend on P. Poisson: each CG iteration does one halo exchange and one
-allreduce (2 log2 P latencies), and block-Jacobi iterations grow with the
-number of blocks per side k = sqrt(P) as fitted to measured counts; with the
-two-level preconditioner they stop growing (the largest measured count is used),
-at the price of a coarse problem whose size grows with P. Multigrid keeps the
-count of one rank's solve flat (12), and each V-cycle adds two halo exchanges
-per level (six on levels under 3 cells a side), one gather, and the gathered
-coarse grid's V-cycle on every rank (measured on its own).
+of latency L replaces alpha by alpha + L and caps beta at 10 Gbit/s. Heat (and
+the wave's leapfrog, stored loop): each step of the gradient does two halo
+exchanges (forward and adjoint) whose cost does not depend on P. Poisson: each
+CG iteration does one halo exchange and one allreduce (2 log2 P latencies), and
+block-Jacobi iterations grow with the number of blocks per side k = sqrt(P) as
+fitted to measured counts; with the two-level preconditioner they stop growing
+(the largest measured count is used), at the price of a coarse problem whose
+size grows with P. Multigrid keeps the count of one rank's solve flat (12), and
+each V-cycle adds two halo exchanges per level (six on levels under 3 cells a
+side), one gather, and the gathered coarse grid's V-cycle on every rank
+(measured on its own).
 
 The model's latency term is checked against 2 hosts joined by a link of
 injected latency (tools/netns_hosts.py, benchmarks/run_scaling.sh): the extra
@@ -171,6 +172,7 @@ def model(rows, ops_json, iterations, v_cycles):
     a_halo, b_halo = fit_alpha_beta(ops_json, "halo")
     a_ar, _ = fit_alpha_beta(ops_json, "allreduce")
     heat1 = lookup(rows, label="heat", mode="weak", ranks=1, no_comm=True)
+    wave1 = lookup(rows, label="wave", mode="weak", ranks=1, no_comm=True)
     pois1 = lookup(rows, label="poisson", mode="weak", ranks=1, no_comm=True)
     mg1 = lookup(rows, label="poisson, multigrid", mode="weak", ranks=1, no_comm=True)
     edge = 300 * 8  # bytes of one block edge
@@ -193,10 +195,14 @@ def model(rows, ops_json, iterations, v_cycles):
     if heat1 is None or pois1 is None:
         return lines + ["(needs the 1-rank no-comm weak runs of both applications)"]
     heat_step = heat1["forward_gradient_s"] / heat1["steps"]
+    # the wave's leapfrog step: the same two halo exchanges per step as heat's
+    wave_step = wave1["forward_gradient_s"] / wave1["steps"] if wave1 else None
     pois_it = pois1["forward_gradient_s"] / (2 * pois1["iterations"])  # forward + adjoint solve
     a_it, c_it, it_one, it_two_level, mg_one, mg_most = iterations
     lines += [
-        f"Compute per heat step (fwd+grad, 1 rank, no comm): {heat_step * 1e3:.2f} ms; per "
+        f"Compute per heat step (fwd+grad, 1 rank, no comm): {heat_step * 1e3:.2f} ms; "
+        + (f"per wave step: {wave_step * 1e3:.2f} ms; " if wave_step else "")
+        + "per "
         f"Poisson CG iteration: {pois_it * 1e3:.2f} ms. Block-Jacobi iterations to 1e-12 with "
         f"k x k blocks: {a_it:.1f} + {c_it:.1f} k (fitted to the counts above for k >= 2; "
         f"k = sqrt(P)). One block needs {it_one:g}: the preconditioner is then nearly the inverse.",
@@ -224,10 +230,12 @@ def model(rows, ops_json, iterations, v_cycles):
         for latency in LATENCIES_US:
             alpha_h, alpha_r = a_halo + latency * 1e-6, a_ar + latency * 1e-6
             beta = min(b_halo, LINK_BYTES_PER_S)
-            heat, pois, two_level, mg = [], [], [], []
+            heat, wave, pois, two_level, mg = [], [], [], [], []
             for p in RANKS:
                 halo = alpha_h + 4 * edge / beta  # its check deferred: posting is in alpha_h
                 heat.append(heat_step / (heat_step + 2 * halo))
+                if wave_step:
+                    wave.append(wave_step / (wave_step + 2 * halo))
                 # two scalars (each rides inside its check); the first also completes
                 # the iteration's deferred halo checks
                 allreduce = 2 * math.log2(p) * alpha_r + check_cost(p, alpha_r, beta, check)
@@ -250,6 +258,10 @@ def model(rows, ops_json, iterations, v_cycles):
             lines.append(
                 f"| heat | {on} | {latency} us | " + " | ".join(f"{e:.0%}" for e in heat) + " |"
             )
+            if wave:
+                lines.append(
+                    f"| wave | {on} | {latency} us | " + " | ".join(f"{e:.0%}" for e in wave) + " |"
+                )
             lines.append(
                 f"| poisson | {on} | {latency} us | " + " | ".join(f"{e:.1%}" for e in pois) + " |"
             )
@@ -358,7 +370,7 @@ def latency_events(app, count, halo_check, exchanges=None, ranks=2):
     With 2 ranks a reduction is one event (the counts of the 2-host checks)."""
     halo = 2 if halo_check == "blocking" else 1
     reduction = reduction_steps(ranks)
-    if app == "heat":
+    if app in ("heat", "wave"):  # wave: c's broadcast and the misfit's sum, as heat's
         forward = count * halo + 2 * reduction
         return forward, 2 * forward
     solve = count * (halo + 2 * reduction) + reduction
@@ -421,11 +433,12 @@ def measured_vs_predicted(rows):
             )
             source = f" (from the MPI calls counted on the busiest rank: {how})"
         else:
-            count = r["steps"] if r["app"] == "heat" else r["iterations"]
+            stepped = r["app"] in ("heat", "wave")
+            count = r["steps"] if stepped else r["iterations"]
             events = latency_events(
                 r["app"], count, halo_check, r.get("multigrid_exchanges"), ranks
             )
-            unit = "steps" if r["app"] == "heat" else "CG iterations (per solve)"
+            unit = "steps" if stepped else "CG iterations (per solve)"
             what = (
                 f"{r['block'][0]}x{r['block'][1]} blocks, {count} {unit}, checks "
                 f"{'on' if r['check'] else 'off'} (halo check {halo_check}"
@@ -467,7 +480,12 @@ def plot(rows, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, mode in zip(axes, ["weak", "strong"]):
-        for app, style in (("heat", "o"), ("poisson", "s"), ("poisson, multigrid", "^")):
+        for app, style in (
+            ("heat", "o"),
+            ("wave", "v"),
+            ("poisson", "s"),
+            ("poisson, multigrid", "^"),
+        ):
             for no_comm, dash in ((False, "-"), (True, "--")):
                 pts = sorted(
                     (r["ranks"], r["forward_gradient_s"], r["forward_gradient_spread"])
@@ -532,7 +550,7 @@ def main():
         max(counts_multigrid.values(), default=float("nan")),
     )
     lines = ["# Scaling", "", __doc__.split("\n\n", 2)[2].strip(), ""]
-    for app in ("heat", "poisson", "poisson, multigrid"):
+    for app in ("heat", "wave", "poisson", "poisson, multigrid"):
         for mode in ("weak", "strong"):
             lines += efficiency_table(rows, app, mode) + [""]
     for block in blocks:

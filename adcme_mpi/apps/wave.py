@@ -38,6 +38,7 @@ Example::
 """
 
 import math
+import resource
 import time
 
 import numpy as np
@@ -48,7 +49,7 @@ from .. import ordering
 from ..optimize import mpi_optimize
 from ..runtime import Session
 from .communication import MPIOps
-from .grid import Patch, default_grid, recording_fg
+from .grid import Patch, default_grid, pyplot_or_none, recording_fg
 from .heat import laplacian
 
 C_MIN, C_MAX = 0.8, 1.6  # the optimizer's box for c (and the stability bound)
@@ -282,6 +283,65 @@ def build_inverse(problem, observed_whole):
     return c0, loss, tf.gradients(loss, c0)[0]
 
 
+def evaluate(graph_builder):
+    """Build fetches in a fresh graph and run them once (every rank)."""
+    with tf.Graph().as_default() as g:
+        fetches = graph_builder()
+        with Session(graph=g) as sess:
+            return sess.run(fetches)
+
+
+MANUFACTURED_OMEGA = 2.0 * np.pi
+
+
+def manufactured_error(N, grid=None, comm=None):
+    """The scheme's error against an exact solution: u = sin(pi x) sin(2 pi y)
+    sin(omega t), omega = 2 pi, in c = 1 + 0.3 x y with no sponge, forced by
+    f = (5 pi^2 c^2 - omega^2) u, u(-dt) and u(0) exact, to T = 0.5 with dt =
+    h / 4 (refining h refines dt; Courant 0.57 at c = 1.6). Returns max |u -
+    u_exact| over every rank's nodes, on every rank. Leapfrog is second order
+    in both: the error falls 4x per halving of h (tests/mpi/test_wave.py,
+    benchmarks/wave_checks.py)."""
+    comm = comm or MPI.COMM_WORLD
+    grid = grid or default_grid(comm.Get_size())
+    x, y = Patch(N, *grid, comm=comm).coordinates()
+    c = 1.0 + 0.3 * x * y
+    shape = np.sin(np.pi * x) * np.sin(2 * np.pi * y)
+    steps = 2 * (N + 1)
+    problem = WaveProblem(
+        N=N,
+        T=0.5,
+        steps=steps,
+        sponge=0.0,
+        grid=grid,
+        comm=comm,
+        forcing=(
+            lambda t: np.sin(MANUFACTURED_OMEGA * t),
+            (5 * np.pi**2 * c**2 - MANUFACTURED_OMEGA**2) * shape,
+        ),
+        initial=(np.sin(-MANUFACTURED_OMEGA * 0.5 / steps) * shape, 0.0 * shape),
+    )
+    u = evaluate(lambda: problem.final(tf.constant(c)))
+    exact = np.sin(MANUFACTURED_OMEGA * 0.5) * shape
+    return comm.allreduce(float(np.max(np.abs(u - exact))), op=MPI.MAX)
+
+
+def taylor_remainders(problem, observed, c, dc, eps):
+    """The Taylor test of the misfit's gradient g at c (N*N values, rank 0's
+    counts) along dc: for each e in eps, |J(c + e dc) - J(c)| (first order in
+    e) and |J(c + e dc) - J(c) - e <g, dc>| (second order if g is right).
+    Returns both lists on every rank."""
+    with tf.Graph().as_default() as g:
+        c0, loss, grad = build_inverse(problem, observed)
+        with Session(graph=g) as sess:
+            J0, gradient = sess.run([loss, grad], {c0: c})
+            J = [sess.run(loss, {c0: c + e * dc}) for e in eps]
+    first = [abs(Je - J0) for Je in J]
+    second = [abs(Je - J0 - e * float(gradient @ dc)) for Je, e in zip(J, eps)]
+    # mpi_sum: the loss and its gradient live on rank 0
+    return problem.comm.bcast((first, second))
+
+
 def run(N=48, T=1.2, steps=None, checkpoints=None, out=None, maxiter=30, verbose=False):
     """Records traces in the true model (true_velocity), then recovers c from
     them with L-BFGS-B from the background model (c = 1). Every rank returns
@@ -289,10 +349,9 @@ def run(N=48, T=1.2, steps=None, checkpoints=None, out=None, maxiter=30, verbose
     problem = WaveProblem(N=N, T=T, steps=steps, checkpoints=checkpoints)
     p, rank = problem.patch, problem.patch.rank
     c_true_global = true_velocity(*np.meshgrid((np.arange(N) + 1) * p.h, (np.arange(N) + 1) * p.h))
-    with tf.Graph().as_default() as g:
-        traces = problem.traces(tf.constant(p.local(c_true_global)))
-        with Session(graph=g) as sess:
-            observed = problem.gather_traces(sess.run(traces))
+    observed = problem.gather_traces(
+        evaluate(lambda: problem.traces(tf.constant(p.local(c_true_global))))
+    )
     start = np.full(N * N, C_BACKGROUND)
     began = time.time()
     with tf.Graph().as_default() as g:
@@ -322,21 +381,24 @@ def run(N=48, T=1.2, steps=None, checkpoints=None, out=None, maxiter=30, verbose
         "model_error": float(np.linalg.norm(c_found - c_true_global)),
         "steps": problem.steps,
         "seconds": seconds,
+        # the largest resident set of any rank so far (Linux: KiB)
+        "peak_rss_mb": problem.comm.allreduce(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX
+        ),
     }
     if rank == 0:
         print(
             f"wave inverse: N={N} steps={problem.steps} K={checkpoints} "
             f"grid={p.m}x{p.n} f0={problem.f0:.2f} misfit {history[0]:.3e} -> {result.fun:.3e} "
             f"in {result.nit} iterations ({len(history)} evaluations, {seconds:.0f} s); "
-            f"|c - c_true| {summary['model_error0']:.3f} -> {summary['model_error']:.3f}",
+            f"|c - c_true| {summary['model_error0']:.3f} -> {summary['model_error']:.3f}; "
+            f"peak RSS {summary['peak_rss_mb']:.0f} MB (the largest rank)",
             flush=True,
         )
         print("misfit history: " + " ".join(f"{v:.3e}" for v in history), flush=True)
     if out:
-        with tf.Graph().as_default() as g:
-            traces = problem.traces(tf.constant(p.local(c_found)))
-            with Session(graph=g) as sess:
-                found = problem.gather_traces(sess.run(traces))
+        found = evaluate(lambda: problem.traces(tf.constant(p.local(c_found))))
+        found = problem.gather_traces(found)
         if rank == 0:
             summary["figures"] = save_figures(
                 out, problem, c_true_global, c_found, observed, found, history
@@ -351,18 +413,9 @@ def save_figures(out, problem, c_true, c_found, observed, found, history):
     the paths, or [] without matplotlib. Rank 0 calls it."""
     import os
 
-    try:
-        import matplotlib
-    except ImportError:
-        print(
-            "wave: figures skipped (matplotlib is not installed; "
-            "pip install '.[examples]' to get them)",
-            flush=True,
-        )
+    plt = pyplot_or_none("wave")
+    if plt is None:
         return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, "wave_models.png"), os.path.join(out, "wave_traces.png")]
     p, N = problem.patch, problem.patch.N
@@ -385,7 +438,7 @@ def save_figures(out, problem, c_true, c_found, observed, found, history):
         fig.colorbar(im, ax=ax)
     fig.savefig(paths[0], dpi=90, bbox_inches="tight")
     plt.close(fig)
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4), gridspec_kw={"wspace": 0.3})
     scale = float(np.max(np.abs(observed)))
     extent = [0, 1, problem.T, 0]
     for ax, data, title in zip(
