@@ -208,22 +208,19 @@ class WaveProblem:
         u_prev, u = (self._c(a) for a in self.initial)
         row = self.local_row
         width = self.patch.cols if row is not None else 0
-        # Every rank records a full row (its first where the line is not in its
-        # patch) and keeps `width` columns at the end: with a TensorArray of
-        # zero-width rows, TensorFlow ran none of the loop's halo exchanges on
-        # the ranks without receivers, and their neighbours waited forever (the
-        # 4-rank hang; grid 2x2, receivers on the bottom row).
-        record = tf.TensorArray(self.dtype, size=self.steps, element_shape=[self.patch.cols])
+        record = tf.TensorArray(self.dtype, size=self.steps, element_shape=[width])
 
         def body(i, u_prev, u, record):
             un = self.step(i, u_prev, u, c)
-            sample = un[row if row is not None else 0]
+            # where the line is not in this patch, zero-width rows that no MPI op
+            # feeds: ordering.while_loop still runs every step's halo exchange here
+            sample = un[row] if row is not None else tf.zeros([0], self.dtype)
             return i + 1, u, un, record.write(i, sample)
 
         out = ordering.while_loop(
             lambda i, *s: i < self.steps, body, [tf.constant(0), u_prev, u, record]
         )
-        return out[3].stack()[:, :width]
+        return out[3].stack()
 
     def misfit(self, c, observed, scale=1.0):
         """scale * sum over steps and this rank's receivers of (u - observed)^2,
