@@ -171,7 +171,9 @@ def while_loop(cond, body, loop_vars, **kwargs):
     """tf.while_loop whose MPI ops stay in program order: the ordering token
     is threaded through the loop as an extra loop variable, so iteration i+1's
     MPI ops follow iteration i's (in the forward and the backward pass), and
-    the loop sits in the program order of the ops around it.
+    the loop sits in the program order of the ops around it. Every result
+    waits for the loop's exit token: fetching any of them runs all of the
+    loop's MPI ops on that rank, whatever the result depends on.
 
     Example::
 
