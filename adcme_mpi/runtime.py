@@ -1,5 +1,6 @@
 """MPI runtime: initialisation, ranks, communicators, sessions, abort on error."""
 
+import os
 import sys
 import threading
 import time
@@ -398,20 +399,45 @@ def mpi_sync(array, root=0, comm=None):
 _CONFIG_FIELDS = set(tf.compat.v1.ConfigProto.DESCRIPTOR.fields_by_name)
 
 
-def Session(*args, config=None, **kw):
+def _allow_cpu_auto_clustering():
+    """Session(xla=True) asks for XLA auto-clustering through the session's
+    global_jit_level. On a CPU, TensorFlow honours that only with the flag
+    --tf_xla_cpu_global_jit, which it reads from TF_XLA_FLAGS once, when it
+    first optimizes a graph, so it must be set before then: importing the
+    package adds it. The flag alone changes nothing: auto-clustering stays
+    off unless a session (or --tf_xla_auto_jit) asks for it
+    (tests/launch/test_xla.py checks both)."""
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "--tf_xla_cpu_global_jit" not in flags:
+        os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_cpu_global_jit".strip()
+
+
+_allow_cpu_auto_clustering()
+
+
+def Session(*args, config=None, xla=False, **kw):
     """A tf.compat.v1.Session with inter_op_parallelism_threads=1 (ADCME's
     setting) and soft placement (the MPI ops are CPU kernels: under a
     `tf.device("/GPU:0")` scope they run on the host, as in eager mode).
     ConfigProto fields may be passed as keywords and override it.
 
+    xla=True turns on XLA auto-clustering for this session's graphs: the
+    arithmetic between the MPI ops is compiled and fused, the MPI ops stay
+    outside the clusters (README "XLA": heat's gradient 84.6 -> 26.3 ms).
+    It is the same as TF_XLA_FLAGS="--tf_xla_auto_jit=2
+    --tf_xla_cpu_global_jit" for one session, provided the package was
+    imported before the process's first TensorFlow graph ran.
+
     Example::
 
         tf.compat.v1.disable_eager_execution()
         L = am.mpi_sum(tf.constant(1.0))
-        with am.Session() as sess:
+        with am.Session() as sess:      # am.Session(xla=True): auto-clustering
             print(sess.run(L))   # rank 0: the number of ranks
     """
     proto = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1, allow_soft_placement=True)
+    if xla:
+        proto.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_2
     if config is not None:
         proto.MergeFrom(config)
     for key in [k for k in kw if k in _CONFIG_FIELDS]:

@@ -44,8 +44,8 @@ class CallSite:
                 "tf.function(jit_compile=True)). Compile the arithmetic and keep the MPI "
                 "ops outside: jit_compile=True on the functions that compute between them, "
                 "called from a plain tf.function or graph that makes the MPI ops; or let "
-                "XLA cluster everything between the MPI ops by itself: "
-                'TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" (README, '
+                "XLA cluster everything between the MPI ops by itself: am.Session(xla=True), "
+                'or TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" (README, '
                 '"XLA")',
             )
 

@@ -13,7 +13,7 @@ from launcher import launch
 AUTO_JIT = "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"
 
 CODE = """
-import json
+import json, os
 import numpy as np, tensorflow as tf, adcme_mpi as am
 from adcme_mpi.wrappers.halo import near_square_grid
 m, n = near_square_grid(am.mpi_size())
@@ -39,13 +39,20 @@ with graph.as_default():
     u, kappa = tf.constant(u0), tf.constant(0.9, tf.float64)
     loss = heat(u, am.mpi_bcast(kappa))
     fetches = [loss] + tf.gradients(loss, [u, kappa])
-    with am.Session(graph=graph) as sess:
+    with am.Session(graph=graph, xla=os.environ.get("XLA_SESSION") == "1") as sess:
         results["graph"] = [np.asarray(t).tolist() for t in sess.run(fetches)]
 # one file per rank: long lines from several ranks interleave on mpiexec's stdout
-import os
 with open(os.path.join(os.environ["XLA_TEST_OUT"], f"rank{am.mpi_rank()}.json"), "w") as f:
     json.dump(results, f)
 """
+
+
+def clustered_graphs(dumps):
+    """The graphs TensorFlow dumped after marking clusters (with
+    --tf_xla_clustering_debug) in which XLA clustered something."""
+    return [
+        p for p in dumps.glob("mark_for_compilation_annotated*") if "_XlaCluster" in p.read_text()
+    ]
 
 
 def results(folder):
@@ -70,7 +77,29 @@ def test_auto_clustering_gives_the_same_loss_and_gradient(n, tmp_path):
         for mode in ("graph", "function"):
             for x, y in zip(a[rank][mode], b[rank][mode]):
                 np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
-    clustered = [
-        p for p in dumps.glob("mark_for_compilation_annotated*") if "_XlaCluster" in p.read_text()
-    ]
-    assert clustered, sorted(p.name for p in dumps.iterdir())
+    assert clustered_graphs(dumps), sorted(p.name for p in dumps.iterdir())
+
+
+def test_session_xla_argument_turns_on_auto_clustering(tmp_path):
+    """am.Session(xla=True), with no TF_XLA_FLAGS of the user's: the graph's
+    arithmetic is clustered and the loss and gradient are the same; without
+    it, the flag the import adds (--tf_xla_cpu_global_jit) clusters nothing."""
+    runs = {}
+    for name, xla_session in (("plain", "0"), ("xla", "1")):
+        out, dumps = tmp_path / name, tmp_path / f"{name}_dumps"
+        out.mkdir(), dumps.mkdir()
+        env = {
+            "TF_XLA_FLAGS": "--tf_xla_clustering_debug",  # dumps only
+            "TF_DUMP_GRAPH_PREFIX": str(dumps),
+            "XLA_SESSION": xla_session,
+            "XLA_TEST_OUT": str(out),
+        }
+        result = launch(2, None, code=CODE, timeout=240, env=env)
+        assert result.code == 0, result
+        runs[name] = (results(out), clustered_graphs(dumps))
+    (plain, plain_clusters), (xla, xla_clusters) = runs["plain"], runs["xla"]
+    assert not plain_clusters and xla_clusters, (plain_clusters, xla_clusters)
+    assert sorted(plain) == sorted(xla) == [0, 1]
+    for rank in plain:
+        for x, y in zip(plain[rank]["graph"], xla[rank]["graph"]):
+            np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
