@@ -15,14 +15,14 @@ build then finds PETSc there (cmake/FindOpsPETSc.cmake). It
    and PETSc's configure knows suffixes but no prefix. <env>/lib is where the
    mpich wheel puts libmpi, so the one run path PETSc records finds both;
 3. builds `petsc==3.26.1` from its sdist against the two (configure + make,
-   about 6 min on a 2-core machine), as a wheel kept in
-   ~/.cache/adcme_mpi/petsc/<key>/ (ADCME_MPI_PETSC_CACHE overrides the
-   folder), and installs that wheel. The key covers this environment's path
-   and every input, because the wheel records absolute paths (mpicc, the
-   run path): a second environment at the same path, e.g. CI's fresh .venv,
-   installs it in seconds. pip's own cache is bypassed, since it keys a built
-   wheel on the sdist alone and would hand back a PETSc built with other
-   options (say, against the system's BLAS);
+   669 s on this project's 2-core machine beside other jobs), as a wheel
+   kept in ~/.cache/adcme_mpi/petsc/<key>/ (ADCME_MPI_PETSC_CACHE overrides
+   the folder), and installs that wheel. The key covers this environment's
+   path and every input, because the wheel records absolute paths (mpicc,
+   the run path): a second environment at the same path, e.g. CI's fresh
+   .venv, installs it in 2 s. pip's own cache is bypassed, since it keys a
+   built wheel on the sdist alone and would hand back a PETSc built with
+   other options (say, against the system's BLAS);
 4. checks with ldd that libpetsc resolves BLAS/LAPACK to the wheel's copy,
    not to a system libblas/liblapack, and MPI to this environment's libmpi.
 
@@ -114,21 +114,29 @@ def check_linkage(folder, blas, libdir):
     if not libs:
         sys.exit(f"install_petsc: no libpetsc.so.* in {folder}/lib")
     out = subprocess.run(["ldd", libs[0]], check=True, capture_output=True, text=True).stdout
-    lines = [line.strip() for line in out.splitlines()]
-    wrong = [
-        line
-        for line in lines
-        if "not found" in line
-        or (("blas" in line or "lapack" in line) and os.path.realpath(blas) not in line)
-    ]
-    ours = [line for line in lines if BLAS_NAME in line and blas in line]
-    mpi = [line for line in lines if line.startswith("libmpi.so") and libdir in line]
-    if wrong or not ours or not mpi:
+    resolved = {}  # soname -> the file it resolves to, compared as real paths
+    for line in out.splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        resolved[name] = os.path.realpath(rest.split(" (")[0]) if rest[:1] == "/" else rest
+    # any BLAS or LAPACK other than the wheel's copy (say, the system's libblas.so.3)
+    # would mean configure took another one, and a libmpi outside <env>/lib another MPI
+    others = [n for n in resolved if ("blas" in n or "lapack" in n) and n != BLAS_NAME]
+    mpi = [n for n in resolved if n.startswith("libmpi.so")]
+    if (
+        others
+        or resolved.get(BLAS_NAME) != os.path.realpath(blas)
+        or len(mpi) != 1
+        or os.path.dirname(resolved[mpi[0]]) != os.path.realpath(libdir)
+        or "not found" in out
+    ):
         sys.exit(
             f"install_petsc: {libs[0]} does not resolve to the wheels' BLAS/LAPACK and "
             f"libmpi in {libdir}:\n" + out
         )
-    say(f"ldd {os.path.basename(libs[0])}: {ours[0]}; {mpi[0]}")
+    say(
+        f"ldd {os.path.basename(libs[0])}: {BLAS_NAME} => {resolved[BLAS_NAME]}, "
+        f"{mpi[0]} => {resolved[mpi[0]]}, no other BLAS/LAPACK"
+    )
 
 
 def main():
