@@ -191,8 +191,10 @@ def sparse_library():
         raise PETScUnavailableError(
             "adcme_mpi: the sparse ops (mpi_SparseTensor products and solves) were not built: "
             f"no usable PETSc when adcme_mpi was built ({why}). Install a PETSc built against "
-            "the same MPI and rebuild: `pip install petsc` into this environment (README "
-            "'Sparse matrices' gives the recipe), or name a PETSc with PETSC_DIR=... "
+            "the same MPI and rebuild: `python tools/install_petsc.py` from the source "
+            "checkout, with this environment's python (it does `pip install petsc` against "
+            "the mpich wheel and a BLAS wheel, no root; README 'Sparse matrices'), or name "
+            "a PETSc with PETSC_DIR=... "
             "[PETSC_ARCH=...], then `pip install --force-reinstall .`"
         )
     try:
