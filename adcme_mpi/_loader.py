@@ -197,6 +197,12 @@ def sparse_library():
             "a PETSc with PETSC_DIR=... "
             "[PETSC_ARCH=...], then `pip install --force-reinstall .`"
         )
+    # An OpenBLAS under PETSc (tools/install_petsc.py's) starts one thread per
+    # core when it loads, reading OPENBLAS_NUM_THREADS then: with several
+    # ranks on a node, each rank's threads would compete for the same cores.
+    # One thread per rank, unless the user asked for more.
+    threads = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = threads or "1"
     try:
         ctypes.CDLL(petsc, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     except OSError as err:
@@ -204,6 +210,9 @@ def sparse_library():
             f"adcme_mpi: cannot load PETSc ({petsc}), which the sparse ops were built "
             f"against: {err}"
         ) from err
+    finally:
+        if threads is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
     module = tf.load_op_library(path)
     check_same_libmpi(_library_path())
     _sparse = (module, _c_api.bind(path, _c_api.SPARSE_LIBRARY))
