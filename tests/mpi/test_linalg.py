@@ -145,7 +145,8 @@ def test_symmetric_solve_gradient_in_theta_matches_differences():
 
 # second derivatives: losses of theta through one solve, and through two
 # solves in a row (the second solve's right-hand side is the first's x), so
-# that the Hessian-vector product differentiates nested custom gradients
+# that the Hessian-vector product differentiates nested custom gradients,
+# with a different loss on odd ranks
 
 
 def one_solve(t, b, c):
@@ -154,9 +155,14 @@ def one_solve(t, b, c):
 
 
 def two_solves(t, b, c):
+    """Rank-dependent: on even ranks the loss is quadratic in (x, y), on odd
+    ranks linear in y, so only even ranks need y's derivative (one more
+    solve) in H v. Odd ranks must still run that solve, with a zero
+    cotangent, at the same place (ordering.custom_gradient); before, they
+    skipped it and the ranks met in different collectives at 2-4 ranks."""
     x, _ = am.linalg.symmetric_solve(apply, solver(1e-14), t, b)
     y, _ = am.linalg.symmetric_solve(apply, solver(1e-14), t * t, x)
-    return tf.reduce_sum(c * x * y)
+    return tf.reduce_sum(c * x * y) if RANK % 2 == 0 else tf.reduce_sum(c * y)
 
 
 def gradient_and_hvp(mode, loss, v, b, c):
