@@ -9,10 +9,11 @@ initial value (a callback stops scipy there).
 
 Counted per method: iterations, loss+gradient evaluations, Hessian-vector
 products, and the wall time to the tolerance (the graph prepared before by
-one untimed evaluation of each kind). Writes the table to `--md` and the
-records to benchmarks/results/newton.json.
+one untimed evaluation of each kind). Prints the table (benchmarks/NEWTON.md
+shows it), also written to `--table`, and the records to
+benchmarks/results/newton.json.
 
-    mpiexec -n 2 python benchmarks/bench_newton.py --N 16 --md benchmarks/NEWTON.md
+    mpiexec -n 2 python benchmarks/bench_newton.py --N 12 --rtol 1e-4
 
 Run from the checkout with the package importable (PYTHONPATH=build, or installed).
 """
@@ -97,11 +98,11 @@ def run_method(method, sess, loss, grad, weights0, p, hp, w0, rtol, maxiter):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--N", type=int, default=16, help="grid N x N (default 16)")
-    parser.add_argument("--rtol", type=float, default=1e-5, help="|grad| / |grad0| to reach")
+    parser.add_argument("--N", type=int, default=12, help="grid N x N (default 12)")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="|grad| / |grad0| to reach")
     parser.add_argument("--maxiter", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=1, help="timed runs per method (median)")
-    parser.add_argument("--md", help="write the table here (rank 0)")
+    parser.add_argument("--table", help="also write the table (Markdown) here")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     problem = poisson.PoissonProblem(N=args.N)
@@ -160,8 +161,8 @@ def main():
         )
     table = "\n".join(lines)
     print(table)
-    if args.md:
-        with open(args.md + ".table", "w") as out:
+    if args.table:
+        with open(args.table, "w") as out:
             out.write(table + "\n")
 
 
