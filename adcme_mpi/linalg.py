@@ -111,8 +111,13 @@ def symmetric_solve(apply, solve, theta, b):
 
     Returns `(x, iterations)` of the forward solve. The solves' MPI ops, forward
     and backward, stay in program order (``adcme_mpi.ordering.custom_gradient``).
-    First derivatives only: differentiating the gradient again raises an
-    error (a second derivative would need lambda's and x's own derivatives).
+
+    Twice differentiable (Hessian-vector products): the gradient is built from
+    differentiable pieces. lambda comes from symmetric_solve itself, and x
+    enters the gradient as a tensor whose own gradient is this same adjoint
+    rule, so differentiating the gradient again solves again (two more solves
+    per Hessian-vector product: lambda's and x's derivatives), in program
+    order. `apply` must be twice differentiable in theta for that.
 
     Example::
 
@@ -122,30 +127,40 @@ def symmetric_solve(apply, solve, theta, b):
             return am.linalg.pcg(lambda p: apply(kappa, p), rhs)
         x, iterations = am.linalg.symmetric_solve(apply, solve, kappa, b)
     """
+    b = tf.convert_to_tensor(b, theta.dtype)
+
+    def adjoint(theta, x_differentiable, dx):
+        """Gradients of (theta, b) for the cotangent dx of x = K(theta)^-1 b,
+        as differentiable functions of theta, x and dx."""
+        lam, _ = symmetric_solve(apply, solve, theta, dx)  # K is symmetric: K^T lam = dx
+        # the partial derivative in theta alone: the tape sees only apply, so
+        # lam and x are held fixed here, yet the result stays a function of
+        # them (no stop_gradient) for a second differentiation
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            inner = -tf.reduce_sum(lam * apply(theta, x_differentiable))
+        return tape.gradient(inner, theta), lam
+
+    @ordering.custom_gradient
+    def with_gradient(theta, b, x):
+        """x (already solved) as a function of (theta, b) whose gradient is the
+        adjoint rule: how x enters the gradient, so that it can be
+        differentiated again without differentiating through CG."""
+        x = tf.identity(x)
+
+        def grad(dx):
+            dtheta, db = adjoint(theta, with_gradient(theta, b, x), dx)
+            return [dtheta, db, tf.zeros_like(x)]
+
+        return x, grad
 
     @ordering.custom_gradient
     def solve_with_adjoint(theta, b):
         x, iterations = solve(theta, b)
 
         def grad(dx, _):
-            lam, _ = solve(theta, dx)  # K is symmetric: K^T lam = dx
-            # the partial derivative in theta alone, lambda and x held fixed
-            lam_fixed, x_fixed = tf.stop_gradient(lam), tf.stop_gradient(x)
-            with tf.GradientTape() as tape:
-                tape.watch(theta)
-                inner = -tf.reduce_sum(lam_fixed * apply(theta, x_fixed))
-            return [_first_order_only(g) for g in (tape.gradient(inner, theta), lam)]
+            return adjoint(theta, with_gradient(theta, b, tf.stop_gradient(x)), dx)
 
         return (x, iterations), grad
 
-    return solve_with_adjoint(theta, tf.convert_to_tensor(b, theta.dtype))
-
-
-def _first_order_only(gradient):
-    """The gradient, which must not be differentiated again: held-fixed lambda
-    and x would make a second derivative silently wrong, so it is an error."""
-    return tf.raw_ops.PreventGradient(
-        input=gradient,
-        message="adcme_mpi.linalg.symmetric_solve: second derivatives (Hessian-vector "
-        "products) through the adjoint-method gradient are not supported yet",
-    )
+    return solve_with_adjoint(theta, b)

@@ -225,6 +225,11 @@ def custom_gradient(f):
     block, and `grad_fn`'s MPI ops run at the block's place in the reverse
     order. (With a plain tf.custom_gradient the token would bypass the
     block's gradient and TensorFlow would try to differentiate its inside.)
+    `grad_fn` may itself be differentiable (second derivatives): its MPI ops
+    chain from the block's token output too, so differentiating the
+    gradient again reaches the block on every rank, also where a rank's loss
+    is linear in the block's outputs, and the ranks' second-order MPI ops
+    come in the same order.
 
     Example::
 
@@ -236,8 +241,11 @@ def custom_gradient(f):
             return u, grad
     """
 
+    calls = []  # per call: {"token": the block's token output, as seen outside it}
+
     @tf.custom_gradient
     def block(*args):
+        outer = calls[-1]
         *inputs, token = args
         _current_sequence().token = token
         outputs, grad_fn = f(*inputs)
@@ -250,6 +258,13 @@ def custom_gradient(f):
             saved = sequence.token
             if dtoken is not None:
                 sequence.token = dtoken
+            if outer.get("token") is not None:
+                # the gradient's MPI ops chain from the block's own token
+                # output too (plus zero): differentiating this gradient again
+                # then reaches the block on every rank, after the second-order
+                # ops of this gradient, even where the rank's first-order
+                # cotangent (a zeros constant) cut the link
+                sequence.token = sequence.current_token() + 0.0 * outer["token"]
             grads = grad_fn(dys[0]) if single else grad_fn(*dys)
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             out_token = sequence.current_token()
@@ -259,7 +274,10 @@ def custom_gradient(f):
         return flat + [current_token()], grad
 
     def wrapper(*inputs):
+        outer = {}
+        calls[:] = [outer]  # (the grad function keeps its own call's)
         outs = block(*inputs, current_token())
+        outer["token"] = outs[-1]
         _current_sequence().token = outs[-1]
         return outs[0] if len(outs) == 2 else list(outs[:-1])
 

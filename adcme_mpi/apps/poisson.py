@@ -176,6 +176,22 @@ def build_inverse(problem, observed):
     return weights0, loss, tf.gradients(loss, weights0)[0]
 
 
+def build_hessp(weights0, grad):
+    """Graph: H p, the Hessian of the inverse problem's loss times p (a
+    placeholder), by differentiating `grad` again (through the adjoint
+    solves: linalg.symmetric_solve is twice differentiable). Returns (p, Hp);
+    for mpi_optimize's second-order methods (Newton-CG, trust-ncg, trust-krylov).
+
+    Example::
+
+        weights0, loss, grad = build_inverse(problem, observed)
+        p, hp = build_hessp(weights0, grad)
+        hessp = lambda x, v: sess.run(hp, {weights0: x, p: v})
+    """
+    p = tf.compat.v1.placeholder(weights0.dtype, weights0.shape)
+    return p, tf.gradients(tf.reduce_sum(grad * p), weights0)[0]
+
+
 def run(N=16, out=None, maxiter=200, verbose=False, preconditioner="block-jacobi"):
     problem = PoissonProblem(N=N, preconditioner=preconditioner)
     p = problem.patch

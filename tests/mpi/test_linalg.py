@@ -1,8 +1,8 @@
 """adcme_mpi.linalg: pcg and symmetric_solve on a distributed tridiagonal
 system K(theta) = tridiag(-1, 2 + theta, -1), rows split unevenly across
 ranks (rank r owns r + 2 rows), against NumPy on every rank's inputs; the
-gradient by a dot-product test (b) and central differences (theta); a
-second derivative is a clear error."""
+gradient by a dot-product test (b) and central differences (theta); its
+Hessian-vector products against central differences of the gradient."""
 
 import numpy as np
 import pytest
@@ -143,12 +143,74 @@ def test_symmetric_solve_gradient_in_theta_matches_differences():
     assert abs(fd - ad) <= 1e-7 * max(abs(ad), 1e-8), (fd, ad)
 
 
-def test_symmetric_solve_second_derivative_is_a_clear_error():
-    """First derivatives only: differentiating the gradient again raises,
-    instead of a silently wrong Hessian-vector product."""
+# second derivatives: losses of theta through one solve, and through two
+# solves in a row (the second solve's right-hand side is the first's x), so
+# that the Hessian-vector product differentiates nested custom gradients,
+# with a different loss on odd ranks
+
+
+def one_solve(t, b, c):
+    x, _ = am.linalg.symmetric_solve(apply, solver(1e-14), t, b * t)  # b depends on theta too
+    return tf.reduce_sum(c * x**2) + tf.reduce_sum(x)
+
+
+def two_solves(t, b, c):
+    """Rank-dependent: on even ranks the loss is quadratic in (x, y), on odd
+    ranks linear in y, so only even ranks need y's derivative (one more
+    solve) in H v. Odd ranks must still run that solve, with a zero
+    cotangent, at the same place (ordering.custom_gradient); before, they
+    skipped it and the ranks met in different collectives at 2-4 ranks."""
+    x, _ = am.linalg.symmetric_solve(apply, solver(1e-14), t, b)
+    y, _ = am.linalg.symmetric_solve(apply, solver(1e-14), t * t, x)
+    return tf.reduce_sum(c * x * y) if RANK % 2 == 0 else tf.reduce_sum(c * y)
+
+
+def gradient_and_hvp(mode, loss, v, b, c):
+    """A function theta -> this rank's part of the gradient of sum_ranks loss,
+    and of H v; built once (one graph, one trace), evaluated three times."""
+    if mode == "graph":
+        graph = tf.Graph()
+        with graph.as_default():
+            t = tf.compat.v1.placeholder(tf.float64, [ROWS])
+            (g,) = tf.gradients(loss(t, tf.constant(b), tf.constant(c)), t)
+            hv = tf.gradients(tf.reduce_sum(g * tf.constant(v)), t)[0]
+            sess = am.Session(graph=graph)
+        return lambda theta: sess.run([g, hv], {t: theta})
+    b, c, v = tf.constant(b), tf.constant(c), tf.constant(v)
+
+    def both(t):
+        with tf.GradientTape() as outer:
+            outer.watch(t)
+            with tf.GradientTape() as inner:
+                inner.watch(t)
+                f = loss(t, b, c)
+            g = inner.gradient(f, t)
+            gv = tf.reduce_sum(g * v)
+        return g, outer.gradient(gv, t)
+
+    if mode == "function":
+        both = tf.function(both)
+    return lambda theta: [r.numpy() for r in both(tf.constant(theta))]
+
+
+# (two solves not in tf.function: its trace alone takes 5 s, over the CI budget)
+@pytest.mark.parametrize(
+    "loss, mode",
+    [(one_solve, "graph"), (one_solve, "eager"), (one_solve, "function")]
+    + [(two_solves, "graph"), (two_solves, "eager")],
+    ids=lambda p: p if isinstance(p, str) else p.__name__,
+)
+def test_symmetric_solve_hessian_vector_product_matches_differences(loss, mode):
+    """H v (reverse over reverse, through the adjoint solves) against central
+    differences of the gradient; different v and loss weights on each rank."""
     theta, b = inputs(np.float64, salt=7)
-    w = np.random.default_rng([8, RANK]).standard_normal(ROWS)
-    with tf.Graph().as_default():
-        t, _, grad = loss_graph(theta, b, w)
-        with pytest.raises(LookupError, match="symmetric_solve: second derivatives"):
-            tf.gradients(grad, t)
+    g = np.random.default_rng([8, RANK])
+    v, c = g.standard_normal((2, ROWS))
+    evaluate = gradient_and_hvp(mode, loss, v, b, c)
+    _, hv = evaluate(theta)
+    eps = 1e-5
+    g_plus, _ = evaluate(theta + eps * v)
+    g_minus, _ = evaluate(theta - eps * v)
+    fd = (g_plus - g_minus) / (2 * eps)
+    error = np.sqrt(global_dot(hv - fd, hv - fd) / global_dot(fd, fd))
+    assert error < 1e-7, f"{loss.__name__} {mode}: H v differs from differences by {error:.2e}"
