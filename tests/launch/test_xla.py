@@ -1,12 +1,12 @@
 """XLA auto-clustering around the MPI ops (TF_XLA_FLAGS="--tf_xla_auto_jit=2
 --tf_xla_cpu_global_jit", which TensorFlow reads when it starts, so each
-setting is its own job): the heat stencil's loss and gradient, in graph mode
-and in tf.function, are the same with and without it."""
+setting is its own job), or am.Session(xla=True): the heat stencil's loss
+and gradient, in graph mode and in tf.function, are the same with and
+without it."""
 
 import json
 
 import numpy as np
-import pytest
 
 from launcher import launch
 
@@ -59,47 +59,42 @@ def results(folder):
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))}
 
 
-@pytest.mark.parametrize("n", [2])
-def test_auto_clustering_gives_the_same_loss_and_gradient(n, tmp_path):
-    plain_out, xla_out, dumps = (tmp_path / name for name in ("plain", "xla", "dumps"))
-    for folder in (plain_out, xla_out, dumps):
-        folder.mkdir()
-    plain = launch(
-        n, None, code=CODE, timeout=240, env={"TF_XLA_FLAGS": "", "XLA_TEST_OUT": str(plain_out)}
-    )
-    # TensorFlow dumps the graphs it clustered: XLA really compiled something
-    flags = {"TF_XLA_FLAGS": AUTO_JIT + " --tf_xla_clustering_debug", "XLA_TEST_OUT": str(xla_out)}
-    xla = launch(n, None, code=CODE, timeout=240, env={**flags, "TF_DUMP_GRAPH_PREFIX": str(dumps)})
-    assert plain.code == 0 and xla.code == 0, (plain, xla)
-    a, b = results(plain_out), results(xla_out)
-    assert sorted(a) == sorted(b) == list(range(n)), (plain, xla)
+def run_setting(tmp_path, name, flags, xla_session="0"):
+    """One 2-rank job of CODE: (results per rank, the graphs XLA clustered)."""
+    out, dumps = tmp_path / name, tmp_path / f"{name}_dumps"
+    out.mkdir(), dumps.mkdir()
+    env = {
+        "TF_XLA_FLAGS": f"{flags} --tf_xla_clustering_debug".strip(),  # the debug flag: dumps
+        "TF_DUMP_GRAPH_PREFIX": str(dumps),
+        "XLA_SESSION": xla_session,
+        "XLA_TEST_OUT": str(out),
+    }
+    result = launch(2, None, code=CODE, timeout=240, env=env)
+    assert result.code == 0, result
+    found = results(out)
+    assert sorted(found) == [0, 1], result
+    return found, clustered_graphs(dumps)
+
+
+def assert_same(a, b, modes):
     for rank in a:
-        for mode in ("graph", "function"):
+        for mode in modes:
             for x, y in zip(a[rank][mode], b[rank][mode]):
                 np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
-    assert clustered_graphs(dumps), sorted(p.name for p in dumps.iterdir())
 
 
-def test_session_xla_argument_turns_on_auto_clustering(tmp_path):
-    """am.Session(xla=True), with no TF_XLA_FLAGS of the user's: the graph's
-    arithmetic is clustered and the loss and gradient are the same; without
-    it, the flag the import adds (--tf_xla_cpu_global_jit) clusters nothing."""
-    runs = {}
-    for name, xla_session in (("plain", "0"), ("xla", "1")):
-        out, dumps = tmp_path / name, tmp_path / f"{name}_dumps"
-        out.mkdir(), dumps.mkdir()
-        env = {
-            "TF_XLA_FLAGS": "--tf_xla_clustering_debug",  # dumps only
-            "TF_DUMP_GRAPH_PREFIX": str(dumps),
-            "XLA_SESSION": xla_session,
-            "XLA_TEST_OUT": str(out),
-        }
-        result = launch(2, None, code=CODE, timeout=240, env=env)
-        assert result.code == 0, result
-        runs[name] = (results(out), clustered_graphs(dumps))
-    (plain, plain_clusters), (xla, xla_clusters) = runs["plain"], runs["xla"]
-    assert not plain_clusters and xla_clusters, (plain_clusters, xla_clusters)
-    assert sorted(plain) == sorted(xla) == [0, 1]
-    for rank in plain:
-        for x, y in zip(plain[rank]["graph"], xla[rank]["graph"]):
-            np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-12, atol=1e-12)
+def test_auto_clustering_gives_the_same_loss_and_gradient(tmp_path):
+    """Three jobs: no flags of the user's (the flag the import adds,
+    --tf_xla_cpu_global_jit, clusters nothing); TF_XLA_FLAGS' auto-clustering
+    (graph mode and tf.function); am.Session(xla=True) (graph mode). Both
+    ways cluster, and the loss and gradient are the same as without."""
+    plain, plain_clusters = run_setting(tmp_path, "plain", "")
+    env_xla, env_clusters = run_setting(tmp_path, "env", AUTO_JIT)
+    session_xla, session_clusters = run_setting(tmp_path, "session", "", xla_session="1")
+    assert not plain_clusters and env_clusters and session_clusters, (
+        plain_clusters,
+        env_clusters,
+        session_clusters,
+    )
+    assert_same(plain, env_xla, ("graph", "function"))
+    assert_same(plain, session_xla, ("graph",))
