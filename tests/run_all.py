@@ -4,7 +4,8 @@
 
 1. tests/mpi under `mpiexec -n N` for N in ADCME_MPI_TEST_SIZES (default
    "1 2 3 4 6"), each launch wrapped in a timeout; outcomes are agreed across
-   ranks, so rank 0's report is the truth for that size.
+   ranks, so rank 0's report is the truth for that size. At 6 ranks and on
+   the MPI thread, without the composite files (COMPOSITE below).
 2. The op, optimizer and application files of tests/mpi once more on
    2 hosts x 2 ranks over TCP (tools/netns_hosts.py; needs root, else skipped
    with the reason; ADCME_MPI_SKIP_HOSTS=1 skips it too).
@@ -19,7 +20,9 @@ ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FILES
 (only these files of tests/launch), ADCME_MPI_TEST_IGNORE (these files of
 tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
-ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
+ADCME_MPI_SUBSET_RUNS (runs that leave out the composite files, COMPOSITE
+below: default "6 3thr", i.e. 6 ranks and the MPI-thread run at 3; "" runs
+every file everywhere), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Before the total: a table of the adjoint (dot-product) and HVP tests that
@@ -148,6 +151,27 @@ ACROSS_HOSTS = [
 ]
 
 
+# The composite files: applications, solvers, optimizers, checkpointed loops,
+# second order, data-parallel training and the execution modes. They use only
+# ops the op-family files test one by one, and cost most of tests/mpi (at 6
+# ranks, measured: 373 of 535 s). The runs where they would repeat what 1-4
+# ranks already show at several times the cost (6 ranks: three processes per
+# core on a 2-core machine; the MPI thread, which moves where kernels run,
+# not what they compute) leave them out: ADCME_MPI_SUBSET_RUNS. test_wave.py
+# stays everywhere: its grids leave some ranks without receivers, the case
+# that once hung only at some sizes.
+COMPOSITE = [
+    "test_applications.py",
+    "test_linalg.py",
+    "test_checkpoint.py",
+    "test_second_order.py",
+    "test_data_parallel.py",
+    "test_modes.py",
+    "test_optimize.py",
+    "test_optimize_newton.py",
+]
+
+
 def run_across_hosts(pytest_args, timeout, junit):
     """ACROSS_HOSTS on 2 hosts x 2 ranks over TCP (tools/netns_hosts.py makes
     the hosts as network namespaces and removes them after); needs root."""
@@ -190,19 +214,30 @@ def main():
         f"--ignore={os.path.join(HERE, 'mpi', name)}"
         for name in os.environ.get("ADCME_MPI_TEST_IGNORE", "").split()
     ]
+    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "6 3thr").split()
     for n, on_thread in runs:
+        column = f"{n}" + ("thr" if on_thread else "")
+        subset = [
+            f"--ignore={os.path.join(HERE, 'mpi', name)}"
+            for name in (COMPOSITE if column in subset_runs else [])
+        ]
         cmd = mpiexec(n) + [
             sys.executable,
             os.path.join(HERE, "mpi_pytest.py"),
             *pytest_args,
             *ignored,
+            *subset,
             os.path.join(HERE, "mpi"),
         ]
         os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
-        label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
+        label = (
+            f"tests/mpi on {n} rank(s)"
+            + (" with ADCME_MPI_THREAD=1" if on_thread else "")
+            + (" without the composite files" if subset else "")
+        )
         for k, v in run(label, cmd, timeout, junit).items():
             total[k] += v
-        columns.append(f"{n}" + ("thr" if on_thread else ""))
+        columns.append(column)
         tally_op_tests(junit, columns[-1])
     os.environ.pop("ADCME_MPI_THREAD", None)
     across_hosts = run_across_hosts(pytest_args, timeout, junit)
