@@ -134,7 +134,23 @@ def _load():
             f"({MPI.Get_library_version().splitlines()[0]})"
         ) from err
     check_same_libmpi(path)
+    _load_xla(os.path.dirname(path))
     return module
+
+
+XLA_LIBRARY_NAME = "libadcme_mpi_xla.so"
+# True once the XLA lowerings (ops/xla.cc) are loaded: the ops of
+# op_table.xla_ops() then compile inside tf.function(jit_compile=True).
+xla_loaded = False
+
+
+def _load_xla(directory):
+    """The XLA lowerings, when they were built (CMake option ADCME_MPI_XLA)."""
+    global xla_loaded
+    path = os.path.join(directory, XLA_LIBRARY_NAME)
+    if os.path.exists(path):
+        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+        xla_loaded = True
 
 
 def check_same_libmpi(path):

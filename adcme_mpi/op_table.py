@@ -60,6 +60,9 @@ class Op:
     public: tuple = ()  # the public Python op functions it backs (am.<name>), ops only
     case: str = None  # its self-test case (_selftest.CASES); None: a gradient-only op
     untested: dict = field(default_factory=dict, hash=False)  # test kind -> why none
+    # lowers to XLA (ops/xla.cc, a side-effecting custom call): compiles inside
+    # tf.function(jit_compile=True); every other op refuses there
+    xla: bool = False
 
     @property
     def needs_petsc(self):
@@ -88,6 +91,7 @@ OPS = (
         checked=True,
         public=("mpi_allreduce",),
         case="mpi_allreduce",
+        xla=True,
     ),
     Op(
         type="MPIBcast",
@@ -331,6 +335,11 @@ HALO_DTYPES = "float32, float64, int32, int64"
 
 def by_type(op_type):
     return next(op for op in OPS if op.type == op_type)
+
+
+def xla_ops():
+    """The public ops that compile inside tf.function(jit_compile=True)."""
+    return tuple(name for o in OPS if o.xla for name in o.public)
 
 
 def public_ops():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI's sanitizer stage: the op libraries (sparse included) built with
+# CI's sanitizer stage: the op libraries (sparse and XLA included) built with
 # AddressSanitizer and UndefinedBehaviorSanitizer (-DADCME_MPI_SANITIZE=ON,
 # CMakeLists.txt) into build-sanitize/, then, with that build first on
 # PYTHONPATH:

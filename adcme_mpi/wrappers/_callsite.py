@@ -6,9 +6,9 @@ arguments into the tensors the ops take."""
 import numpy as np
 import tensorflow as tf
 
-from .. import _tf_private, runtime
+from .. import _loader, _tf_private, runtime
 from ..op_table import DATA_DTYPES as DATA_DTYPE_NAMES
-from ..op_table import message
+from ..op_table import message, xla_ops
 
 # (in op_table.DATA_DTYPES' order: the messages list them so)
 DATA_DTYPES = tuple(tf.as_dtype(name) for name in DATA_DTYPE_NAMES.split(", "))
@@ -23,7 +23,8 @@ def _static_int(value):
 
 
 class XLACompilationError(Exception):
-    """An MPI op was made inside tf.function(jit_compile=True). (An Exception
+    """An MPI op that does not lower to XLA (op_table.xla_ops() lists those
+    that do) was made inside tf.function(jit_compile=True). (An Exception
     subclass with its own constructor untouched, so that AutoGraph re-raises it
     as itself, not as a StagingError.)"""
 
@@ -33,20 +34,23 @@ class CallSite:
         self.op = op
         self.pair = runtime.comm_pair(comm, op, collective=collective)
         self.rank, self.size = self.pair.rank, self.pair.size
-        if not tf.executing_eagerly() and _tf_private.in_xla_compilation(
-            tf.compat.v1.get_default_graph()
+        if (
+            not tf.executing_eagerly()
+            and _tf_private.in_xla_compilation(tf.compat.v1.get_default_graph())
+            and not (_loader.xla_loaded and op in xla_ops())
         ):
             # TensorFlow would only fail when the function first runs, with
             # "No registered 'MPI...' OpKernel for XLA_CPU_JIT devices"
+            lowered = ", ".join(xla_ops()) if _loader.xla_loaded else "none in this build"
             raise self.error(
                 XLACompilationError,
-                "MPI ops cannot be compiled by XLA (this is inside "
-                "tf.function(jit_compile=True)). Compile the arithmetic and keep the MPI "
-                "ops outside: jit_compile=True on the functions that compute between them, "
-                "called from a plain tf.function or graph that makes the MPI ops; or let "
-                "XLA cluster everything between the MPI ops by itself: am.Session(xla=True), "
-                'or TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" (README, '
-                '"XLA")',
+                "this op cannot be compiled by XLA (this is inside "
+                f"tf.function(jit_compile=True)); the ops that compile there: {lowered}. "
+                "Compile the arithmetic and keep the other MPI ops outside: jit_compile=True "
+                "on the functions that compute between them, called from a plain tf.function "
+                "or graph that makes the MPI ops; or let XLA cluster everything between the "
+                'MPI ops by itself: am.Session(xla=True), or TF_XLA_FLAGS="--tf_xla_auto_jit=2 '
+                '--tf_xla_cpu_global_jit" (README, "XLA")',
             )
 
     def __str__(self):

@@ -187,3 +187,18 @@ def test_reasons_for_no_case_name_a_kind():
     for row in OPS:
         assert set(row.untested) <= set(TEST_KINDS), row
         assert all(isinstance(why, str) and why for why in row.untested.values()), row
+
+
+def test_the_xla_column_names_exactly_the_ops_that_xla_cc_lowers():
+    """A row with xla=True has a REGISTER_XLA_OP in ops/xla.cc, and every
+    REGISTER_XLA_OP there has its row marked; xla_ops() is the public ops
+    of those rows (what the XLACompilationError message lists)."""
+    text = open(os.path.join(ROOT, "ops", "xla.cc")).read()
+    lowered = set(re.findall(r'REGISTER_XLA_OP\(Name\("(\w+)"\)', text))
+    assert lowered == {row.type for row in OPS if row.xla}
+    assert lowered == {"MPIAllreduce"}
+    assert op_table.xla_ops() == ("mpi_allreduce",)
+    # a lowered op's gradient ops lower too, so its gradient compiles as well
+    for row in OPS:
+        if row.xla:
+            assert all(by_type(t).xla for t in row.backward_types), row
