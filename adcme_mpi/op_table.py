@@ -60,9 +60,10 @@ class Op:
     public: tuple = ()  # the public Python op functions it backs (am.<name>), ops only
     case: str = None  # its self-test case (_selftest.CASES); None: a gradient-only op
     untested: dict = field(default_factory=dict, hash=False)  # test kind -> why none
-    # lowers to XLA (ops/xla.cc, a side-effecting custom call): compiles inside
-    # tf.function(jit_compile=True); every other op refuses there
-    xla: bool = False
+    # lowers to XLA (ops/xla.cc: a side-effecting custom call that runs the
+    # op's kernel): compiles inside tf.function(jit_compile=True). Not the
+    # sparse ops (their rows say False), which refuse there.
+    xla: bool = True
 
     @property
     def needs_petsc(self):
@@ -91,7 +92,6 @@ OPS = (
         checked=True,
         public=("mpi_allreduce",),
         case="mpi_allreduce",
-        xla=True,
     ),
     Op(
         type="MPIBcast",
@@ -204,6 +204,7 @@ OPS = (
         # the x_j of the values' gradients (_value_gradient, wrappers/sparse.py)
         backward_name="gradient of mpi_sparse_matvec or mpi_sparse_solve for the matrix values",
         kernel="ops/sparse.cc",
+        xla=False,  # not lowered: its kernel holds PETSc state across runs
         wrapper="adcme_mpi/wrappers/sparse.py",
         checked=True,
     ),
@@ -217,6 +218,7 @@ OPS = (
             "higher derivative of mpi_sparse_matvec or mpi_sparse_solve for the matrix values"
         ),
         kernel="ops/sparse.cc",
+        xla=False,  # not lowered: its kernel holds PETSc state across runs
         wrapper="adcme_mpi/wrappers/sparse.py",
         checked=True,
     ),
@@ -226,6 +228,7 @@ OPS = (
         backward_types=("MPISparseMatVec", "MPISparseGather"),
         backward_name="gradient of mpi_sparse_matvec",
         kernel="ops/sparse.cc",
+        xla=False,  # not lowered: its kernel holds PETSc state across runs
         wrapper="adcme_mpi/wrappers/sparse.py",
         checked=True,
         public=("mpi_sparse_matvec",),
@@ -237,6 +240,7 @@ OPS = (
         backward_types=("MPISparseSolve", "MPISparseGather"),
         backward_name="gradient of mpi_sparse_solve",
         kernel="ops/sparse.cc",
+        xla=False,  # not lowered: its kernel holds PETSc state across runs
         wrapper="adcme_mpi/wrappers/sparse.py",
         checked=True,
         public=("mpi_sparse_solve",),

@@ -11,7 +11,6 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "buffers.h"
 #include "common.h"
 #include "tensorflow/core/framework/op.h"
 
@@ -264,13 +263,8 @@ struct Reduction {
 // a prod is rounded once instead of once per rank.
 bool IsNarrow(DataType t) { return t == tensorflow::DT_HALF || t == tensorflow::DT_BFLOAT16; }
 
-// (ctx null: outside a kernel, from TensorFlow's CPU allocator)
 absl::Status Widen(OpKernelContext* ctx, const Tensor& a, Tensor* wide) {
-  if (ctx != nullptr) {
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, a.shape(), wide));
-  } else {
-    *wide = Tensor(tensorflow::DT_FLOAT, a.shape());
-  }
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, a.shape(), wide));
   if (a.dtype() == tensorflow::DT_HALF) {
     wide->flat<float>() = a.flat<Eigen::half>().cast<float>();
   } else {
@@ -497,54 +491,46 @@ class ScatterKernel : public RootedKernel {
   }
 };
 
-// The allreduce itself, for the TF kernel and the XLA custom call alike:
-// `input` this rank's input, `out` the output, already allocated (it may
-// share input's buffer). Both are owned tensors, so a watchdog that abandons
-// the requests keeps their buffers alive (RequestSet::Keep). ctx may be null.
-absl::Status AllreduceCore(OpKernelContext* ctx, const CallSite& site, const std::string& name,
-                           const Tensor& input, Tensor* out) {
-  const Reduction reduction(name);
-  Operand a;
-  TF_RETURN_IF_ERROR(PrepareOperand(site, input, &a));
-  Reduced r;
-  TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name, *a.tensor, a.type, &r));
-  char* result = r.narrow ? DataOf(r.wide) : DataOf(*out);
-  Carried carried;
-  carried.input = r.data;
-  carried.sum = true;
-  carried.output = result;
-  TF_RETURN_IF_ERROR(CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1,
-                                          reduction.op == MPI_SUM ? &carried : nullptr,
-                                          reduction.AsAlike()));
-  if (!carried.done) {
-    const bool in_place = result == DataOf(*r.data);
-    RequestSet requests(site);
-    requests.Keep(*a.tensor);
-    requests.Keep(*r.data);
-    requests.Keep(*out);
-    TF_RETURN_IF_ERROR(
-        requests.Posted(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*r.data), result, a.count,
-                                       r.type, reduction.op, site.comm, requests.Next()),
-                        "MPI_Iallreduce"));
-    TF_RETURN_IF_ERROR(requests.Wait("every rank to join the allreduce"));
-  }
-  if (r.narrow) Narrow(r.wide, out);
-  return absl::OkStatus();
-}
-
 class AllreduceKernel : public MpiKernel {
  public:
-  explicit AllreduceKernel(OpKernelConstruction* c) : MpiKernel(c), name_(ReductionAttr(c)) {}
+  explicit AllreduceKernel(OpKernelConstruction* c)
+      : MpiKernel(c), name_(ReductionAttr(c)), reduction_(name_) {}
   absl::Status Run(OpKernelContext* ctx, const CallSite& site) override {
+    Operand a;
+    TF_RETURN_IF_ERROR(PrepareOperand(site, ctx->input(0), &a));
+    Reduced r;
+    TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name_, *a.tensor, a.type, &r));
     Tensor* out = nullptr;
     // Reuse the input buffer when TF lets us (it is not needed elsewhere);
     // a widened input is reduced in place in its float32 buffer.
-    TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, ctx->input(0).shape(), &out));
-    return AllreduceCore(ctx, site, name_, ctx->input(0), out);
+    TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+    char* result = r.narrow ? DataOf(r.wide) : DataOf(*out);
+    Carried carried;
+    carried.input = r.data;
+    carried.sum = true;
+    carried.output = result;
+    TF_RETURN_IF_ERROR(CheckSameAcrossRanks(site, OpKind::kMPIAllreduce, "a", *a.tensor, -1,
+                                            reduction_.op == MPI_SUM ? &carried : nullptr,
+                                            reduction_.AsAlike()));
+    if (!carried.done) {
+      const bool in_place = result == DataOf(*r.data);
+      RequestSet requests(site);
+      requests.Keep(*a.tensor);
+      requests.Keep(*r.data);
+      requests.Keep(*out);
+      TF_RETURN_IF_ERROR(
+          requests.Posted(MPI_Iallreduce(in_place ? MPI_IN_PLACE : DataOf(*r.data), result, a.count,
+                                         r.type, reduction_.op, site.comm, requests.Next()),
+                          "MPI_Iallreduce"));
+      TF_RETURN_IF_ERROR(requests.Wait("every rank to join the allreduce"));
+    }
+    if (r.narrow) Narrow(r.wide, out);
+    return absl::OkStatus();
   }
 
  private:
   const std::string name_;
+  const Reduction reduction_;
 };
 
 // Elements of one slice along axis 0 (a scalar: 1).
@@ -902,21 +888,4 @@ REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIAlltoall").HostMemory("splits")
 REGISTER_KERNEL_BUILDER(ADCME_MPI_CPU_KERNEL("MPIScan"), ScanKernel);
 
 }  // namespace
-
-absl::Status AllreduceOnBuffers(int64_t comm_handle, int64_t reduction, DataType dtype,
-                                const TensorShape& shape, const void* input, void* output) {
-  if (reduction < 0 || reduction >= 4)
-    return absl::InvalidArgumentError(absl::StrCat("mpi_allreduce: reduction ", reduction));
-  // Owned copies: the watchdog may abandon requests whose buffers must then
-  // outlive this call, and XLA's buffers do not.
-  Tensor a(dtype, shape);
-  if (a.TotalBytes() > 0) std::memcpy(DataOf(a), input, a.TotalBytes());
-  Tensor out(dtype, shape);
-  TF_RETURN_IF_ERROR(RunAsKernel("MPIAllreduce", comm_handle, [&](const CallSite& site) {
-    return AllreduceCore(nullptr, site, kReductions[reduction], a, &out);
-  }));
-  if (out.TotalBytes() > 0) std::memcpy(output, DataOf(out), out.TotalBytes());
-  return absl::OkStatus();
-}
-
 }  // namespace adcme_mpi

@@ -112,80 +112,47 @@ void MpiKernel::ComputeAsync(OpKernelContext* ctx, DoneCallback done) {
   });
 }
 
-namespace {
-
-absl::Status MpiReady(const std::string& op_type) {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (!initialized || finalized)
-    return absl::FailedPreconditionError(
-        absl::StrCat(UserFacingName(op_type, false), ": MPI is ",
-                     finalized ? "already finalized" : "not initialized",
-                     "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end"));
-  return absl::OkStatus();
-}
-
-absl::Status Refused(const std::string& op_type) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      UserFacingName(op_type, false), ": mpi_finalize has begun; no op may start any more"));
-}
-
-// The site of `op_type` on the communicator with Fortran handle `handle`.
-absl::Status MakeSite(const std::string& op_type, int64_t handle, CallSite* site,
-                      std::weak_ptr<CommFamily>* family_out) {
-  site->comm = MPI_Comm_f2c(static_cast<MPI_Fint>(handle));
-  std::shared_ptr<CommFamily> family = FamilyOf(site->comm, &site->backward);
-  *family_out = family;
-  site->family = family.get();
-  site->op = UserFacingName(op_type, site->backward);
-  TF_RETURN_IF_ERROR(site->Check(MPI_Comm_rank(site->comm, &site->rank), "MPI_Comm_rank"));
-  return site->Check(MPI_Comm_size(site->comm, &site->size), "MPI_Comm_size");
-}
-
-// The part of a run after the site is known (the op is in flight).
-absl::Status RunOnSite(OpKind kind, const CallSite& site, const std::weak_ptr<CommFamily>& weak,
-                       const std::function<absl::Status(const CallSite&)>& run) {
-  // held for this run: mpi_finalize cannot free the family under it
-  const std::shared_ptr<CommFamily> family = weak.lock();
-  if (site.family != nullptr && family == nullptr)
-    return absl::FailedPreconditionError(
-        absl::StrCat(site.Describe(), ": its communicator was released by mpi_finalize"));
-  ProgressDetachedSends();
-  const int64_t steps = CheckStepsOnThisThread();
-  absl::Status status = run(site);
-  if (!status.ok() && kind != OpKind::kNone && CheckStepsOnThisThread() == steps)
-    status = ShareLocalFailure(site, kind, status);
-  return status;
-}
-
-}  // namespace
-
 absl::Status MpiKernel::PrepareSite() {
   std::call_once(site_once_, [this] {
-    site_status_ = MakeSite(type_string(), comm_handle_, &site_, &family_);
+    site_.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(comm_handle_));
+    std::shared_ptr<CommFamily> family = FamilyOf(site_.comm, &site_.backward);
+    family_ = family;
+    site_.family = family.get();
+    site_.op = UserFacingName(type_string(), site_.backward);
+    site_status_ = site_.Check(MPI_Comm_rank(site_.comm, &site_.rank), "MPI_Comm_rank");
+    if (site_status_.ok()) {
+      site_status_ = site_.Check(MPI_Comm_size(site_.comm, &site_.size), "MPI_Comm_size");
+    }
   });
   return site_status_;
 }
 
 absl::Status MpiKernel::RunChecked(OpKernelContext* ctx) {
-  TF_RETURN_IF_ERROR(MpiReady(type_string()));
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    return absl::FailedPreconditionError(
+        absl::StrCat(UserFacingName(type_string(), false), ": MPI is ",
+                     finalized ? "already finalized" : "not initialized",
+                     "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end"));
   OpInFlight flight;
-  if (flight.refused()) return Refused(type_string());
+  if (flight.refused())
+    return absl::FailedPreconditionError(
+        absl::StrCat(UserFacingName(type_string(), false),
+                     ": mpi_finalize has begun; no op may start any more"));
   TF_RETURN_IF_ERROR(PrepareSite());
-  return RunOnSite(kind_, site_, family_,
-                   [this, ctx](const CallSite& site) { return Run(ctx, site); });
-}
-
-absl::Status RunAsKernel(const std::string& op_type, int64_t comm_handle,
-                         const std::function<absl::Status(const CallSite&)>& run) {
-  TF_RETURN_IF_ERROR(MpiReady(op_type));
-  OpInFlight flight;
-  if (flight.refused()) return Refused(op_type);
-  CallSite site;
-  std::weak_ptr<CommFamily> family;
-  TF_RETURN_IF_ERROR(MakeSite(op_type, comm_handle, &site, &family));
-  return RunOnSite(KindOfOpType(op_type), site, family, run);
+  // held for this run: mpi_finalize cannot free the family under it
+  const std::shared_ptr<CommFamily> family = family_.lock();
+  if (site_.family != nullptr && family == nullptr)
+    return absl::FailedPreconditionError(
+        absl::StrCat(site_.Describe(), ": its communicator was released by mpi_finalize"));
+  ProgressDetachedSends();
+  const int64_t steps = CheckStepsOnThisThread();
+  absl::Status status = Run(ctx, site_);
+  if (!status.ok() && kind_ != OpKind::kNone && CheckStepsOnThisThread() == steps)
+    status = ShareLocalFailure(site_, kind_, status);
+  return status;
 }
 
 void MpiKernel::Work(OpKernelContext* ctx) {

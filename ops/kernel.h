@@ -6,7 +6,6 @@
 #define ADCME_MPI_OPS_KERNEL_H_
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -55,15 +54,6 @@ class MpiKernel : public tensorflow::AsyncOpKernel {
   std::weak_ptr<CommFamily> family_;  // only while a run holds it (family.h)
   absl::Status site_status_;
 };
-
-// Runs `run` as a kernel of op type `op_type` on the communicator with
-// Fortran handle `comm_handle` runs: MPI must be up and not finalizing, the
-// communicator's family is held for the run, and a checked op's local
-// failure before its check is shared with the peers (every rank fails).
-// For code that runs an op without an OpKernel: the XLA custom calls
-// (ops/xla.cc). MpiKernel::RunChecked does the same around Run().
-absl::Status RunAsKernel(const std::string& op_type, int64_t comm_handle,
-                         const std::function<absl::Status(const CallSite&)>& run);
 
 }  // namespace adcme_mpi
 

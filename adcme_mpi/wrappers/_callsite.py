@@ -24,7 +24,7 @@ def _static_int(value):
 
 class XLACompilationError(Exception):
     """An MPI op that does not lower to XLA (op_table.xla_ops() lists those
-    that do) was made inside tf.function(jit_compile=True). (An Exception
+    that do: all but the sparse ops) was made inside tf.function(jit_compile=True). (An Exception
     subclass with its own constructor untouched, so that AutoGraph re-raises it
     as itself, not as a StagingError.)"""
 
@@ -41,16 +41,19 @@ class CallSite:
         ):
             # TensorFlow would only fail when the function first runs, with
             # "No registered 'MPI...' OpKernel for XLA_CPU_JIT devices"
-            lowered = ", ".join(xla_ops()) if _loader.xla_loaded else "none in this build"
+            why = (
+                "the sparse ops do not lower to XLA (their kernels hold PETSc state across runs)"
+                if _loader.xla_loaded
+                else "this build has no XLA lowerings (libadcme_mpi_xla.so was not built: "
+                "ADCME_MPI_XLA=OFF, or a TensorFlow without XLA's headers)"
+            )
             raise self.error(
                 XLACompilationError,
-                "this op cannot be compiled by XLA (this is inside "
-                f"tf.function(jit_compile=True)); the ops that compile there: {lowered}. "
-                "Compile the arithmetic and keep the other MPI ops outside: jit_compile=True "
-                "on the functions that compute between them, called from a plain tf.function "
-                "or graph that makes the MPI ops; or let XLA cluster everything between the "
-                'MPI ops by itself: am.Session(xla=True), or TF_XLA_FLAGS="--tf_xla_auto_jit=2 '
-                '--tf_xla_cpu_global_jit" (README, "XLA")',
+                "this op cannot be compiled by XLA (this is inside tf.function(jit_compile=True)): "
+                f"{why}. Keep it outside: jit_compile=True on the functions that compute around "
+                "it, called from a plain tf.function or graph that makes this op; or let XLA "
+                "cluster everything around it by itself: am.Session(xla=True), or "
+                'TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" (README, "XLA")',
             )
 
     def __str__(self):

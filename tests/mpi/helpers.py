@@ -10,7 +10,7 @@ import tensorflow as tf
 from mpi4py import MPI
 
 import adcme_mpi as am
-from adcme_mpi import op_table
+from adcme_mpi import _loader, op_table
 from adcme_mpi.wrappers import halo
 
 COMM = MPI.COMM_WORLD
@@ -180,6 +180,19 @@ def table_case(kind, cases, case_id):
         f"{name}, a public op of the op table (adcme_mpi/op_table.py), has no {kind} case: "
         f"add one, or the reason to its row's untested"
     )
+
+
+def jit_refusal(cases, case_id):
+    """What XLACompilationError must say for a table case's ops under
+    tf.function(jit_compile=True), or None where they all lower (op_table's
+    `xla` column: every op but the sparse ones)."""
+    names = next(k for k, variants in cases.items() if case_id in variants)
+    names = (names,) if isinstance(names, str) else names
+    if not _loader.xla_loaded:
+        return "this build has no XLA lowerings"
+    if not set(names) <= set(op_table.xla_ops()):
+        return "the sparse ops do not lower to XLA"
+    return None
 
 
 # ---- a small distributed sparse matrix (the sparse ops' cases) ----

@@ -252,8 +252,9 @@ def keras_float64():
     keras.config.set_floatx(saved)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
-def test_keras_fit_equals_one_process_on_the_whole_batch(optimizer, keras_float64):
+def test_keras_fit_equals_one_process_on_the_whole_batch(optimizer, jit_compile, keras_float64):
     import keras
 
     import adcme_mpi.keras as amk
@@ -275,8 +276,11 @@ def test_keras_fit_equals_one_process_on_the_whole_batch(optimizer, keras_float6
     )  # fmt: skip
 
     model = keras_model(seed=RANK)  # different initial weights on every rank
-    model.compile(optimizer=amk.DistributedOptimizer(make_opt()), loss="mse")
+    model.compile(
+        optimizer=amk.DistributedOptimizer(make_opt()), loss="mse", jit_compile=jit_compile
+    )
     assert type(model.optimizer).__name__ == optimizer
+    assert model.jit_compile == jit_compile  # (Keras keeps an explicit True)
     hist = model.fit(
         x[:, RANK].reshape(-1, D), y[:, RANK].reshape(-1, 1), batch_size=BATCH, epochs=EPOCHS,
         shuffle=False, verbose=0,

@@ -1,5 +1,8 @@
-"""Every op and gradient in graph mode, eagerly (GradientTape) and inside
-tf.function: the three must agree exactly."""
+"""Every op and gradient in graph mode, eagerly (GradientTape), inside
+tf.function and inside tf.function(jit_compile=True) (XLA: the op lowers
+to a custom call that runs its kernel): the four must agree exactly. The
+ops that do not lower (the sparse ops, op_table's `xla` column) must refuse
+under jit_compile=True with XLACompilationError, naming why."""
 
 import numpy as np
 import pytest
@@ -8,9 +11,9 @@ import tensorflow as tf
 import adcme_mpi as am
 import helpers
 from helpers import near_square_grid as grid, RANK, SIZE, random, run_graph
-from helpers import sparse_matrix, table_case, table_cases
+from helpers import jit_refusal, sparse_matrix, table_case, table_cases
 
-MODES = ["graph", "eager", "function"]
+MODES = ["graph", "eager", "function", "jit"]
 
 
 def p2p(t):
@@ -129,8 +132,8 @@ def run_mode(mode, op, x, w):
             y = op(xt)
         return y, tape.gradient(y, xt, output_gradients=tf.constant(w))
 
-    if mode == "function":
-        forward_backward = tf.function(forward_backward)
+    if mode in ("function", "jit"):
+        forward_backward = tf.function(forward_backward, jit_compile=mode == "jit")
     y, g = forward_backward(tf.constant(x))
     return y.numpy(), g.numpy()
 
@@ -140,10 +143,15 @@ def run_mode(mode, op, x, w):
 def test_modes_agree(name, dtype):
     in_shape, out_shape, op = table_case("modes", CASES, name)
     x, w = random(in_shape, dtype, 200), random(out_shape, dtype, 201)
-    results = {mode: run_mode(mode, op, x, w) for mode in MODES}
+    refusal = jit_refusal(CASES, name)
+    modes = MODES if refusal is None else [mode for mode in MODES if mode != "jit"]
+    results = {mode: run_mode(mode, op, x, w) for mode in modes}
     y_graph, g_graph = results["graph"]
     assert y_graph.shape == out_shape and g_graph.shape == in_shape
-    for mode in ("eager", "function"):
+    for mode in modes[1:]:
         y, g = results[mode]
         np.testing.assert_array_equal(y, y_graph, err_msg=f"{mode} forward")
         np.testing.assert_array_equal(g, g_graph, err_msg=f"{mode} gradient")
+    if refusal is not None:
+        with pytest.raises(am.XLACompilationError, match=refusal):
+            run_mode("jit", op, x, w)

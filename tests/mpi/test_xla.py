@@ -1,9 +1,13 @@
-"""XLA and the MPI ops: mpi_allreduce (the ops of op_table.xla_ops()) lowers
-to a side-effecting custom call inside tf.function(jit_compile=True), with
-the same numbers, gradients, ordering and cross-rank errors as the plain op;
-every other MPI op made there fails at once, naming the op and the rank,
-with what to do instead; XLA-compiled arithmetic between MPI ops made
-outside it gives the same numbers as without XLA. (Auto-clustering, which
+"""XLA and the MPI ops: every op but the sparse ones (op_table's `xla`
+column) lowers to a side-effecting custom call inside
+tf.function(jit_compile=True) that runs the op's own kernel, with the same
+numbers, gradients, ordering and cross-rank errors as the plain op (every
+op forward and gradient, bit for bit: test_modes.py's jit mode; HVPs:
+test_second_order.py's; Keras: test_data_parallel.py). Here: allreduce
+against NumPy, compiled and plain ops in one sequence, errors inside a
+compiled function (bad input, shapes that only the other ranks decide),
+the HLO, a whole compiled heat step, and the sparse ops' refusal, naming
+the op and the rank, with what to do instead. (Auto-clustering, which
 needs TF_XLA_FLAGS before TensorFlow starts, is tests/launch/test_xla.py.)"""
 
 import numpy as np
@@ -19,22 +23,27 @@ from helpers import (
     global_dot,
     near_square_grid,
     random,
+    sparse_matrix,
+    sparse_rows,
 )
 
 REFERENCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
 
 
-def test_jit_compile_around_an_op_that_does_not_lower_fails_at_once_and_says_what_to_do():
+def test_jit_compile_around_a_sparse_op_fails_at_once_and_says_why_and_what_to_do():
+    A = sparse_matrix()  # (skips without PETSc; fails there under ADCME_MPI_REQUIRE_PETSC=1)
+    lo, hi = sparse_rows()
+
     @tf.function(jit_compile=True)
     def step(u):
-        return am.mpi_bcast(u * 2.0)
+        return A @ (u * 2.0)
 
     with pytest.raises(am.XLACompilationError) as info:
-        step(tf.constant([1.0, 2.0]))
+        step(tf.ones([hi - lo + 1], tf.float64))
     text = str(info.value)
-    assert f"mpi_bcast (rank {RANK} of {SIZE})" in text
-    assert "the ops that compile there: mpi_allreduce" in text
-    assert "keep the other MPI ops outside" in text and "--tf_xla_auto_jit=2" in text
+    assert f"mpi_sparse_matvec (rank {RANK} of {SIZE})" in text
+    assert "the sparse ops do not lower to XLA" in text
+    assert "Keep it outside" in text and "--tf_xla_auto_jit=2" in text
 
 
 @pytest.mark.parametrize("op", ["sum", "mean", "max", "min"])
@@ -97,7 +106,8 @@ def test_compiled_allreduce_adjoint(dtype):
     hlo = grad_and_op_v.experimental_get_compiler_ir(
         tf.constant(x), tf.constant(w), tf.constant(v)
     )(stage="hlo")
-    assert hlo.count('custom_call_target="adcme_mpi_allreduce"') == 3, hlo
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="adcme_mpi_op"' in line]
+    assert len(calls) == 3 and all('op_type="MPIAllreduce"' in line for line in calls), hlo
 
 
 @pytest.mark.parametrize("op", ["max", "min"])
@@ -143,9 +153,10 @@ def test_hlo_has_the_side_effecting_custom_call_in_order():
         return am.mpi_allreduce(am.mpi_allreduce(x) * 2.0, op="max")
 
     hlo = f.experimental_get_compiler_ir(tf.constant([1.0, 2.0]))(stage="hlo")
-    calls = [line for line in hlo.splitlines() if "adcme_mpi_allreduce" in line]
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="adcme_mpi_op"' in line]
     assert len(calls) == 2, hlo
     for line in calls:
+        assert 'op_type="MPIAllreduce"' in line, line
         assert "custom_call_has_side_effect=true" in line, line
         assert "API_VERSION_TYPED_FFI" in line, line
 
@@ -179,3 +190,75 @@ def test_compiled_arithmetic_between_mpi_ops_matches_plain(dtype):
     tol = dict(rtol=2e-5) if dtype == np.float32 else dict(rtol=1e-12)
     for a, b in zip(plain, xla):
         np.testing.assert_allclose(b, a, **tol)
+
+
+def test_allgather_whose_length_other_ranks_decide_fails_on_every_rank_then_works_outside():
+    """XLA fixes the output shape when it compiles, from this rank's input;
+    first dimensions that differ across ranks make another shape: every rank
+    fails with the same message, and the ranks stay in step."""
+    if SIZE == 1:
+        pytest.skip("needs two ranks")
+    mine = tf.ones([1 + RANK, 2])
+
+    @tf.function(jit_compile=True)
+    def f(x):
+        return am.mpi_allgather(x)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        f(mine)
+    message = str(info.value)
+    total = SIZE * (SIZE + 1) // 2
+    compiled = SIZE * (1 + RANK)  # what this rank's input makes XLA assume
+    for text in (
+        f"mpi_allgather (rank {RANK} of {SIZE})",
+        "output shape is fixed when XLA compiles, from this rank's input",
+        f"compiled as [{compiled}, 2] and the ranks' inputs make [{total}, 2]"
+        if compiled != total  # (at 3 ranks, rank 1's guess is right: it fails all the same)
+        else "another rank's compiled shape differs",
+        "call it outside jit_compile=True",
+    ):
+        assert text in message, message
+    assert am.mpi_allgather(mine).shape == (total, 2)  # plain: lengths exchanged inside
+
+
+def test_bad_root_inside_a_compiled_function_is_the_plain_ops_error_on_every_rank():
+    @tf.function(jit_compile=True)
+    def f(x, root):
+        return am.mpi_bcast(x, root)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        f(tf.ones([3]), tf.constant(SIZE + 2))
+    message = str(info.value)
+    assert f"mpi_bcast (rank {RANK} of {SIZE}): argument 'root' = {SIZE + 2}" in message, message
+    assert_close(f(tf.ones([3]) * (RANK + 1), tf.constant(0)).numpy(), np.ones(3), np.float32, "")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_whole_heat_steps_compiled_with_their_halo_exchanges_match_plain(dtype):
+    """Halo exchanges, stencil and the loss's allreduce in one XLA function,
+    forward and gradient, against the same steps without XLA."""
+    m, n = near_square_grid()
+    u0 = random((6, 5), dtype, 2)
+
+    def loss_and_grad(u):
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            v = u
+            for _ in range(3):
+                p = am.mpi_halo_exchange(v, m, n)
+                v = v + 0.1 * (p[1:-1, :-2] + p[1:-1, 2:] + p[:-2, 1:-1] + p[2:, 1:-1] - 4 * v)
+            loss = am.mpi_allreduce(tf.reduce_sum(v * v))
+        return loss, tape.gradient(loss, u)
+
+    plain = [t.numpy() for t in tf.function(loss_and_grad)(tf.constant(u0))]
+    compiled_fn = tf.function(loss_and_grad, jit_compile=True)
+    compiled = [t.numpy() for t in compiled_fn(tf.constant(u0))]
+    # (XLA fuses the stencil's arithmetic: rounding differs, near zero too)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(plain, compiled):
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * np.abs(a).max())
+    hlo = compiled_fn.experimental_get_compiler_ir(tf.constant(u0))(stage="hlo")
+    ops = [line for line in hlo.splitlines() if 'custom_call_target="adcme_mpi_op"' in line]
+    # 3 exchanges, 3 adjoint exchanges, the allreduce and its gradient's
+    assert sum('op_type="MPIHaloExchange"' in line for line in ops) == 3, hlo
+    assert sum('op_type="MPIHaloExchangeGrad"' in line for line in ops) == 3, hlo

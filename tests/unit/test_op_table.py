@@ -196,8 +196,10 @@ def test_the_xla_column_names_exactly_the_ops_that_xla_cc_lowers():
     text = open(os.path.join(ROOT, "ops", "xla.cc")).read()
     lowered = set(re.findall(r'REGISTER_XLA_OP\(Name\("(\w+)"\)', text))
     assert lowered == {row.type for row in OPS if row.xla}
-    assert lowered == {"MPIAllreduce"}
-    assert op_table.xla_ops() == ("mpi_allreduce",)
+    # every op but the sparse ones (PETSc state), which refuse under jit_compile=True
+    assert lowered == {row.type for row in OPS if not row.needs_petsc}
+    assert "mpi_allreduce" in op_table.xla_ops() and "mpi_halo_exchange" in op_table.xla_ops()
+    assert not any(name.startswith("mpi_sparse") for name in op_table.xla_ops())
     # a lowered op's gradient ops lower too, so its gradient compiles as well
     for row in OPS:
         if row.xla:
