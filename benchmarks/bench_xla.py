@@ -1,5 +1,6 @@
 """The heat stencil and a Poisson CG solve with and without XLA auto-clustering
-around the MPI ops, and the same code in JAX + mpi4jax.
+around the MPI ops, compiled whole by tf.function(jit_compile=True), and the
+same code in JAX + mpi4jax.
 
 Issue 24's setup: the explicit 5-point heat stencil, 20 steps, 512 x 512 per
 rank on a 1 x P grid, from public ops only (slices, no custom adjoint),
@@ -11,7 +12,12 @@ driver alternates the settings `--alternations` times (each job times
 `--rounds` runs and reports the median), and prints the medians of the
 jobs with their spread. Writes benchmarks/results/xla_<problem>_<P>.json.
 
-The third setting, when mpi4jax is installed (bash
+The third setting (`jit`) is the same TF code, eager, forward and
+forward+gradient each one tf.function(jit_compile=True): the MPI ops lower
+to custom calls inside one XLA program. Its first calls (tracing and XLA
+compilation) are timed apart: `jit_compile_s`.
+
+The fourth setting, when mpi4jax is installed (bash
 benchmarks/install_mpi4jax.sh), is the same code in JAX + mpi4jax under
 one jax.jit, single-threaded: the ghost columns by mpi4jax.sendrecv, the
 loss by mpi4jax.allreduce, the gradient by jax.grad. kappa is the same
@@ -114,6 +120,58 @@ def job(problem, rounds, size, steps):
         )
 
 
+def jit_job(problem, rounds, size, steps):
+    """The TF code under tf.function(jit_compile=True): median forward and
+    forward+gradient seconds, and the first calls' (compilation) seconds."""
+    import numpy as np
+    import tensorflow as tf
+
+    import adcme_mpi as am
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    P = am.mpi_size()
+    u0 = tf.constant(np.random.default_rng(am.mpi_rank()).standard_normal((size, size)))
+
+    def loss_of(kappa0):
+        halo = lambda u: am.mpi_halo_exchange(u, 1, P)  # noqa: E731
+        kappa = am.mpi_bcast(kappa0)
+        local = PROBLEMS[problem](halo, am.mpi_allreduce, u0, kappa, steps, tf.reduce_sum)
+        return am.mpi_sum(local)
+
+    @tf.function(jit_compile=True)
+    def forward(kappa0):
+        return loss_of(kappa0)
+
+    @tf.function(jit_compile=True)
+    def both(kappa0):
+        with tf.GradientTape() as tape:
+            tape.watch(kappa0)
+            loss = loss_of(kappa0)
+        return loss, tape.gradient(loss, kappa0)
+
+    kappa = tf.constant(KAPPA, tf.float64)
+    am.mpi_barrier()
+    start = time.perf_counter()
+    forward(kappa).numpy()
+    both(kappa)[0].numpy()
+    compile_seconds = time.perf_counter() - start
+    for _ in range(2):
+        forward(kappa).numpy()
+        both(kappa)[0].numpy()
+    times = {"forward": [], "both": []}
+    for _ in range(rounds):
+        for name, fn in (("forward", forward), ("both", both)):
+            am.mpi_barrier()
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), fn(kappa))
+            times[name].append(time.perf_counter() - start)
+    value, gradient = both(kappa)
+    if am.mpi_rank() == 0:
+        print("VALUES", json.dumps([float(value), float(gradient)]))  # the settings agree
+        medians = {k: float(np.median(v)) for k, v in times.items()}
+        print("JOB", json.dumps({**medians, "compile": compile_seconds}))
+
+
 def jax_job(problem, rounds, size, steps):
     """The same computation in JAX + mpi4jax: median forward and forward+gradient seconds."""
     os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -184,7 +242,7 @@ def driver(args):
     import numpy as np
 
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    settings = [("plain", "", "--job"), ("xla", AUTO_JIT, "--job")]
+    settings = [("plain", "", "--job"), ("xla", AUTO_JIT, "--job"), ("jit", "", "--jit-job")]
     if have_mpi4jax():
         settings.append(("jax_mpi4jax", "", "--jax-job"))
     else:
@@ -216,7 +274,7 @@ def driver(args):
     # kappa, so the exact gradient is 2 loss / kappa: recorded too.
     reference = values["plain"]
     for name, (value, gradient) in values.items():
-        tf_setting = name in ("plain", "xla")
+        tf_setting = name in ("plain", "xla", "jit")
         if not np.allclose(
             [value, gradient] if tf_setting else [value],
             reference if tf_setting else reference[:1],
@@ -244,6 +302,14 @@ def driver(args):
                 float(values.min()),
                 float(values.max()),
             ]
+    for name, jobs in rows.items():
+        if "compile" in jobs[0]:
+            compiles = np.array([j["compile"] for j in jobs])
+            result[f"{name}_compile_s"] = [
+                float(np.median(compiles)),
+                float(compiles.min()),
+                float(compiles.max()),
+            ]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"xla_{args.problem}_{args.ranks}.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -259,6 +325,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="store_true", help="(internal) one setting, under mpiexec")
     parser.add_argument("--jax-job", action="store_true", help="(internal) JAX + mpi4jax")
+    parser.add_argument("--jit-job", action="store_true", help="(internal) jit_compile=True")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--alternations", type=int, default=3)
@@ -273,6 +340,8 @@ def main():
         job(args.problem, args.rounds, args.size, args.steps)
     elif args.jax_job:
         jax_job(args.problem, args.rounds, args.size, args.steps)
+    elif args.jit_job:
+        jit_job(args.problem, args.rounds, args.size, args.steps)
     else:
         driver(args)
 
