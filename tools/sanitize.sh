@@ -3,8 +3,9 @@
 # AddressSanitizer and UndefinedBehaviorSanitizer (-DADCME_MPI_SANITIZE=ON,
 # CMakeLists.txt) into build-sanitize/, then, with that build first on
 # PYTHONPATH:
-#   - tests/mpi at 2 ranks, without the applications, optimizers,
-#     checkpointed loops, data-parallel training and modes;
+#   - tests/mpi at 2 ranks, without the composite files (applications,
+#     solvers, optimizers, checkpointed loops, second order, data-parallel
+#     training, modes);
 #   - the launch tests of bad input, abandoned exchanges, the watchdog and
 #     mpi_finalize with an op in flight (tests/launch/test_core.py, test_errors.py).
 # Every report goes to one log folder; the stage fails on any report, or on a
@@ -88,11 +89,11 @@ mkdir -p "$logs/canary" && mv "$logs"/asan.* "$logs"/canary_* "$logs/canary/"
 junit=$logs/report.xml
 status=0
 cd /tmp  # the source tree's adcme_mpi/ must not shadow the build's
-# every op family, the sparse ops and the solvers through them (test_linalg),
-# second order; not the applications, optimizers, checkpointed loops,
-# data-parallel training and modes, which run the same kernels at several
-# times the cost (stage 1 runs them)
-skip=(test_applications.py test_checkpoint.py test_wave.py test_optimize.py test_optimize_newton.py test_data_parallel.py test_modes.py)
+# every op family, the sparse ops, the XLA lowerings; not the composite
+# files (applications, solvers, optimizers, checkpointed loops, second
+# order, data-parallel training, modes), which run the same kernels at
+# several times the cost (stage 1 runs them)
+skip=(test_applications.py test_linalg.py test_checkpoint.py test_wave.py test_second_order.py test_optimize.py test_optimize_newton.py test_data_parallel.py test_modes.py)
 timeout 1500 "$bin/mpiexec" -n 2 "$py" "$root/tests/mpi_pytest.py" -q -s -p no:cacheprovider \
   --junitxml="$junit.mpi" "${skip[@]/#/--ignore=$root/tests/mpi/}" "$root/tests/mpi" > "$logs/mpi.out" 2>&1 || status=1
 tail -n 3 "$logs/mpi.out"
