@@ -127,15 +127,20 @@ absl::Status MpiKernel::PrepareSite() {
   return site_status_;
 }
 
-absl::Status MpiKernel::RunChecked(OpKernelContext* ctx) {
+absl::Status MpiReady(const std::string& op_type) {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   if (!initialized || finalized)
     return absl::FailedPreconditionError(
-        absl::StrCat(UserFacingName(type_string(), false), ": MPI is ",
+        absl::StrCat(UserFacingName(op_type, false), ": MPI is ",
                      finalized ? "already finalized" : "not initialized",
                      "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end"));
+  return absl::OkStatus();
+}
+
+absl::Status MpiKernel::RunChecked(OpKernelContext* ctx) {
+  TF_RETURN_IF_ERROR(MpiReady(type_string()));
   OpInFlight flight;
   if (flight.refused())
     return absl::FailedPreconditionError(

@@ -55,6 +55,10 @@ class MpiKernel : public tensorflow::AsyncOpKernel {
   absl::Status site_status_;
 };
 
+// OK when MPI is initialized and not finalized; otherwise the error every
+// kernel of `op_type` returns then (also the XLA lowering's, at compile time).
+absl::Status MpiReady(const std::string& op_type);
+
 }  // namespace adcme_mpi
 
 #endif  // ADCME_MPI_OPS_KERNEL_H_

@@ -43,6 +43,7 @@
 #include "absl/strings/str_join.h"
 #include "core.h"
 #include "family.h"
+#include "kernel.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
@@ -205,17 +206,14 @@ absl::Status OutputShape(tensorflow::XlaOpKernelContext* ctx, const tensorflow::
                          std::vector<int64_t>* out) {
   const std::vector<int64_t>& a = in[0];
   *out = a;
-  auto first_dim_times = [&](int64_t factor, bool divide) {
+  if (op_type == "MPIGather" || op_type == "MPIAllgather") {
     if (out->empty()) {
       out->push_back(size);  // a scalar gathers to one value per rank
     } else {
-      (*out)[0] = divide ? (*out)[0] / factor : (*out)[0] * factor;
+      (*out)[0] *= size;
     }
-  };
-  if (op_type == "MPIGather" || op_type == "MPIAllgather") {
-    first_dim_times(size, false);
   } else if (op_type == "MPIScatter") {
-    if (!out->empty()) first_dim_times(size, true);
+    if (!out->empty()) (*out)[0] /= size;
   } else if (op_type == "MPIReduceScatter") {
     std::vector<int64_t> counts;
     TF_RETURN_IF_ERROR(ctx->ConstantInputAsIntVector(1, &counts));
@@ -259,14 +257,7 @@ class LoweredMpiOp : public tensorflow::XlaOpKernel {
 
   void Compile(tensorflow::XlaOpKernelContext* ctx) override {
     const std::string& op_type = type_string();
-    int initialized = 0, finalized = 0;
-    MPI_Initialized(&initialized);
-    MPI_Finalized(&finalized);
-    OP_REQUIRES(ctx, initialized && !finalized,
-                absl::FailedPreconditionError(absl::StrCat(
-                    UserFacingName(op_type, false), ": MPI is ",
-                    finalized ? "already finalized" : "not initialized",
-                    "; call adcme_mpi.mpi_init() first and mpi_finalize() only at the end")));
+    OP_REQUIRES_OK(ctx, MpiReady(op_type));
     // the CPU kernel this call site runs, from the node itself (its attrs)
     absl::Status made;
     Lowered entry;
@@ -322,8 +313,8 @@ class LoweredMpiOp : public tensorflow::XlaOpKernel {
 };
 
 // One line per op of the op table's `xla` column (tests/unit/test_op_table.py
-// checks that the two lists agree). Not the sparse ops: their PETSc objects
-// are built from values no compiled function can hand over.
+// checks that the two lists agree). Not the sparse ops, whose kernels hold
+// PETSc state across runs (not tried here; their rows say so).
 REGISTER_XLA_OP(Name("MPISum").Device(tensorflow::DEVICE_CPU_XLA_JIT), LoweredMpiOp);
 REGISTER_XLA_OP(Name("MPIAllreduce").Device(tensorflow::DEVICE_CPU_XLA_JIT), LoweredMpiOp);
 REGISTER_XLA_OP(Name("MPIBcast").Device(tensorflow::DEVICE_CPU_XLA_JIT), LoweredMpiOp);
