@@ -1,11 +1,21 @@
-"""Bad input: each case runs in its own short mpiexec under a timeout and must
-end the whole job (non-zero exit, no hang) with a message naming the op, the
-argument and the rank. Set ADCME_MPI_ERROR_TABLE=path to also write the
-table of messages and times (for the docs)."""
+"""Bad input: every case must give a message naming the op, the argument
+and the rank, under a timeout, never a hang.
+
+- Cases whose error every rank raises, after which the ranks are still in
+  step, run together: one mpiexec per rank count (BATCHED), each case's
+  error caught on every rank, then one allreduce proving the ranks can go on.
+  An error a program does not catch ends the job the same way for all of
+  them; the witnesses in ALONE show that.
+- The others (ALONE, each with the reason) run in an mpiexec of their own and
+  must end the whole job (non-zero exit) with the message.
+
+Set ADCME_MPI_ERROR_TABLE=path to also write the table of messages and
+times (for the docs)."""
 
 import json
 import os
 import re
+import textwrap
 
 import pytest
 
@@ -132,9 +142,9 @@ except tf.errors.InvalidArgumentError as err:
     ),
     (
         "halo m * n != size",
-        4,
+        2,
         "run(am.mpi_halo_exchange(tf.ones([3, 3]), 3, 2))",
-        r"mpi_halo_exchange \(rank \d of 4\): m \* n = 3 \* 2 = 6 must equal the communicator size 4",
+        r"mpi_halo_exchange \(rank \d of 2\): m \* n = 3 \* 2 = 6 must equal the communicator size 2",
     ),
     (
         "halo block edges disagree",
@@ -174,7 +184,8 @@ except tf.errors.InvalidArgumentError as err:
         2,
         "run(am.mpi_sum(tf.ones(2)) if r == 0 else am.mpi_bcast(tf.ones(2)))",
         r"mpi_(sum|bcast) \(rank \d of 2\): ranks disagree on which collective comes next \(their "
-        r"programs differ\): rank 0 is at mpi_sum \(checked collective #1\); rank 1 is at mpi_bcast",
+        r"programs differ\): rank 0 is at mpi_sum \(checked collective #(?P<k>\d+)\); rank 1 is at mpi_bcast "
+        r"\(checked collective #(?P=k)\)",
     ),
     (
         # the halo's check is deferred (it does not delay the exchange), but a
@@ -184,8 +195,8 @@ except tf.errors.InvalidArgumentError as err:
         2,
         "run(am.mpi_halo_exchange(tf.ones([4, 4]), 1, 2) if r == 0 else am.mpi_sum(tf.ones(2)))",
         r"mpi_(halo_exchange|sum) \(rank \d of 2\): ranks disagree on which collective comes next "
-        r"\(their programs differ\): rank 0 is at mpi_halo_exchange \(checked collective #1\); "
-        r"rank 1 is at mpi_sum \(checked collective #1\)",
+        r"\(their programs differ\): rank 0 is at mpi_halo_exchange \(checked collective #(?P<k>\d+)\); "
+        r"rank 1 is at mpi_sum \(checked collective #(?P=k)\)",
     ),
     (
         # 1x2 and 2x1 grids exchange edges of the same size, so the exchange
@@ -292,10 +303,127 @@ run(am.mpi_wait(h))
     ),
 ]
 
+# The cases that run in a job of their own, and why. A case can share a job
+# only if every rank raises its error and the ranks stay in step after it.
+ALONE = {
+    # witnesses: an error the program does not catch ends the whole job, from
+    # the Python wrapper's checks and from the kernel's cross-rank check alike
+    "unsupported dtype": "witness: the wrapper's error, uncaught, ends the job",
+    "root differs across ranks": "witness: the kernel's error, uncaught, ends the job",
+    # only some ranks see the error: the others' part of the op succeeded
+    "recv size differs from send": "only the receiver fails; the send has completed",
+    "halo block edges disagree": "only ranks 1 and 3 exchange the mismatched edge",
+    "halo grids differ but the exchange succeeds": "the exchange succeeds; the check's verdict "
+    "reaches some ranks only after",
+    # the error is found at the end of the program or at mpi_finalize
+    "one rank builds no backward pass": "rank 0 reaches the end of its program",
+    "gradient send nobody receives": "found at the end of the program",
+    "isend never waited on": "found at the end of the program",
+    "irecv never waited on (mpi_finalize)": "found at mpi_finalize",
+    "op created after mpi_finalize": "MPI is finalized",
+    "op run after mpi_finalize": "MPI is finalized",
+    # rank 0's halo check is deferred: it may leave the exchange, with the
+    # error, before rank 1's check names it, and be at the next collective
+    "one rank in a halo exchange, the other in a collective": "rank 0 may be one collective "
+    "further when rank 1's message names it",
+    # its message counts the checked collectives from the program's start
+    "checkpointed loop: a rank recomputes a different collective": "the message names "
+    "collective #5, the first one recomputed",
+}
+
 _table = []
 
 
-@pytest.mark.parametrize("name,n,code,pattern", CASES, ids=[c[0] for c in CASES])
+def batch_program(cases):
+    """One program running `cases` [(index, code)] in turn on every rank:
+    each case's error is caught and printed as "<<case I rank R: message>>"
+    (one line; mpiexec may join the ranks' lines), then an allreduce on a
+    fresh graph must give the number of ranks ("<<after I rank R: ...>>"
+    and the end of the job if not)."""
+    parts = [
+        PRELUDE,
+        """
+def report(kind, i, text):
+    print(f"<<{kind} {i} rank {r}: {' '.join(text.split())}>>", flush=True)
+""",
+    ]
+    for i, code in cases:
+        parts.append(
+            f"""
+def case_{i}():
+{textwrap.indent(code.strip(chr(10)), "    ")}
+tf.compat.v1.reset_default_graph()
+try:
+    case_{i}()
+    report("case", {i}, "no error")
+except Exception as err:
+    text = str(getattr(err, "message", err)).split("Original stack trace")[0]
+    report("case", {i}, f"{{type(err).__name__}}: {{text}}")
+tf.compat.v1.reset_default_graph()
+try:
+    assert run(am.mpi_allreduce(tf.constant(1.0))) == n, "the allreduce of 1 is not the number of ranks"
+except Exception as err:
+    report("after", {i}, f"{{type(err).__name__}}: {{err}}")
+    raise
+"""
+        )
+    parts.append('print(f"<<done rank {r}>>", flush=True)\n')
+    return "".join(parts)
+
+
+BATCHED = [case for case in CASES if case[0] not in ALONE]
+_batch_results = {}
+
+
+def batch_result(n):
+    """The job of the BATCHED cases on n ranks (run once, on first need)."""
+    if n not in _batch_results:
+        cases = [(i, code) for i, (_, size, code, _) in enumerate(BATCHED) if size == n]
+        # the watchdog turns a case that hangs into an error within seconds
+        _batch_results[n] = launch(
+            n, None, code=batch_program(cases), timeout=300, env={"ADCME_MPI_TIMEOUT": "20"}
+        )
+    return _batch_results[n]
+
+
+@pytest.mark.parametrize("name,n,code,pattern", BATCHED, ids=[c[0] for c in BATCHED])
+def test_bad_input_raises_clear_error_on_every_rank(name, n, code, pattern):
+    result = batch_result(n)
+    i = next(i for i, case in enumerate(BATCHED) if case[0] == name)
+    reports = dict(re.findall(rf"<<case {i} rank (\d+): (.*?)>>", result.out, re.S))
+    assert sorted(reports) == [str(rank) for rank in range(n)], result
+    assert not re.search(rf"<<after {i} rank", result.out), result
+    for rank, text in reports.items():
+        # every rank raised an error that names it
+        assert re.search(rf"\(rank {rank}( of {n})?\)", text), (rank, text, result)
+    # and the case's message, on at least one rank (some name the rank with
+    # the bad input only there)
+    match = next((m for m in (re.search(pattern, t) for t in reports.values()) if m), None)
+    assert match, (pattern, reports, result)
+    _table.append(
+        {
+            "case": name,
+            "ranks": n,
+            "message": match.group(0),
+            "exit": "raised on every rank (batched)",
+            "seconds": None,
+        }
+    )
+
+
+def test_batched_jobs_ran_to_the_end():
+    """Each batched job reached its end on every rank, exit 0."""
+    for n in sorted({case[1] for case in BATCHED}):
+        result = batch_result(n)
+        assert result.code == 0, result
+        assert len(re.findall(r"<<done rank \d+>>", result.out)) == n, result
+
+
+ALONE_CASES = [case for case in CASES if case[0] in ALONE]
+assert len(ALONE_CASES) == len(ALONE), "ALONE names a case CASES lacks"
+
+
+@pytest.mark.parametrize("name,n,code,pattern", ALONE_CASES, ids=[c[0] for c in ALONE_CASES])
 def test_bad_input_ends_job_with_clear_message(name, n, code, pattern):
     result = launch(n, None, code=PRELUDE + code, timeout=120)
     match = ended_with(result, pattern)
