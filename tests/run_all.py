@@ -21,7 +21,7 @@ ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FIL
 (only these files of tests/launch), ADCME_MPI_TEST_IGNORE (these files of
 tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
 ADCME_MPI_SUBSET_RUNS (runs that leave out the composite files, COMPOSITE
-below: default "3 6 3thr", i.e. 3 and 6 ranks and the MPI-thread run at 3;
+below: default "3 4 6 3thr", i.e. 3, 4 and 6 ranks and the MPI-thread run at 3;
 "" runs every file everywhere), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
@@ -154,11 +154,12 @@ ACROSS_HOSTS = [
 # The composite files: applications, solvers, optimizers, checkpointed loops,
 # second order, data-parallel training and the execution modes. They use only
 # ops the op-family files test one by one, and cost most of tests/mpi (at 6
-# ranks, measured: 373 of 535 s). The runs where they would repeat what 1, 2
-# and 4 ranks already show at several times the cost (3 and 6 ranks: two and
-# three processes per core on a 2-core machine, with 4 ranks' odd grids
-# shown by 1 x 3 ... and 2 x 2; the MPI thread, which moves where kernels run,
-# not what they compute) leave them out: ADCME_MPI_SUBSET_RUNS. test_wave.py
+# ranks, measured: 373 of 535 s). The runs where they would repeat what 1
+# and 2 ranks already show at several times the cost (3, 4 and 6 ranks: two
+# and three processes per core on a 2-core machine; the MPI thread, which
+# moves where kernels run, not what they compute) leave them out:
+# ADCME_MPI_SUBSET_RUNS. The applications and the optimizer still run on
+# 2 x 2 grids, across hosts (ACROSS_HOSTS, as root). test_wave.py
 # stays everywhere: its grids leave some ranks without receivers, the case
 # that once hung only at some sizes.
 COMPOSITE = [
@@ -215,7 +216,7 @@ def main():
         f"--ignore={os.path.join(HERE, 'mpi', name)}"
         for name in os.environ.get("ADCME_MPI_TEST_IGNORE", "").split()
     ]
-    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "3 6 3thr").split()
+    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "3 4 6 3thr").split()
     for n, on_thread in runs:
         column = f"{n}" + ("thr" if on_thread else "")
         subset = [
