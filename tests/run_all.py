@@ -4,8 +4,10 @@
 
 1. tests/mpi under `mpiexec -n N` for N in ADCME_MPI_TEST_SIZES (default
    "1 2 3 4 6"), each launch wrapped in a timeout; outcomes are agreed across
-   ranks, so rank 0's report is the truth for that size. At 3 and 6 ranks
-   and on the MPI thread, without the composite files (COMPOSITE below).
+   ranks, so rank 0's report is the truth for that size. At 3 and 4 ranks
+   and on the MPI thread (at 2 ranks), without the composite files
+   (COMPOSITE below); at 6 ranks (2 x 3 grids) the grid-dependent files
+   only (GRID below).
 2. The op, optimizer and application files of tests/mpi once more on
    2 hosts x 2 ranks over TCP (tools/netns_hosts.py; needs root, else skipped
    with the reason; ADCME_MPI_SKIP_HOSTS=1 skips it too).
@@ -16,17 +18,19 @@
 
 Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
-ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "3"),
+ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "2"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FILES
 (only these files of tests/launch), ADCME_MPI_TEST_IGNORE (these files of
 tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
 ADCME_MPI_SUBSET_RUNS (runs that leave out the composite files, COMPOSITE
-below: default "3 4 6 3thr", i.e. 3, 4 and 6 ranks and the MPI-thread run at 3;
-"" runs every file everywhere), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
+below: default "3 4 2thr", i.e. 3 and 4 ranks and the MPI-thread run at 2;
+"" runs every file everywhere), ADCME_MPI_GRID_RUNS (runs that take only the
+files whose outcome depends on the number of ranks and the process grid,
+GRID below: default "6"), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Before the total: a table of the adjoint (dot-product) and HVP tests that
-passed, per public op and MPI run ("3thr": on the MPI thread, "2x2": hosts).
+passed, per public op and MPI run ("2thr": on the MPI thread, "2x2": hosts).
 Ends with one line: "total: N passed, N failed, N skipped".
 """
 
@@ -151,17 +155,36 @@ ACROSS_HOSTS = [
 ]
 
 
+# The files whose outcome depends on the number of ranks and the process
+# grid: the halo exchange and the wave problem on 2 x 3 grids (the only
+# grids with both sides above 1 and unequal; 4 ranks give 2 x 2), the
+# collectives, reductions and scans over 6 contributions, alltoall's
+# uneven splits, the two-way exchange's pairs. The runs in
+# ADCME_MPI_GRID_RUNS (6 ranks: three processes per core here) take only
+# these; the others (dtypes, point-to-point, non-blocking, ordering, modes,
+# sparse, XLA, ...) run at 1-4 ranks.
+GRID = [
+    "test_halo.py",
+    "test_wave.py",
+    "test_collectives.py",
+    "test_reductions.py",
+    "test_scan.py",
+    "test_alltoall.py",
+    "test_exchange.py",
+]
+
+
 # The composite files: applications, solvers, optimizers, checkpointed loops,
 # second order, data-parallel training and the execution modes. They use only
 # ops the op-family files test one by one, and cost most of tests/mpi (at 6
 # ranks, measured: 373 of 535 s). The runs where they would repeat what 1
-# and 2 ranks already show at several times the cost (3, 4 and 6 ranks: two
-# and three processes per core on a 2-core machine; the MPI thread, which
-# moves where kernels run, not what they compute) leave them out:
-# ADCME_MPI_SUBSET_RUNS. The applications and the optimizer still run on
-# 2 x 2 grids, across hosts (ACROSS_HOSTS, as root). test_wave.py
-# stays everywhere: its grids leave some ranks without receivers, the case
-# that once hung only at some sizes.
+# and 2 ranks already show at several times the cost (3 and 4 ranks: up to
+# two processes per core on a 2-core machine; the MPI thread, which moves
+# where kernels run, not what they compute) leave them out:
+# ADCME_MPI_SUBSET_RUNS (6 ranks take GRID only). The applications and the
+# optimizer still run on 2 x 2 grids, across hosts (ACROSS_HOSTS, as root).
+# test_wave.py stays everywhere: its grids leave some ranks without
+# receivers, the case that once hung only at some sizes.
 COMPOSITE = [
     "test_applications.py",
     "test_linalg.py",
@@ -205,37 +228,35 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     total = {"passed": 0, "failed": 0, "skipped": 0}
     # the same suite once more with every kernel on the dedicated MPI thread
-    thread_sizes = [int(s) for s in os.environ.get("ADCME_MPI_THREAD_SIZES", "3").split()]
+    thread_sizes = [int(s) for s in os.environ.get("ADCME_MPI_THREAD_SIZES", "2").split()]
     runs = [(n, False) for n in sizes] + [(n, True) for n in thread_sizes]
     junit = os.path.join(tempfile.mkdtemp(prefix="adcme_mpi_junit_"), "report.xml")
     pytest_args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     columns = []  # the MPI runs, as the adjoint/HVP table's columns
     # ADCME_MPI_TEST_IGNORE: files of tests/mpi a stage that repeats stage 1's
     # leaves out (e.g. the applications, which add no op the other files lack)
-    ignored = [
-        f"--ignore={os.path.join(HERE, 'mpi', name)}"
-        for name in os.environ.get("ADCME_MPI_TEST_IGNORE", "").split()
-    ]
-    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "3 4 6 3thr").split()
+    ignored_names = os.environ.get("ADCME_MPI_TEST_IGNORE", "").split()
+    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "3 4 2thr").split()
+    grid_runs = os.environ.get("ADCME_MPI_GRID_RUNS", "6").split()
     for n, on_thread in runs:
         column = f"{n}" + ("thr" if on_thread else "")
-        subset = [
-            f"--ignore={os.path.join(HERE, 'mpi', name)}"
-            for name in (COMPOSITE if column in subset_runs else [])
-        ]
+        if column in grid_runs:
+            where = [os.path.join(HERE, "mpi", f) for f in GRID if f not in ignored_names]
+            what = " (the grid-dependent files)"
+        else:
+            left_out = ignored_names + (COMPOSITE if column in subset_runs else [])
+            where = [f"--ignore={os.path.join(HERE, 'mpi', f)}" for f in left_out]
+            where.append(os.path.join(HERE, "mpi"))
+            what = " without the composite files" if column in subset_runs else ""
         cmd = mpiexec(n) + [
             sys.executable,
             os.path.join(HERE, "mpi_pytest.py"),
             *pytest_args,
-            *ignored,
-            *subset,
-            os.path.join(HERE, "mpi"),
+            *where,
         ]
         os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
         label = (
-            f"tests/mpi on {n} rank(s)"
-            + (" with ADCME_MPI_THREAD=1" if on_thread else "")
-            + (" without the composite files" if subset else "")
+            f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "") + what
         )
         for k, v in run(label, cmd, timeout, junit).items():
             total[k] += v

@@ -3,9 +3,10 @@
 # AddressSanitizer and UndefinedBehaviorSanitizer (-DADCME_MPI_SANITIZE=ON,
 # CMakeLists.txt) into build-sanitize/, then, with that build first on
 # PYTHONPATH:
-#   - tests/mpi at 2 ranks, without the composite files (applications,
-#     solvers, optimizers, checkpointed loops, second order, data-parallel
-#     training, modes);
+#   - tests/mpi at 2 ranks: the op families, sparse and XLA (not the
+#     composite files: applications, solvers, optimizers, checkpointed loops,
+#     second order, data-parallel training, modes; nor ADCME's page's
+#     examples, the op table, devices and ordering: see `skip` below);
 #   - the launch tests of bad input, abandoned exchanges, the watchdog and
 #     mpi_finalize with an op in flight (tests/launch/test_core.py, test_errors.py).
 # Every report goes to one log folder; the stage fails on any report, or on a
@@ -92,8 +93,11 @@ cd /tmp  # the source tree's adcme_mpi/ must not shadow the build's
 # every op family, the sparse ops, the XLA lowerings; not the composite
 # files (applications, solvers, optimizers, checkpointed loops, second
 # order, data-parallel training, modes), which run the same kernels at
-# several times the cost (stage 1 runs them)
-skip=(test_applications.py test_linalg.py test_checkpoint.py test_wave.py test_second_order.py test_optimize.py test_optimize_newton.py test_data_parallel.py test_modes.py)
+# several times the cost (stage 1 runs them), nor the files of ADCME's
+# page's examples, the op table, device placement and the ordering token,
+# whose kernels and inputs the op families cover
+skip=(test_applications.py test_linalg.py test_checkpoint.py test_wave.py test_second_order.py test_optimize.py test_optimize_newton.py test_data_parallel.py test_modes.py
+      test_seed_examples.py test_op_table.py test_devices.py test_ordering.py)
 timeout 1500 "$bin/mpiexec" -n 2 "$py" "$root/tests/mpi_pytest.py" -q -s -p no:cacheprovider \
   --junitxml="$junit.mpi" "${skip[@]/#/--ignore=$root/tests/mpi/}" "$root/tests/mpi" > "$logs/mpi.out" 2>&1 || status=1
 tail -n 3 "$logs/mpi.out"
