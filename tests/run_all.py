@@ -20,7 +20,8 @@ Environment: MPIEXEC (default: the mpiexec next to this Python),
 MPIEXEC_FLAGS (e.g. "--oversubscribe" for Open MPI), ADCME_MPI_TEST_SIZES,
 ADCME_MPI_THREAD_SIZES (sizes rerun with ADCME_MPI_THREAD=1, default "2"),
 ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FILES
-(only these files of tests/launch), ADCME_MPI_TEST_IGNORE (these files of
+(only these files of tests/launch; ADCME_MPI_UNIT_FILES likewise for tests/unit),
+ADCME_MPI_TEST_IGNORE (these files of
 tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
 ADCME_MPI_SUBSET_RUNS (runs that leave out the composite files, COMPOSITE
 below: default "3 4 2thr", i.e. 3 and 4 ranks and the MPI-thread run at 2;
