@@ -8,8 +8,8 @@
    and on the MPI thread (at 2 ranks), without the composite files
    (COMPOSITE below); at 6 ranks (2 x 3 grids) the grid-dependent files
    only (GRID below).
-2. The op, optimizer and application files of tests/mpi once more on
-   2 hosts x 2 ranks over TCP (tools/netns_hosts.py; needs root, else skipped
+2. The collectives, point-to-point, halo and sparse files of tests/mpi
+   once more on 2 hosts x 2 ranks over TCP (tools/netns_hosts.py; needs root, else skipped
    with the reason; ADCME_MPI_SKIP_HOSTS=1 skips it too).
 3. tests/launch with plain pytest: each test starts its own short mpiexec
    jobs (examples, bad input, aborts, hangs, faults across hosts) and checks
@@ -141,18 +141,19 @@ def run(label, cmd, timeout, junit, env=None):
     return counts
 
 
-# the part of tests/mpi that runs again across hosts: every op family, the
-# sparse ops (PETSc), the optimizer and the applications (the rest is
-# ordering and modes, which the network does not change). MPICH runs there
-# over OFI's TCP provider: its UCX over TCP loses MPI_ANY_SOURCE receives
-# across hosts, which PETSc's set-up uses (docs/sparse.md, "Across hosts").
+# the part of tests/mpi that runs again across hosts: the collectives,
+# point-to-point and halo families and the sparse ops (PETSc); the rest is
+# ordering and modes, which the network does not change, and compositions of
+# these ops: the optimizer and the heat and Poisson inverse problems run
+# across the same hosts in tests/launch/test_hosts.py (hosts_job.py, every
+# array bitwise against one host). MPICH runs there over OFI's TCP provider:
+# its UCX over TCP loses MPI_ANY_SOURCE receives across hosts, which PETSc's
+# set-up uses (docs/sparse.md, "Across hosts").
 ACROSS_HOSTS = [
     "test_collectives.py",
     "test_p2p.py",
     "test_halo.py",
     "test_sparse.py",
-    "test_optimize.py",
-    "test_applications.py",
 ]
 
 
@@ -182,8 +183,9 @@ GRID = [
 # and 2 ranks already show at several times the cost (3 and 4 ranks: up to
 # two processes per core on a 2-core machine; the MPI thread, which moves
 # where kernels run, not what they compute) leave them out:
-# ADCME_MPI_SUBSET_RUNS (6 ranks take GRID only). The applications and the
-# optimizer still run on 2 x 2 grids, across hosts (ACROSS_HOSTS, as root).
+# ADCME_MPI_SUBSET_RUNS (6 ranks take GRID only). The optimizer and the heat
+# and Poisson inverse problems still run on 4 ranks across 2 hosts
+# (tests/launch/test_hosts.py, as root).
 # test_wave.py stays everywhere: its grids leave some ranks without
 # receivers, the case that once hung only at some sizes.
 COMPOSITE = [
