@@ -4,10 +4,11 @@
 
 1. tests/mpi under `mpiexec -n N` for N in ADCME_MPI_TEST_SIZES (default
    "1 2 3 4 6"), each launch wrapped in a timeout; outcomes are agreed across
-   ranks, so rank 0's report is the truth for that size. At 3 and 4 ranks
-   and on the MPI thread (at 2 ranks), without the composite files
-   (COMPOSITE below); at 6 ranks (2 x 3 grids) the grid-dependent files
-   only (GRID below).
+   ranks, so rank 0's report is the truth for that size. 1 rank runs as
+   two jobs side by side (FIRST_OF_TWO_JOBS below). At 3 ranks and
+   on the MPI thread (at 2 ranks), without the composite files (COMPOSITE
+   below); at 4 and 6 ranks (2 x 2 and 2 x 3 grids) the grid-dependent
+   files only (GRID below).
 2. The collectives, point-to-point, halo and sparse files of tests/mpi
    once more on 2 hosts x 2 ranks over TCP (tools/netns_hosts.py; needs root, else skipped
    with the reason; ADCME_MPI_SKIP_HOSTS=1 skips it too).
@@ -24,10 +25,10 @@ ADCME_MPI_SUITE_TIMEOUT (seconds per launch, default 1200), ADCME_MPI_LAUNCH_FIL
 ADCME_MPI_TEST_IGNORE (these files of
 tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
 ADCME_MPI_SUBSET_RUNS (runs that leave out the composite files, COMPOSITE
-below: default "3 4 2thr", i.e. 3 and 4 ranks and the MPI-thread run at 2;
+below: default "3 2thr", i.e. 3 ranks and the MPI-thread run at 2;
 "" runs every file everywhere), ADCME_MPI_GRID_RUNS (runs that take only the
 files whose outcome depends on the number of ranks and the process grid,
-GRID below: default "6"), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
+GRID below: default "4 6"), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Before the total: a table of the adjoint (dot-product) and HVP tests that
@@ -96,38 +97,37 @@ def print_op_tests(columns):
         print(f"{kind:8} {op:{width}} {cells}")
 
 
-def run(label, cmd, timeout, junit, env=None):
-    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
-    start = time.time()
-    if os.path.exists(junit):
-        os.remove(junit)
+def start_job(cmd, env=None, stdout=subprocess.PIPE):
+    # outside the checkout: `python -m pytest` puts the working directory
+    # on sys.path, and the source tree's adcme_mpi/ (no op library) must
+    # not shadow the installed package
+    return subprocess.Popen(
+        cmd,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=tempfile.gettempdir(),
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_job(proc, deadline):
+    """The job's exit status, or "timeout" (its process group killed) after deadline."""
     try:
-        # outside the checkout: `python -m pytest` puts the working directory
-        # on sys.path, and the source tree's adcme_mpi/ (no op library) must
-        # not shadow the installed package
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            cwd=tempfile.gettempdir(),
-            env={**os.environ, **(env or {})},
-        )
-        deadline = start + timeout
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            if time.time() > deadline:
-                break
-        try:
-            code = proc.wait(timeout=max(1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            code = "timeout"
-    except OSError as err:
-        print(f"cannot start {cmd[0]}: {err}")
-        code = "not started"
-    counts = junit_counts(junit) or {"passed": 0, "failed": 0, "skipped": 0}
+        return proc.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        return "timeout"
+
+
+def report(label, code, junits, start):
+    """Prints and returns one run's counts, summed over its jobs' junit files."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for junit in junits:
+        for k, v in (junit_counts(junit) or {}).items():
+            counts[k] += v
     if code != 0 and counts["failed"] == 0:
         counts["failed"] = 1  # crashed, hung or killed: count the launch itself as a failure
         print(
@@ -139,6 +139,64 @@ def run(label, cmd, timeout, junit, env=None):
         flush=True,
     )
     return counts
+
+
+def run(label, cmd, timeout, junit, env=None):
+    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
+    start = time.time()
+    if os.path.exists(junit):
+        os.remove(junit)
+    try:
+        proc = start_job(cmd, env)
+        deadline = start + timeout
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if time.time() > deadline:
+                break
+        code = wait_job(proc, deadline)
+    except OSError as err:
+        print(f"cannot start {cmd[0]}: {err}")
+        code = "not started"
+    return report(label, code, [junit], start)
+
+
+def run_side_by_side(label, cmds, timeout, junits):
+    """`run` for jobs that share no process, started together (the 1-rank
+    run, split in two: one process per core). Each job's output is kept in a
+    file and printed, job by job, once all have ended; the run's exit status
+    is the first job's that is not 0."""
+    print(f"\n=== {label}: {len(cmds)} jobs side by side", flush=True)
+    start = time.time()
+    jobs, code = [], 0
+    try:
+        for cmd, junit in zip(cmds, junits):
+            print(" ".join(cmd), flush=True)
+            if os.path.exists(junit):
+                os.remove(junit)
+            out = tempfile.TemporaryFile("w+")
+            jobs.append((start_job(cmd, stdout=out), out))
+    except OSError as err:
+        print(f"cannot start {cmd[0]}: {err}")
+        code = "not started"
+    for proc, out in jobs:
+        if code == "not started":
+            os.killpg(proc.pid, 9)
+        status = wait_job(proc, start + timeout)
+        code = code or status
+        out.seek(0)
+        sys.stdout.write(out.read())
+    return report(label, code, junits, start)
+
+
+# The 1-rank run uses one core of the two here, so it runs as two jobs side
+# by side: these files (about half of its time, measured at 2 ranks: 140 of
+# 282 s) in the first, the others in the second.
+FIRST_OF_TWO_JOBS = [
+    "test_applications.py",
+    "test_checkpoint.py",
+    "test_linalg.py",
+    "test_modes.py",
+]
 
 
 # the part of tests/mpi that runs again across hosts: the collectives,
@@ -157,22 +215,22 @@ ACROSS_HOSTS = [
 ]
 
 
-# The files whose outcome depends on the number of ranks and the process
-# grid: the halo exchange and the wave problem on 2 x 3 grids (the only
-# grids with both sides above 1 and unequal; 4 ranks give 2 x 2), the
-# collectives, reductions and scans over 6 contributions, alltoall's
-# uneven splits, the two-way exchange's pairs. The runs in
-# ADCME_MPI_GRID_RUNS (6 ranks: three processes per core here) take only
-# these; the others (dtypes, point-to-point, non-blocking, ordering, modes,
-# sparse, XLA, ...) run at 1-4 ranks.
+# The files whose outcome depends on the process grid: the halo exchange
+# and the wave problem on 2 x 2 and 2 x 3 grids (the only grids with both
+# sides above 1: square, and unequal), the two-way exchange's pairs, the
+# sub-communicators of Split (2 groups of 2 and of 3). The runs in
+# ADCME_MPI_GRID_RUNS (4 and 6 ranks: two and three processes per core
+# here) take only these. The others run at 1-3 ranks: the collectives,
+# reductions, scans and alltoall over 2 and 3 contributions (a power of
+# two and not; MPIs choose their algorithms by that), dtypes,
+# point-to-point, non-blocking, ordering, modes, sparse, XLA, ...; the
+# collectives, point-to-point and sparse ops also at 4 ranks across 2
+# hosts (ACROSS_HOSTS).
 GRID = [
     "test_halo.py",
     "test_wave.py",
-    "test_collectives.py",
-    "test_reductions.py",
-    "test_scan.py",
-    "test_alltoall.py",
     "test_exchange.py",
+    "test_comm.py",
 ]
 
 
@@ -180,10 +238,10 @@ GRID = [
 # second order, data-parallel training and the execution modes. They use only
 # ops the op-family files test one by one, and cost most of tests/mpi (at 6
 # ranks, measured: 373 of 535 s). The runs where they would repeat what 1
-# and 2 ranks already show at several times the cost (3 and 4 ranks: up to
-# two processes per core on a 2-core machine; the MPI thread, which moves
-# where kernels run, not what they compute) leave them out:
-# ADCME_MPI_SUBSET_RUNS (6 ranks take GRID only). The optimizer and the heat
+# and 2 ranks already show at several times the cost (3 ranks: more
+# processes than the 2 cores here; the MPI thread, which moves where
+# kernels run, not what they compute) leave them out:
+# ADCME_MPI_SUBSET_RUNS (4 and 6 ranks take GRID only). The optimizer and the heat
 # and Poisson inverse problems still run on 4 ranks across 2 hosts
 # (tests/launch/test_hosts.py, as root).
 # test_wave.py stays everywhere: its grids leave some ranks without
@@ -234,37 +292,56 @@ def main():
     thread_sizes = [int(s) for s in os.environ.get("ADCME_MPI_THREAD_SIZES", "2").split()]
     runs = [(n, False) for n in sizes] + [(n, True) for n in thread_sizes]
     junit = os.path.join(tempfile.mkdtemp(prefix="adcme_mpi_junit_"), "report.xml")
-    pytest_args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    quiet = ["-q", "-p", "no:cacheprovider"]
+    pytest_args = [*quiet, f"--junitxml={junit}"]
     columns = []  # the MPI runs, as the adjoint/HVP table's columns
     # ADCME_MPI_TEST_IGNORE: files of tests/mpi a stage that repeats stage 1's
     # leaves out (e.g. the applications, which add no op the other files lack)
     ignored_names = os.environ.get("ADCME_MPI_TEST_IGNORE", "").split()
-    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "3 4 2thr").split()
-    grid_runs = os.environ.get("ADCME_MPI_GRID_RUNS", "6").split()
+    subset_runs = os.environ.get("ADCME_MPI_SUBSET_RUNS", "3 2thr").split()
+    grid_runs = os.environ.get("ADCME_MPI_GRID_RUNS", "4 6").split()
+
+    def files(names):
+        return [os.path.join(HERE, "mpi", f) for f in names if f not in ignored_names]
+
+    def all_but(names):
+        return [f"--ignore={os.path.join(HERE, 'mpi', f)}" for f in dict.fromkeys(names)] + [
+            os.path.join(HERE, "mpi")
+        ]
+
+    def command(n, args, where):
+        return mpiexec(n) + [sys.executable, os.path.join(HERE, "mpi_pytest.py"), *args, *where]
+
     for n, on_thread in runs:
         column = f"{n}" + ("thr" if on_thread else "")
-        if column in grid_runs:
-            where = [os.path.join(HERE, "mpi", f) for f in GRID if f not in ignored_names]
-            what = " (the grid-dependent files)"
-        else:
-            left_out = ignored_names + (COMPOSITE if column in subset_runs else [])
-            where = [f"--ignore={os.path.join(HERE, 'mpi', f)}" for f in left_out]
-            where.append(os.path.join(HERE, "mpi"))
-            what = " without the composite files" if column in subset_runs else ""
-        cmd = mpiexec(n) + [
-            sys.executable,
-            os.path.join(HERE, "mpi_pytest.py"),
-            *pytest_args,
-            *where,
-        ]
         os.environ["ADCME_MPI_THREAD"] = "1" if on_thread else "0"
-        label = (
-            f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "") + what
-        )
-        for k, v in run(label, cmd, timeout, junit).items():
+        label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
+        junits = [junit]
+        left_out = ignored_names + (COMPOSITE if column in subset_runs else [])
+        first = [f for f in files(FIRST_OF_TWO_JOBS) if os.path.basename(f) not in left_out]
+        if column in grid_runs:
+            label += " (the grid-dependent files)"
+            counts = run(label, command(n, pytest_args, files(GRID)), timeout, junit)
+        elif n == 1 and first:
+            # two 1-rank jobs side by side, each with its own report and
+            # pytest folder (--basetemp), the second taking what the first does not
+            junits = [junit + ".first", junit + ".second"]
+            basetemp = tempfile.mkdtemp(prefix="adcme_mpi_pytest_")
+            halves = [first, all_but(left_out + FIRST_OF_TWO_JOBS)]
+            cmds = [
+                command(1, [*quiet, f"--junitxml={j}", f"--basetemp={basetemp}/{i}"], where)
+                for i, (j, where) in enumerate(zip(junits, halves))
+            ]
+            counts = run_side_by_side(label, cmds, timeout, junits)
+        else:
+            if column in subset_runs:
+                label += " without the composite files"
+            counts = run(label, command(n, pytest_args, all_but(left_out)), timeout, junit)
+        for k, v in counts.items():
             total[k] += v
         columns.append(column)
-        tally_op_tests(junit, columns[-1])
+        for j in junits:
+            tally_op_tests(j, column)
     os.environ.pop("ADCME_MPI_THREAD", None)
     across_hosts = run_across_hosts(pytest_args, timeout, junit)
     for k, v in across_hosts.items():

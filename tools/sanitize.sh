@@ -8,7 +8,13 @@
 #     second order, data-parallel training, modes; nor ADCME's page's
 #     examples, the op table, devices and ordering: see `skip` below);
 #   - the launch tests of bad input, abandoned exchanges, the watchdog and
-#     mpi_finalize with an op in flight (tests/launch/test_core.py, test_errors.py).
+#     mpi_finalize with an op in flight: tests/launch/test_core.py, and of
+#     test_errors.py the batched bad-input job (19 cases every rank raises,
+#     one mpiexec), the requests never waited on, the ops after
+#     mpi_finalize and the watchdog's message (`launch_cases` below; its
+#     other cases, each an mpiexec of its own ending in an abort, run in
+#     stages 1 and 2 unsanitized: they reach the same argument checks).
+# Each part prints its time.
 # Every report goes to one log folder; the stage fails on any report, or on a
 # failed test. A canary (tools/sanitizer/canary.c) first proves that reports
 # reach that folder from this Python with these options.
@@ -33,6 +39,8 @@ bin=$(dirname "$py")
 build=$root/build-sanitize
 logs=$(mktemp -d /tmp/adcme_mpi_sanitizer.XXXXXX)
 
+part_start=$(date +%s)
+part_done() { echo "sanitizer: $1 took $(( $(date +%s) - part_start )) s"; part_start=$(date +%s); }
 echo "sanitizer: building the op libraries into $build"
 cmake -S . -B "$build" -DADCME_MPI_SANITIZE=ON -DPython_EXECUTABLE="$py" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$logs/cmake.log" 2>&1 || { tail -n 30 "$logs/cmake.log"; exit 1; }
@@ -46,6 +54,7 @@ for lib in "${libs[@]}"; do
 done
 [ ${#libs[@]} -ge 2 ] || { echo "sanitizer: no sparse library in the build (PETSc not found)"; exit 1; }
 echo "sanitizer: instrumented: ${libs[*]##*/}"
+part_done "build"
 
 # Where reports go. ASan: files in the log folder (log_path). GCC's UBSan
 # runtime is a library of its own beside ASan's and ignores log_path when
@@ -101,9 +110,13 @@ skip=(test_applications.py test_linalg.py test_checkpoint.py test_wave.py test_s
 timeout 1500 "$bin/mpiexec" -n 2 "$py" "$root/tests/mpi_pytest.py" -q -s -p no:cacheprovider \
   --junitxml="$junit.mpi" "${skip[@]/#/--ignore=$root/tests/mpi/}" "$root/tests/mpi" > "$logs/mpi.out" 2>&1 || status=1
 tail -n 3 "$logs/mpi.out"
-timeout 1500 "$py" -m pytest -q -p no:cacheprovider --junitxml="$junit.launch" \
+part_done "tests/mpi at 2 ranks"
+# (-k matches test_core.py's module name, so all of that file runs)
+launch_cases="test_core or every_rank or batched_jobs or never or finalize or watchdog"
+timeout 1500 "$py" -m pytest -q -p no:cacheprovider --junitxml="$junit.launch" -k "$launch_cases" \
   "$root/tests/launch/test_core.py" "$root/tests/launch/test_errors.py" > "$logs/launch.out" 2>&1 || status=1
 tail -n 3 "$logs/launch.out"
+part_done "launch tests"
 cd "$root"
 
 found=$(reports)
