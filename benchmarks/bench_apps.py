@@ -4,6 +4,10 @@ applications.
 
     mpiexec -n 1 python benchmarks/bench_apps.py --out benchmarks/out/apps1.json
     mpiexec -n 2 python benchmarks/bench_apps.py --out benchmarks/out/apps2.json
+    mpiexec -n 2 python benchmarks/bench_apps.py --xla --out benchmarks/out/apps2_session_xla.json
+
+--xla: every session is am.Session(xla=True) (XLA auto-clustering), the
+setting whose default this measures (issue 32, item 2).
 """
 
 import argparse
@@ -43,13 +47,13 @@ def stable_T(N, steps):
     return steps * 0.5 / (N + 1) ** 2 / (4 * heat.KAPPA_MAX)
 
 
-def heat_times(N, steps):
+def heat_times(N, steps, xla=False):
     problem = heat.HeatProblem(N=N, steps=steps, T=stable_T(N, steps), snapshots=1)
     with tf.Graph().as_default() as g:
         theta0, loss, grad = heat.build_inverse(
             problem, tf.zeros([1, problem.patch.rows, problem.patch.cols], tf.float64)
         )
-        with am.Session(graph=g, intra_op_parallelism_threads=1) as sess:
+        with am.Session(graph=g, intra_op_parallelism_threads=1, xla=xla) as sess:
             feed = {theta0: heat.TRUE_THETA}
             forward, both, ratio = forward_and_gradient_times(sess, loss, grad, feed)
     return {
@@ -73,13 +77,13 @@ def heat_graph_ops(steps):
         return len(g.get_operations())
 
 
-def poisson_times(N):
+def poisson_times(N, xla=False):
     problem = poisson.PoissonProblem(N=N)
     with tf.Graph().as_default() as g:
         weights0, loss, grad = poisson.build_inverse(
             problem, tf.zeros([problem.patch.rows, problem.patch.cols], tf.float64)
         )
-        with am.Session(graph=g, intra_op_parallelism_threads=1) as sess:
+        with am.Session(graph=g, intra_op_parallelism_threads=1, xla=xla) as sess:
             feed = {weights0: poisson.init_weights()}
             forward, both, ratio = forward_and_gradient_times(sess, loss, grad, feed, rounds=5)
     return {
@@ -95,18 +99,19 @@ def main():
     tf.compat.v1.disable_eager_execution()
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--xla", action="store_true", help="am.Session(xla=True): auto-clustering")
     args = parser.parse_args()
     size = COMM.Get_size()
     # same global grid on every rank count; and (about) the same grid per rank:
     # 128 x 128 on one rank, 180 x 90 on each of two (1 x 2 patches)
     per_rank_N = {1: 128, 2: 180, 4: 256}.get(size, 128)
     rows = {
-        "heat_global_128": heat_times(128, 50),
-        "heat_per_rank": heat_times(per_rank_N, 50),
+        "heat_global_128": heat_times(128, 50, args.xla),
+        "heat_per_rank": heat_times(per_rank_N, 50, args.xla),
         # 256 x 256 per rank on square grids (1 and 4 ranks); 256 x 128 on 2 ranks
-        "heat_256_per_rank": heat_times({1: 256, 4: 512}.get(size, 256), 20),
+        "heat_256_per_rank": heat_times({1: 256, 4: 512}.get(size, 256), 20, args.xla),
         "heat_graph_ops": {"steps_10": heat_graph_ops(10), "steps_10000": heat_graph_ops(10000)},
-        "poisson_64": poisson_times(64),
+        "poisson_64": poisson_times(64, args.xla),
     }
     if COMM.Get_rank() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
