@@ -309,6 +309,33 @@ if xla_runs:
                 f"{both[0]:.1f} [{both[1]:.1f}..{both[2]:.1f}] | {error} |"
             )
 
+# am.Session() against am.Session(xla=True) on the applications: session_default.py.
+session_runs = sorted(name for name in os.listdir(results) if name.startswith("session_default_"))
+if session_runs:
+    lines += section(
+        "am.Session's default: auto-clustering or not",
+        [
+            "`python benchmarks/session_default.py --ranks P --alternations 5`: bench_apps.py's "
+            "heat and Poisson inverse problems with `am.Session()` and with "
+            "`am.Session(xla=True)`, job by job in turn; medians of the jobs' medians "
+            "[min..max]. The rule (issue 32): auto-clustering becomes the default only if it "
+            "never loses. It loses in some rows, so `am.Session()` keeps it off and "
+            "`am.Session(xla=True)` asks for it.",
+        ],
+        ["ranks", "row", "time", "am.Session() ms", "am.Session(xla=True) ms", "xla / default"],
+    )
+    for name in session_runs:
+        ranks = name.rsplit("_", 1)[1].split(".")[0]
+        for row, times in load(name)["rows"].items():
+            for timing, cells in times.items():
+                shown = [
+                    f"{m:.2f} [{lo:.2f}..{hi:.2f}]"
+                    for m, lo, hi in (cells["default"], cells["xla"])
+                ]
+                lines.append(
+                    f"| {ranks} | {row} | {timing[:-2]} | {shown[0]} | {shown[1]} | {cells['ratio']:.2f} |"
+                )
+
 with open(md_path, "w") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -20,6 +20,10 @@ for n in 1 2; do
   TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" \
     timeout 900 "$MPIEXEC" -n $n "$PY" benchmarks/bench_apps.py --out "$out/apps${n}_xla.json"
 done
+# am.Session() against am.Session(xla=True), job by job in turn (benchmarks/results/session_default_N.json)
+for n in 1 2; do
+  timeout 1800 "$PY" benchmarks/session_default.py --ranks $n --alternations 5
+done
 timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2
 timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2 --problem poisson
 # MPI alone: the cross-rank check with and without a collective's data inside
