@@ -27,8 +27,8 @@ tests/mpi left out of the runs at ADCME_MPI_TEST_SIZES and thread sizes),
 ADCME_MPI_SUBSET_RUNS (runs that leave out the composite files, COMPOSITE
 below: default "3 2thr", i.e. 3 ranks and the MPI-thread run at 2;
 "" runs every file everywhere), ADCME_MPI_GRID_RUNS (runs that take only the
-files whose outcome depends on the number of ranks and the process grid,
-GRID below: default "4 6"), ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
+files whose outcome depends on the process grid, GRID below: default "4 6"),
+ADCME_MPI_SKIP_{HOSTS,UNIT,LAUNCH}=1,
 ADCME_MPI_REQUIRE_PETSC=1 (the sparse tests fail instead of skipping without PETSc).
 Counts come from pytest's junit XML (rank 0 writes it for the MPI runs).
 Before the total: a table of the adjoint (dot-product) and HVP tests that
