@@ -318,7 +318,7 @@ def main():
         label = f"tests/mpi on {n} rank(s)" + (" with ADCME_MPI_THREAD=1" if on_thread else "")
         junits = [junit]
         left_out = ignored_names + (COMPOSITE if column in subset_runs else [])
-        first = [f for f in files(FIRST_OF_TWO_JOBS) if os.path.basename(f) not in left_out]
+        first = files(f for f in FIRST_OF_TWO_JOBS if f not in left_out)
         if column in grid_runs:
             label += " (the grid-dependent files)"
             counts = run(label, command(n, pytest_args, files(GRID)), timeout, junit)
