@@ -7,7 +7,9 @@ error texts that both languages print. Everything that lists ops reads it:
   install, under scikit-build-core's build directory): the OpKind of every
   checked op and each op's names in messages, forward and in a backward pass
   (`X(type, name, backward name, kind)`, read by UserFacingName and the
-  checks' report of what each rank is doing), and the message templates;
+  checks' report of what each rank is doing), each op's buffer policy
+  (`ADCME_MPI_BUFFER_TABLE`, read by MpiKernel::OutputBuffer: which ops
+  write into their input's buffer), and the message templates;
 - Python: the package's op exports (`wrappers/__init__.py`; the public names
   that are not ops, mpi_SparseTensor, petsc_options and petsc_info, are
   exported there by hand), the self-test's cases (`_selftest.py`, one per
@@ -48,6 +50,21 @@ TEST_KINDS = ("adjoint", "modes", "second_order")
 PETSC_KERNELS = ("ops/sparse.cc",)
 
 
+# What an op's `buffer` says about where its data outputs are written
+# (ops/kernel.h, MpiKernel::OutputBuffer):
+BUFFERS = {
+    # output 0 into input 0's buffer when TensorFlow can hand it over
+    # (nothing else reads that input); a new buffer otherwise. Only for a
+    # kernel that is right when the two are one buffer (in place).
+    "input": "kInput",
+    # a new buffer every run (also the ops that return their input itself)
+    "new": "kNew",
+}
+# (A third policy, a large output kept by its kernel from run to run, and a
+# pool of freed large blocks were measured and left out: slower at 1 MiB,
+# no faster at 8 MiB; benchmarks/LARGE_BUFFERS.md.)
+
+
 @dataclass(frozen=True)
 class Op:
     type: str  # the TensorFlow op type (REGISTER_OP's name)
@@ -64,6 +81,8 @@ class Op:
     # op's kernel): compiles inside tf.function(jit_compile=True). Not the
     # sparse ops (their rows say False), which refuse there.
     xla: bool = True
+    # where its data outputs are written (BUFFERS; ops/kernel.h, OutputBuffer)
+    buffer: str = "new"
 
     @property
     def needs_petsc(self):
@@ -81,6 +100,7 @@ OPS = (
         checked=True,
         public=("mpi_sum",),
         case="mpi_sum",
+        buffer="input",
     ),
     Op(
         type="MPIAllreduce",
@@ -92,6 +112,7 @@ OPS = (
         checked=True,
         public=("mpi_allreduce",),
         case="mpi_allreduce",
+        buffer="input",
     ),
     Op(
         type="MPIBcast",
@@ -103,6 +124,7 @@ OPS = (
         checked=True,
         public=("mpi_bcast",),
         case="mpi_bcast",
+        buffer="input",
     ),
     Op(
         type="MPIGather",
@@ -267,6 +289,7 @@ OPS = (
         checked=False,
         public=("mpi_recv",),
         case="mpi_send/mpi_recv",
+        buffer="input",
     ),
     Op(
         type="MPIExchange",
@@ -376,13 +399,14 @@ def _c_string(text):
 
 def cpp_header():
     """generated/op_table.h: the table as an X-macro, and the message templates."""
-    kinds, rows = {}, []
+    kinds, rows, buffers = {}, [], []
     for op in OPS:
         if op.checked:
             kinds[op.type] = len(kinds) + 1
     for op in OPS:
         name, backward = _c_string(op.name), _c_string(op.backward_name)
         rows.append(f"  X({op.type}, {name}, {backward}, {kinds.get(op.type, 0)})")
+        buffers.append(f"  X({op.type}, {BUFFERS[op.buffer]})")
     lines = [
         "// Generated from adcme_mpi/op_table.py at build time; do not edit.",
         "#ifndef ADCME_MPI_OPS_OP_TABLE_H_",
@@ -392,6 +416,10 @@ def cpp_header():
         '// e.g. "gradient of mpi_sum"), check kind or 0)',
         "#define ADCME_MPI_OP_TABLE(X) \\",
         " \\\n".join(rows),
+        "",
+        "// X(type, BufferPolicy of its data outputs: kInput or kNew)",
+        "#define ADCME_MPI_BUFFER_TABLE(X) \\",
+        " \\\n".join(buffers),
         "",
         "namespace adcme_mpi {",
         "namespace messages {",

@@ -372,7 +372,7 @@ class SumKernel : public RootedKernel {
     const bool is_root = site.rank == root;
     // Root: reduce in place into the input's buffer when TF can hand it over
     // (a widened input: in place into the float32 buffer, rounded after).
-    TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, a.tensor->shape(), &out));
     char* result = r.narrow ? DataOf(r.wide) : DataOf(*out);
     Carried carried;
     carried.input = r.data;
@@ -381,6 +381,7 @@ class SumKernel : public RootedKernel {
     // (small sums ride in the check's reduction; other reductions do not)
     TF_RETURN_IF_ERROR(CheckAcrossRanks(
         site, root, a, reduction_.op == MPI_SUM ? &carried : nullptr, reduction_.AsAlike()));
+    bool zeroed = false;
     if (!carried.done) {
       const bool in_place = result == DataOf(*r.data);
       RequestSet requests(site);
@@ -392,10 +393,17 @@ class SumKernel : public RootedKernel {
                                       is_root ? result : nullptr, a.count, r.type, reduction_.op,
                                       root, site.comm, requests.Next()),
                           "MPI_Ireduce"));
+      // A non-root rank's output is zeros, which MPI never touches: write
+      // them while the reduction is under way, unless the output is the
+      // input's own buffer (forwarded), which MPI is still sending from.
+      if (!is_root && !out->SharesBufferWith(*a.tensor) && !out->SharesBufferWith(*r.data)) {
+        ZeroFill(out);
+        zeroed = true;
+      }
       TF_RETURN_IF_ERROR(requests.Wait("every rank to join the reduction"));
     }
     if (!is_root) {
-      ZeroFill(out);
+      if (!zeroed) ZeroFill(out);
     } else if (r.narrow) {
       Narrow(r.wide, out);
     }
@@ -422,7 +430,7 @@ class BcastKernel : public RootedKernel {
     } else {
       // Other ranks' values are overwritten: receive into the input's buffer when possible.
       Tensor* out = nullptr;
-      TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+      TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, a.tensor->shape(), &out));
       buffer = DataOf(*out);
       carried.output = buffer;
     }
@@ -450,7 +458,7 @@ class GatherKernel : public RootedKernel {
     }
     TF_RETURN_IF_ERROR(CheckAcrossRanks(site, root, a));
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, shape, &out));
     const bool is_root = site.rank == root;
     RequestSet requests(site);
     requests.Keep(*a.tensor);
@@ -459,9 +467,10 @@ class GatherKernel : public RootedKernel {
         MPI_Igather(DataOf(*a.tensor), a.count, a.type, is_root ? DataOf(*out) : nullptr, a.count,
                     a.type, root, site.comm, requests.Next()),
         "MPI_Igather"));
-    TF_RETURN_IF_ERROR(requests.Wait("every rank to join the gather"));
+    // A non-root rank's output is zeros (SIZE times its input), which MPI
+    // never touches: written while the gather is under way.
     if (!is_root) ZeroFill(out);
-    return absl::OkStatus();
+    return requests.Wait("every rank to join the gather");
   }
 };
 
@@ -478,7 +487,7 @@ class ScatterKernel : public RootedKernel {
           ", got shape ", shape.DebugString()));
     shape.set_dim(0, shape.dim_size(0) / site.size);
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, shape, &out));
     const int part = a.count / site.size;
     RequestSet requests(site);
     requests.Keep(*a.tensor);
@@ -503,7 +512,7 @@ class AllreduceKernel : public MpiKernel {
     Tensor* out = nullptr;
     // Reuse the input buffer when TF lets us (it is not needed elsewhere);
     // a widened input is reduced in place in its float32 buffer.
-    TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.tensor->shape(), &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, a.tensor->shape(), &out));
     char* result = r.narrow ? DataOf(r.wide) : DataOf(*out);
     Carried carried;
     carried.input = r.data;
@@ -596,7 +605,7 @@ class AllgatherKernel : public MpiKernel {
       shape.set_dim(0, total);
     }
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, shape, &out));
     RequestSet requests(site);
     requests.Keep(*a.tensor);
     requests.Keep(*out);
@@ -665,7 +674,7 @@ class ReduceScatterKernel : public MpiKernel {
     TensorShape shape = a.tensor->shape();
     shape.set_dim(0, rows[site.rank]);
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, shape, &out));
     Tensor wide_out;  // (a widened input's float32 part, rounded into out after)
     if (r.narrow) TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, shape, &wide_out));
     const Tensor& part = r.narrow ? wide_out : *out;
@@ -716,7 +725,7 @@ class ScanKernel : public MpiKernel {
     Reduced r;
     TF_RETURN_IF_ERROR(ReducibleAs(ctx, site, name_, *a.tensor, a.type, &r));
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, a.tensor->shape(), &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, a.tensor->shape(), &out));
     Tensor wide_out;  // (a widened input's float32 scan, rounded into out after)
     if (r.narrow)
       TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, a.tensor->shape(), &wide_out));
@@ -832,7 +841,7 @@ class AlltoallKernel : public MpiKernel {
     for (int64_t r : received) total += r;
     shape.set_dim(0, total);
     Tensor *out = nullptr, *lengths = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, shape, &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, shape, &out));
     TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({site.size}), &lengths));
     std::copy(received.begin(), received.end(), lengths->flat<int64_t>().data());
     RequestSet requests(site);

@@ -42,6 +42,14 @@ OpKind KindOfOpType(const std::string& op_type) {
   return OpKind::kNone;
 }
 
+BufferPolicy BufferPolicyOfOpType(const std::string& op_type) {
+#define ADCME_MPI_BUFFER_OF(type, policy) \
+  if (op_type == #type) return BufferPolicy::policy;
+  ADCME_MPI_BUFFER_TABLE(ADCME_MPI_BUFFER_OF)
+#undef ADCME_MPI_BUFFER_OF
+  return BufferPolicy::kNew;
+}
+
 std::string CallSite::Describe() const {
   return absl::StrCat(op, " (rank ", rank, " of ", size, ")");
 }

@@ -50,6 +50,11 @@ OpKind KindOfOpType(const std::string& op_type);
 // pass; in a backward pass, the row's backward name ("gradient of mpi_sum").
 std::string UserFacingName(const std::string& op_type, bool backward);
 
+// Where an op writes its data outputs: the op table's `buffer` column
+// (adcme_mpi/op_table.py, BUFFERS; MpiKernel::OutputBuffer in kernel.h).
+enum class BufferPolicy { kNew, kInput };
+BufferPolicy BufferPolicyOfOpType(const std::string& op_type);
+
 struct CommFamily;  // family.h: the communicators and state of one user communicator
 
 // Where a kernel runs: "mpi_bcast (rank 2 of 4)". Every message names it.

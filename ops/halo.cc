@@ -401,7 +401,7 @@ class HaloExchangeKernel : public HaloKernelBase {
     TF_RETURN_IF_ERROR(CheckGrid(site, OpKind::kMPIHaloExchange, u.dtype(), rows, cols, &sequence));
 
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, TensorShape({rows + 2 * w, cols + 2 * w}), &out));
     const int Q = cols + 2 * w;
     const std::vector<Neighbour> nbs = Neighbours(site.rank);
     WritePadded(u, DataOf(fill), nbs, rows, cols, out);
@@ -454,7 +454,7 @@ class HaloExchangeGradKernel : public HaloKernelBase {
 
     Tensor* grad_u = nullptr;
     Tensor* grad_fill = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({rows, cols}), &grad_u));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, TensorShape({rows, cols}), &grad_u));
     TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({}), &grad_fill));
     const T* g = reinterpret_cast<const T*>(DataOf(dy));
     T* gu = grad_u->flat<T>().data();

@@ -76,7 +76,9 @@ absl::Status ScalarInputs(InferenceContext* c, int first, int last) {
 }
 
 MpiKernel::MpiKernel(OpKernelConstruction* c)
-    : AsyncOpKernel(c), kind_(KindOfOpType(c->def().op())) {
+    : AsyncOpKernel(c),
+      kind_(KindOfOpType(c->def().op())),
+      buffer_policy_(BufferPolicyOfOpType(c->def().op())) {
   OP_REQUIRES_OK(c, c->GetAttr("comm", &comm_handle_));
 }
 
@@ -158,6 +160,14 @@ absl::Status MpiKernel::RunChecked(OpKernelContext* ctx) {
   if (!status.ok() && kind_ != OpKind::kNone && CheckStepsOnThisThread() == steps)
     status = ShareLocalFailure(site_, kind_, status);
   return status;
+}
+
+absl::Status MpiKernel::OutputBuffer(OpKernelContext* ctx, int index, const TensorShape& shape,
+                                     Tensor** out) {
+  if (buffer_policy_ == BufferPolicy::kInput && index == 0 &&
+      ctx->forward_input_to_output_with_shape(0, 0, shape, out))
+    return absl::OkStatus();
+  return ctx->allocate_output(index, shape, out);
 }
 
 void MpiKernel::Work(OpKernelContext* ctx) {

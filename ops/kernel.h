@@ -40,6 +40,16 @@ class MpiKernel : public tensorflow::AsyncOpKernel {
  protected:
   virtual absl::Status Run(OpKernelContext* ctx, const CallSite& site) = 0;
 
+  // Data output `index` of `shape`, which the kernel writes whole (its old
+  // values are never read), where the op table's `buffer` says (BUFFERS in
+  // adcme_mpi/op_table.py): for "input", output 0 goes into input 0's own
+  // buffer when TensorFlow can hand it over (nothing else reads it, so it
+  // is never a tensor anything still holds); otherwise a new buffer.
+  // (Buffers kept by the kernel from run to run measured slower:
+  // benchmarks/LARGE_BUFFERS.md.)
+  absl::Status OutputBuffer(OpKernelContext* ctx, int index, const TensorShape& shape,
+                            Tensor** out);
+
  private:
   void Work(OpKernelContext* ctx);
   absl::Status RunChecked(OpKernelContext* ctx);
@@ -53,6 +63,7 @@ class MpiKernel : public tensorflow::AsyncOpKernel {
   CallSite site_;
   std::weak_ptr<CommFamily> family_;  // only while a run holds it (family.h)
   absl::Status site_status_;
+  const BufferPolicy buffer_policy_;  // the op table's, for this op type
 };
 
 // OK when MPI is initialized and not finalized; otherwise the error every

@@ -190,7 +190,7 @@ class RecvKernel : public PointToPointKernel {
     TF_RETURN_IF_ERROR(ProbeOfSize(site, a, type, count, src, tag, waiting_for, &message));
     // The template's values are never read: receive into its buffer when TF can hand it over.
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->forward_input_or_allocate_output({0}, 0, a.shape(), &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, a.shape(), &out));
     // (a matched receive: its message is already this op's, nothing to cancel)
     RequestSet requests(site);
     requests.Keep(*out);
@@ -220,7 +220,7 @@ class ExchangeKernel : public MpiKernel {
     int count = 0;
     TF_RETURN_IF_ERROR(CountOf(site, "a", a.NumElements(), &count));
     Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, a.shape(), &out));
+    TF_RETURN_IF_ERROR(OutputBuffer(ctx, 0, a.shape(), &out));
     RequestSet requests(site);
     std::string waiting_for;
     if (dest >= 0) {
