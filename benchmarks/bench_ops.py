@@ -95,6 +95,8 @@ def mpi4py_call(kind, buf, out):
             COMM.Send(buf, dest=1)
         else:
             COMM.Recv(out, source=0)
+    elif kind == "gather":  # `out` holds every rank's piece
+        COMM.Gather(buf, out if RANK == 0 else None, root=0)
 
 
 def adcme_op(kind, t):
@@ -106,13 +108,16 @@ def adcme_op(kind, t):
         return am.mpi_allreduce(t)
     if kind == "sendrecv":
         return am.mpi_sendrecv(t, 1, 0)
+    if kind == "gather":
+        return am.mpi_gather(t, 0)
 
 
 def numpy_function_op(kind, t):
     def call(x):
-        out = np.empty_like(x)
+        out = np.zeros(x.size * SIZE) if kind == "gather" else np.empty_like(x)
         mpi4py_call(kind, np.ascontiguousarray(x), out)
-        return out if kind in ("sum", "allreduce") or (kind == "sendrecv" and RANK == 1) else x
+        received = kind in ("sum", "allreduce", "gather") or (kind == "sendrecv" and RANK == 1)
+        return out if received else x
 
     return tf.numpy_function(call, [t], t.dtype, stateful=True)
 
@@ -159,7 +164,12 @@ def mpi4jax_runner(kind, n, reps):
             y = one(y)
         return y
 
-    return jit_runner(chain, np.ones(n))
+    def gathers(y):
+        # its output is not its input's shape: every op gathers the same y,
+        # and every result is returned, so XLA must write each one
+        return [mpi4jax.gather(y, 0) for _ in range(reps)]
+
+    return jit_runner(gathers if kind == "gather" else chain, np.ones(n))
 
 
 def jit_runner(body, x):
@@ -202,8 +212,9 @@ def graph_runner(build, reps, grad=False):
         value = x.read_value()  # read once: the ops, not variable copies, are timed
         outs, prev = [], None
         for _ in range(reps):
+            chained = CHAIN and prev is not None and build.kind != "gather"  # (shape grows)
             with tf.control_dependencies([prev] if prev is not None else []):
-                y = build(prev if CHAIN and prev is not None else value)
+                y = build(prev if chained else value)
             prev = y
             outs.append(y)
         if grad:
@@ -348,12 +359,12 @@ def main():
     rows, last_side = [], None
     for nbytes in [int(b) for b in args.sizes.split(",")]:
         n, reps = max(1, nbytes // 8), reps_for(nbytes)
-        buf, out = np.ones(n), np.empty(n)
-        for kind in ["bcast", "sum", "allreduce", "sendrecv"]:
+        buf, out = np.ones(n), np.empty(n * SIZE)  # (gather's root receives SIZE pieces)
+        for kind in ["bcast", "sum", "allreduce", "sendrecv", "gather"]:
             if kind == "sendrecv" and SIZE != 2:
                 continue
 
-            def loop(kind=kind, reps=reps, buf=buf, out=out):
+            def loop(kind=kind, reps=reps, buf=buf, out=out if kind == "gather" else out[:n]):
                 for _ in range(reps):
                     mpi4py_call(kind, buf, out)
 
