@@ -62,7 +62,7 @@ lines = [
     "Command: `bash benchmarks/run.sh` (runs `mpiexec -n 2 python benchmarks/bench_ops.py` with "
     "and without `ADCME_MPI_CHECK=0`, `benchmarks/bench_collectives.py`, "
     "`benchmarks/bench_apps.py` on 1 and 2 ranks with and "
-    "without XLA auto-clustering, `benchmarks/bench_xla.py` for heat and Poisson, and "
+    "without XLA auto-clustering, `benchmarks/bench_xla.py` for heat, Poisson and FEM, and "
     "`benchmarks/inline_threshold.c` on 2 and 4 ranks; mpi4jax's columns need "
     "`bash benchmarks/install_mpi4jax.sh` first).",
     "",
@@ -278,21 +278,36 @@ if inline_runs:
 xla_runs = sorted(name for name in os.listdir(results) if name.startswith("xla_"))
 if xla_runs:
     lines += section(
-        "Heat and Poisson with XLA, and in JAX + mpi4jax",
+        "Heat, Poisson and FEM: TF, XLA and JAX + mpi4jax, in one sitting",
         [
-            "`python benchmarks/bench_xla.py --ranks 2 [--problem poisson]`: issue 24's heat "
+            "`python benchmarks/bench_xla.py --ranks 2 [--problem poisson|fem]`: issue 24's heat "
             "stencil (20 steps) and 20 CG iterations of Poisson's equation on the same grid "
-            "(512 x 512 per rank on a 1 x P grid, public ops only, differentiated through the "
-            "steps, one thread). The settings alternate job by job; medians of the jobs' "
-            "medians [min..max]. Every setting computes the same loss; *gradient error* is "
-            "relative to TF's (heat) or to the exact 2 loss / kappa (Poisson: x is linear in "
-            "kappa)."
+            "(512 x 512 per rank on a 1 x P grid), and 20 CG iterations of a P1 finite-element "
+            "problem on a Delaunay mesh split into stripes (`--size 256`: about 32,700 unknowns "
+            "a rank); public ops only, differentiated through the steps, one thread. Four "
+            "settings: TF as a user writes it (no flags), TF with XLA auto-clustering, the "
+            "same TF code in `tf.function(jit_compile=True)` (its first calls, tracing and "
+            "compiling both functions, timed apart: *compile s*), and JAX + mpi4jax under "
+            "`jax.jit`. The settings alternate job by job; medians of the jobs' medians "
+            "[min..max]. Every setting computes the same loss; *gradient error* is relative "
+            "to TF's (heat, FEM) or to the exact 2 loss / kappa (Poisson: x is linear in "
+            "kappa; mpi4jax's allreduce transposes to the identity, so JAX's Poisson "
+            "gradient is off)."
         ],
-        ["problem", "setting", "ranks", "forward ms", "forward + gradient ms", "gradient error"],
+        [
+            "problem",
+            "setting",
+            "ranks",
+            "forward ms",
+            "forward + gradient ms",
+            "compile s",
+            "gradient error",
+        ],
     )
     labels = {
-        "plain": "TF + adcme_mpi",
+        "plain": "TF + adcme_mpi (no flags)",
         "xla": "TF + adcme_mpi, XLA auto-clustering",
+        "jit": "TF + adcme_mpi, tf.function(jit_compile=True)",
         "jax_mpi4jax": "JAX + mpi4jax (jax.jit)",
     }
     for name in xla_runs:
@@ -303,10 +318,14 @@ if xla_runs:
                 continue
             fwd, both = run[f"{setting}_forward_ms"], run[f"{setting}_both_ms"]
             error = f"{errors[setting]:.1e}" if setting in errors else "-"
+            compile_s = run.get(f"{setting}_compile_s")
+            compiled = (
+                f"{compile_s[0]:.1f} [{compile_s[1]:.1f}..{compile_s[2]:.1f}]" if compile_s else "-"
+            )
             lines.append(
                 f"| {run.get('problem', 'heat')} | {label} | {run['ranks']} | "
                 f"{fwd[0]:.1f} [{fwd[1]:.1f}..{fwd[2]:.1f}] | "
-                f"{both[0]:.1f} [{both[1]:.1f}..{both[2]:.1f}] | {error} |"
+                f"{both[0]:.1f} [{both[1]:.1f}..{both[2]:.1f}] | {compiled} | {error} |"
             )
 
 # am.Session() against am.Session(xla=True) on the applications: session_default.py.

@@ -26,6 +26,7 @@ for n in 1 2; do
 done
 timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2
 timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2 --problem poisson
+timeout 1800 "$PY" benchmarks/bench_xla.py --ranks 2 --problem fem --size 256
 # MPI alone: the cross-rank check with and without a collective's data inside
 threshold=$(mktemp -d)/inline_threshold
 "$(dirname "$MPIEXEC")/mpicc" -O2 -o "$threshold" benchmarks/inline_threshold.c
