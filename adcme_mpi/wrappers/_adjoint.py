@@ -48,25 +48,14 @@ def differentiable(op, index=0):
     return op.outputs[index].dtype in DIFFERENTIABLE
 
 
-# How a missing output gradient is filled: tf.gradients with
-# ZerosLike(output); GradientTape (inside tf.function) with a constant zero
-# (Const, or Fill for a larger shape).
-_FILLERS = ("ZerosLike", "Const", "Fill")
-
-
 def _is_filler(token_grad):
-    """Whether a token gradient is a filled-in zero: no later op consumed the
-    token. Such a zero carries no order, so it is dropped and the adjoint
-    takes the current token. Kept, ZerosLike(output) would make the adjoint
-    depend on `op` itself, which for a gradient op placed before `op` in the
-    program order (second derivatives) is a cycle; and a constant would
-    leave the first adjoint of a GradientTape with no data dependency on the
-    forward ops at all, only control edges, which XLA drops
-    (jit_compile=True): ranks could then run it before their forward ops
-    had ended, each at another point."""
+    """tf.gradients fills a missing output gradient with ZerosLike(output). For
+    a token that would make the adjoint depend on `op` itself, which for a
+    gradient op placed before `op` in the program order (second derivatives)
+    is a cycle; such a zero carries no order, so it is dropped."""
     return (
         token_grad is not None
         and not tf.executing_eagerly()
         and getattr(token_grad, "op", None) is not None
-        and token_grad.op.type in _FILLERS
+        and token_grad.op.type == "ZerosLike"
     )

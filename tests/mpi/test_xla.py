@@ -161,41 +161,6 @@ def test_hlo_has_the_side_effecting_custom_call_in_order():
         assert "API_VERSION_TYPED_FFI" in line, line
 
 
-def test_gradient_tape_adjoints_follow_the_forward_ops_by_data_not_control_edges():
-    """XLA keeps data dependencies and drops control edges. Under a
-    GradientTape the tape fills the loss's unused token gradient with a
-    constant zero; the first adjoint once took that constant as its token,
-    so nothing but a control edge ordered it after the forward ops, and at 2
-    ranks one rank reached the adjoint of mpi_sum while the other was still
-    at the forward mpi_sum. Every MPI op's token must come from the MPI op
-    before it: one chain through the forward ops and then their adjoints."""
-    m, n = near_square_grid()
-    u0 = tf.constant(random((6, 5), np.float64, 7))
-
-    @tf.function(jit_compile=True)
-    def loss_and_gradient(k0):
-        with tf.GradientTape() as tape:
-            tape.watch(k0)
-            k = am.mpi_bcast(k0)
-            p = am.mpi_halo_exchange(u0 * k, m, n)
-            loss = am.mpi_sum(am.mpi_allreduce(tf.reduce_sum(p * p)))
-        return loss, tape.gradient(loss, k0)
-
-    k0 = tf.constant(0.5, tf.float64)
-    graph = loss_and_gradient.get_concrete_function(k0).graph
-    mpi_ops = [op for op in graph.get_operations() if op.type.startswith("MPI")]
-    assert len(mpi_ops) == 8, [op.type for op in mpi_ops]
-    chain, op = [], mpi_ops[0]
-    while op is not None:  # follow the token outputs from the first op
-        chain.append(op)
-        op = next((o for o in mpi_ops if o.inputs[-1].op is op), None)
-    assert chain == mpi_ops, [f"{o.name} <- {o.inputs[-1].op.name}" for o in mpi_ops]
-    loss, gradient = loss_and_gradient(k0)  # and it runs, in the same order on every rank
-    plain = loss_and_gradient.python_function(k0)
-    assert_close(loss, plain[0], np.float64, "loss")
-    assert_close(gradient, plain[1], np.float64, "gradient")
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_arithmetic_between_mpi_ops_matches_plain(dtype):
     m, n = near_square_grid()
