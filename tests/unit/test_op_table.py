@@ -204,3 +204,17 @@ def test_the_xla_column_names_exactly_the_ops_that_xla_cc_lowers():
     for row in OPS:
         if row.xla:
             assert all(by_type(t).xla for t in row.backward_types), row
+
+
+def test_the_buffer_column_reaches_the_header_and_the_kernels():
+    """Every row's `buffer` is a BUFFERS policy, the header's buffer table
+    carries each row's, and a kernel file with an "input" row allocates
+    through MpiKernel::OutputBuffer (which reads the table): a row changed to
+    "input" whose kernel writes outputs another way fails here."""
+    assert all(row.buffer in op_table.BUFFERS for row in OPS)
+    header = op_table.cpp_header()
+    rows = re.findall(r"^  X\((\w+), (k\w+)\)", header, flags=re.M)
+    assert rows == [(o.type, op_table.BUFFERS[o.buffer]) for o in OPS]
+    for row in OPS:
+        if row.buffer == "input":
+            assert "OutputBuffer(ctx, 0," in open(os.path.join(ROOT, row.kernel)).read(), row
