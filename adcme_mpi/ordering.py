@@ -57,6 +57,7 @@ class _Sequence:
         self.adjoint = []  # for each: sequence number of the op it is the adjoint of, or None
         self.seq = {}  # op name -> creation sequence number
         self._token = None  # eager: a tensor; graph: a tensor name
+        self._last = None  # in a function graph: the token output of the last MPI op made
 
     @property
     def token(self):
@@ -67,6 +68,17 @@ class _Sequence:
     @token.setter
     def token(self, value):
         self._token = value if self._graph is None or value is None else value.name
+
+    def after_last(self, token):
+        """`token`, made to depend as data on the last MPI op made in this
+        function graph (plus that op's token times zero), unless it is that
+        op's token already."""
+        if self._last is None or token.name == self._last:
+            return token
+        return token + 0.0 * self._graph().get_tensor_by_name(self._last)
+
+    def made(self, token_output):
+        self._last = token_output.name
 
     def current_token(self):
         if self._token is None:
@@ -150,8 +162,18 @@ def run_in_order(create, deps=None, adjoint_of=None, token=None):
     if token is None:
         token = sequence.current_token()
     if _tf_private.is_function_graph_with_auto_deps(graph):
-        with graph.control_dependencies(deps):  # tf.function orders stateful ops itself
-            outs = create(token)
+        # tf.function runs stateful ops in creation order by control edges,
+        # which XLA drops (jit_compile=True, auto-clustering): so each MPI op
+        # also depends on the one made before it as data. Forward ops do
+        # through the token already; an adjoint's token gradient may come
+        # from elsewhere (a constant where nothing consumed its forward op's
+        # token; data, where a gradient carried a token into arithmetic,
+        # differentiated again; an adjoint whose forward op the tape skipped).
+        # Not under stop_gradient: differentiated again, the link passes the
+        # second-order chain back in reverse creation order, one chain.
+        with graph.control_dependencies(deps):
+            outs = create(sequence.after_last(token))
+        sequence.made(outs[-1])
     else:
         position, adjoint_seq = sequence.position_for(adjoint_of)
         if position > 0:

@@ -4,7 +4,7 @@ to the forward one), in exact reverse order through the token gradient."""
 
 import tensorflow as tf
 
-from .. import ordering
+from .. import _tf_private, ordering
 
 
 def adjoint(op, token_grad, create):
@@ -48,14 +48,21 @@ def differentiable(op, index=0):
     return op.outputs[index].dtype in DIFFERENTIABLE
 
 
-def _is_filler(token_grad):
-    """tf.gradients fills a missing output gradient with ZerosLike(output). For
-    a token that would make the adjoint depend on `op` itself, which for a
-    gradient op placed before `op` in the program order (second derivatives)
-    is a cycle; such a zero carries no order, so it is dropped."""
-    return (
-        token_grad is not None
-        and not tf.executing_eagerly()
-        and getattr(token_grad, "op", None) is not None
-        and token_grad.op.type == "ZerosLike"
-    )
+def _is_filler(grad):
+    """Whether a gradient (in a graph) is a filled-in zero: nothing consumed
+    the output it is the gradient of. tf.gradients fills with
+    ZerosLike(output); a GradientTape inside tf.function with a constant
+    (Const, or Fill for a larger shape). No MPI op's token is either.
+
+    For a token such a zero carries no order, so it is dropped and the
+    adjoint takes the current token. Kept, ZerosLike(output) would make the
+    adjoint depend on `op` itself, which for a gradient op placed before
+    `op` in a v1 graph's program order (second derivatives) is a cycle; and
+    inside tf.function a constant would leave the adjoint ordered by control
+    edges alone, which XLA drops (ordering.run_in_order)."""
+    if tf.executing_eagerly() or getattr(grad, "op", None) is None:
+        return False
+    if grad.op.type == "ZerosLike":
+        return True
+    graph = tf.compat.v1.get_default_graph()
+    return grad.op.type in ("Const", "Fill") and _tf_private.is_function_graph_with_auto_deps(graph)

@@ -42,6 +42,31 @@ def even_odd_ring(t):
     return am.mpi_send(t, nxt), got
 
 
+def assert_mpi_ops_in_one_chain(graph):
+    """Every two MPI ops of `graph` (a tf.function's) are ordered by data
+    dependencies alone: XLA keeps those and drops control edges, so under
+    jit_compile (or auto-clustering) two MPI ops neither of which depends on
+    the other may run in either order, and ranks could each pick another."""
+    before = {}  # op name -> names of the MPI ops it depends on as data
+    mpi_ops = []
+    for op in graph.get_operations():  # creation order: inputs come first
+        deps = set()
+        for t in op.inputs:
+            deps |= before[t.op.name]
+            if t.op.type.startswith("MPI"):
+                deps.add(t.op.name)
+        before[op.name] = deps
+        if op.type.startswith("MPI"):
+            mpi_ops.append(op.name)
+    chain = sorted(mpi_ops, key=lambda name: len(before[name]))
+    for first, then in zip(chain, chain[1:]):
+        assert first in before[then], (
+            f"{first} and {then}: neither depends on the other as data "
+            f"(MPI ops in the graph: {mpi_ops})"
+        )
+    return chain
+
+
 def rosenbrock_weighted_by_rank():
     """(graph, theta0, loss, gradient): theta0 broadcast from rank 0, rank r
     adding (r + 1) times Rosenbrock's function; minimum at [1, 1]."""

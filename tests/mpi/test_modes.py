@@ -11,7 +11,7 @@ import tensorflow as tf
 import adcme_mpi as am
 import helpers
 from helpers import near_square_grid as grid, RANK, SIZE, random, run_graph
-from helpers import jit_refusal, sparse_matrix, table_case, table_cases
+from helpers import assert_mpi_ops_in_one_chain, jit_refusal, sparse_matrix, table_case, table_cases
 
 MODES = ["graph", "eager", "function", "jit"]
 
@@ -132,9 +132,11 @@ def run_mode(mode, op, x, w):
             y = op(xt)
         return y, tape.gradient(y, xt, output_gradients=tf.constant(w))
 
+    x = tf.constant(x)
     if mode in ("function", "jit"):
         forward_backward = tf.function(forward_backward, jit_compile=mode == "jit")
-    y, g = forward_backward(tf.constant(x))
+        assert_mpi_ops_in_one_chain(forward_backward.get_concrete_function(x).graph)
+    y, g = forward_backward(x)
     return y.numpy(), g.numpy()
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 import adcme_mpi as am
 import helpers
 from helpers import even_odd_ring, near_square_grid as grid, COMM, RANK, SIZE, random, run_graph
+from helpers import assert_mpi_ops_in_one_chain
 from helpers import count_table_case, jit_refusal, sparse_matrix, table_case, table_cases
 
 MODES = ["graph", "eager", "function", "jit"]
@@ -124,9 +125,13 @@ def gradient_and_hvp(mode, op, x, v):
             gv = tf.reduce_sum(g * vt)
         return g, outer.gradient(gv, xt)
 
+    x, v = tf.constant(x), tf.constant(v)
     if mode in ("function", "jit"):
         both = tf.function(both, jit_compile=mode == "jit")
-    g, hv = both(tf.constant(x), tf.constant(v))
+        # the forward ops, their adjoints, then the adjoints' and the forward
+        # ops' second-order adjoints: one chain, by data alone
+        assert_mpi_ops_in_one_chain(both.get_concrete_function(x, v).graph)
+    g, hv = both(x, v)
     return g.numpy(), hv.numpy()
 
 

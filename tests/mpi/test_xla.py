@@ -19,6 +19,7 @@ from helpers import (
     RANK,
     SIZE,
     assert_close,
+    assert_mpi_ops_in_one_chain,
     every_rank,
     global_dot,
     near_square_grid,
@@ -159,6 +160,46 @@ def test_hlo_has_the_side_effecting_custom_call_in_order():
         assert 'op_type="MPIAllreduce"' in line, line
         assert "custom_call_has_side_effect=true" in line, line
         assert "API_VERSION_TYPED_FFI" in line, line
+
+
+def tape_loss_and_gradient(k0):
+    """The loss's last op (mpi_sum) ends the tape's token chain: the tape
+    fills its token's gradient with a constant zero. An mpi_bcast made
+    outside the tape: the tape never sees it, yet it comes after mpi_sum.
+    An mpi_scan made after the gradient, of data the adjoints do not feed:
+    its forward token predates them, so only the order they were made in
+    puts it after them."""
+    m, n = near_square_grid()
+    u0 = tf.constant(random((6, 5), np.float64, 7))
+    with tf.GradientTape() as tape:
+        tape.watch(k0)
+        k = am.mpi_bcast(k0)
+        p = am.mpi_halo_exchange(u0 * k, m, n)
+        loss = am.mpi_sum(am.mpi_allreduce(tf.reduce_sum(p * p)))
+    outside = am.mpi_bcast(tf.constant(float(RANK + 1), tf.float64))
+    gradient = tape.gradient(loss, k0)
+    return loss, gradient, am.mpi_scan(outside * 2.0)
+
+
+def test_gradient_tape_under_jit_orders_every_mpi_op_by_data_not_control_edges():
+    """XLA keeps data dependencies and drops control edges. Every MPI op of
+    a compiled function must depend as data on the one made before it:
+    before the fix the first adjoint took the tape's constant zero as its
+    token, and at 2 ranks one rank reached the adjoint of mpi_sum while the
+    other was still at its forward mpi_allreduce (bench_xla's FEM job).
+    (Second derivatives, where a first-order adjoint's token went through
+    arithmetic: test_second_order.py checks every op's chain.)"""
+    k0 = tf.constant(0.5, tf.float64)
+    compiled = tf.function(tape_loss_and_gradient, jit_compile=True)
+    chain = assert_mpi_ops_in_one_chain(compiled.get_concrete_function(k0).graph)
+    # bcast halo allreduce sum, bcast (outside) | sum' allreduce' halo' bcast' | scan
+    assert len(chain) == 10, chain
+    assert [name.startswith("gradient_tape/") for name in chain] == [False] * 5 + [True] * 4 + [
+        False
+    ], chain
+    results = compiled(k0)
+    for name, got, want in zip(["loss", "gradient", "scan"], results, tape_loss_and_gradient(k0)):
+        assert_close(got, want, np.float64, name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
