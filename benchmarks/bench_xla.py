@@ -310,14 +310,7 @@ def jit_job(problem, rounds, size, steps):
         with tf.GradientTape() as tape:
             tape.watch(kappa0)
             loss = loss_of(kappa0)
-        # A known ordering bug (open): the tape fills the loss's unused token
-        # gradient with a constant zero, so the backward pass's first MPI op
-        # (mpi_sum's adjoint) takes a constant as its token; only a control
-        # edge, which XLA drops, puts it after the forward mpi_sum. FEM's
-        # ranks then ran them in different orders ("ranks disagree on which
-        # collective comes next"). A seed of exactly 1 computed from the loss
-        # makes it wait for the loss.
-        return loss, tape.gradient(loss, kappa0, output_gradients=tf.sign(tf.abs(loss) + 1))
+        return loss, tape.gradient(loss, kappa0)
 
     kappa = tf.constant(KAPPA, tf.float64)
     am.mpi_barrier()
