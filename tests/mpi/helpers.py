@@ -48,16 +48,30 @@ def assert_mpi_ops_in_one_chain(graph):
     jit_compile (or auto-clustering) two MPI ops neither of which depends on
     the other may run in either order, and ranks could each pick another."""
     before = {}  # op name -> names of the MPI ops it depends on as data
-    mpi_ops = []
-    for op in graph.get_operations():  # creation order: inputs come first
-        deps = set()
-        for t in op.inputs:
-            deps |= before[t.op.name]
-            if t.op.type.startswith("MPI"):
-                deps.add(t.op.name)
-        before[op.name] = deps
+
+    def mpi_before(op):
+        # (not recursive: a graph may be deep; nor in creation order: a
+        # while loop's gradient adds inputs to the forward loop afterwards)
+        stack = [op]
+        while stack:
+            top = stack[-1]
+            pending = [t.op for t in top.inputs if t.op.name not in before]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            deps = set()
+            for t in top.inputs:
+                deps |= before[t.op.name]
+                if t.op.type.startswith("MPI"):
+                    deps.add(t.op.name)
+            before[top.name] = deps
+        return before[op.name]
+
+    mpi_ops = [op.name for op in graph.get_operations() if op.type.startswith("MPI")]
+    for op in graph.get_operations():
         if op.type.startswith("MPI"):
-            mpi_ops.append(op.name)
+            mpi_before(op)
     chain = sorted(mpi_ops, key=lambda name: len(before[name]))
     for first, then in zip(chain, chain[1:]):
         assert first in before[then], (
