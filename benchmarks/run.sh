@@ -12,6 +12,9 @@ out=benchmarks/results
 mkdir -p "$out"
 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_ops.py --out "$out/ops_check.json"
 ADCME_MPI_CHECK=0 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_ops.py --out "$out/ops_nocheck.json"
+# the halo exchange per op and per session run, against raw-MPI exchanges
+timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/halo_floor.py --sizes 8192,262144,1048576,8388608 \
+  --out "$out/halo_floor.json"
 # the collectives added since bench_ops.py (allgather, reduce_scatter, ...)
 timeout 1800 "$MPIEXEC" -n 2 "$PY" benchmarks/bench_collectives.py --rounds 15 \
   --out "$out/ops_new_collectives.json"
