@@ -19,7 +19,10 @@ In v1 graphs (tf.compat.v1, the ADCME way) each MPI op also gets a control
 edge from the one before it in its graph and control-flow context, with
 gradient ops inserted at the position that mirrors their forward op: so MPI
 ops created after a tf.gradients call also run after the gradient ops.
-tf.function orders stateful ops itself, and eager mode runs ops as created.
+tf.function orders stateful ops itself, by control edges, and eager mode
+runs ops as created. XLA drops control edges (jit_compile=True,
+auto-clustering), so inside tf.function each MPI op also depends as data on
+the MPI op made before it (`run_in_order`), adjoints included.
 
 A tf.while_loop body is its own context with its own token: use
 `while_loop` below, which threads the token through the loop, or
