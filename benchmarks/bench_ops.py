@@ -236,13 +236,20 @@ def halo_block(nbytes):
     return max(2, int(np.sqrt(nbytes / 8)))
 
 
-def halo_impls(nbytes, reps):
-    """1 x SIZE rank grid, square blocks of `side`^2 doubles (nbytes per block)."""
+def halo_setup(nbytes):
+    """(side, this rank's block, a padded array for it, left and right
+    neighbours) on a 1 x SIZE rank grid: square blocks of `side`^2 doubles
+    (nbytes per block)."""
     side = halo_block(nbytes)
     u = np.random.default_rng(RANK).random((side, side))
     padded = np.zeros((side + 2, side + 2))
     left = RANK - 1 if RANK > 0 else MPI.PROC_NULL
     right = RANK + 1 if RANK < SIZE - 1 else MPI.PROC_NULL
+    return side, u, padded, left, right
+
+
+def halo_impls(nbytes, reps):
+    side, u, padded, left, right = halo_setup(nbytes)
 
     def region(start_col):
         return MPI.DOUBLE.Create_subarray([side + 2, side + 2], [side, 1], [1, start_col]).Commit()

@@ -25,17 +25,13 @@ import time
 
 import numpy as np
 
-from bench_ops import COMM, RANK, SIZE, MPI, halo_block, halo_impls, release, save
+from bench_ops import COMM, RANK, MPI, halo_impls, halo_setup, release, save
 
 RUNS = (8, 32, 128)
 
 
 def packed_halo(nbytes, reps):
-    side = halo_block(nbytes)
-    u = np.random.default_rng(RANK).random((side, side))
-    padded = np.zeros((side + 2, side + 2))
-    left = RANK - 1 if RANK > 0 else MPI.PROC_NULL
-    right = RANK + 1 if RANK < SIZE - 1 else MPI.PROC_NULL
+    side, u, padded, left, right = halo_setup(nbytes)
     send_left, send_right = np.empty(side), np.empty(side)
     from_left, from_right = np.zeros(side), np.zeros(side)
 
