@@ -18,7 +18,9 @@ ops of a program, in the order the script creates them:
 In v1 graphs (tf.compat.v1, the ADCME way) each MPI op also gets a control
 edge from the one before it in its graph and control-flow context, with
 gradient ops inserted at the position that mirrors their forward op: so MPI
-ops created after a tf.gradients call also run after the gradient ops.
+ops created after a tf.gradients call also run after the gradient ops. Its
+token also depends as data on the op placed before it (auto-clustering
+compiles v1 graphs with XLA, which drops control edges).
 tf.function orders stateful ops itself, by control edges, and eager mode
 runs ops as created. XLA drops control edges (jit_compile=True,
 auto-clustering), so inside tf.function each MPI op also depends as data on
@@ -57,6 +59,7 @@ class _Sequence:
     def __init__(self, graph=None):
         self._graph = graph  # a weak reference, or None in eager mode
         self.names = []  # op names, in execution order
+        self.tokens = []  # for each: the name of its token output (a loop's is not its last output)
         self.adjoint = []  # for each: sequence number of the op it is the adjoint of, or None
         self.seq = {}  # op name -> creation sequence number
         self._token = None  # eager: a tensor; graph: a tensor name
@@ -74,11 +77,10 @@ class _Sequence:
 
     def after_last(self, token):
         """`token`, made to depend as data on the last MPI op made in this
-        function graph (plus that op's token times zero), unless it is that
-        op's token already."""
-        if self._last is None or token.name == self._last:
+        function graph, unless it is that op's token already."""
+        if self._last is None:
             return token
-        return token + 0.0 * self._graph().get_tensor_by_name(self._last)
+        return _linked(token, self._graph().get_tensor_by_name(self._last), True)
 
     def made(self, token_output):
         self._last = token_output.name
@@ -106,10 +108,24 @@ class _Sequence:
             end -= 1
         return end, target
 
-    def insert(self, position, op, adjoint_seq):
+    def token_at(self, position):
+        return self._graph().get_tensor_by_name(self.tokens[position])
+
+    def insert(self, position, token_output, adjoint_seq):
+        op = token_output.op
         self.seq[op.name] = len(self.seq)
         self.names.insert(position, op.name)
+        self.tokens.insert(position, token_output.name)
         self.adjoint.insert(position, adjoint_seq)
+
+
+def _linked(token, previous, pass_gradient):
+    """`token` plus `previous` (another MPI op's token output) times zero:
+    a data dependency, which XLA keeps where it drops control edges.
+    `pass_gradient`: whether differentiating again follows the link."""
+    if token.name == previous.name:
+        return token
+    return token + 0.0 * (previous if pass_gradient else tf.stop_gradient(previous))
 
 
 # graph -> {control-flow context name ("" at the top level): _Sequence}, weakly
@@ -180,13 +196,20 @@ def run_in_order(create, deps=None, adjoint_of=None, token=None):
     else:
         position, adjoint_seq = sequence.position_for(adjoint_of)
         if position > 0:
+            # the op placed before this one: a control edge, and data too
+            # (auto-clustering compiles v1 graphs with XLA as well). Under
+            # stop_gradient: in a v1 graph the placement, not the token's
+            # gradient, orders second derivatives, and a forward op made
+            # after tf.gradients must not lead later gradients into the
+            # adjoints before it.
             deps.append(sequence.op_at(position - 1))
+            token = _linked(token, sequence.token_at(position - 1), False)
         with graph.control_dependencies(deps):
             outs = create(token)
         op = outs[-1].op
         if position < len(sequence.names):
             _tf_private.add_control_input(sequence.op_at(position), op)
-        sequence.insert(position, op, adjoint_seq)
+        sequence.insert(position, outs[-1], adjoint_seq)
     if adjoint_of is None:
         sequence.token = outs[-1]
     return outs

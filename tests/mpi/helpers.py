@@ -43,10 +43,12 @@ def even_odd_ring(t):
 
 
 def assert_mpi_ops_in_one_chain(graph):
-    """Every two MPI ops of `graph` (a tf.function's) are ordered by data
-    dependencies alone: XLA keeps those and drops control edges, so under
-    jit_compile (or auto-clustering) two MPI ops neither of which depends on
-    the other may run in either order, and ranks could each pick another."""
+    """Every two MPI ops of `graph` that lower to XLA (op_table's `xla`
+    column: all but the sparse ops, which XLA never compiles) are ordered by
+    data dependencies alone: XLA keeps those and drops control edges, so
+    under jit_compile or auto-clustering two MPI ops neither of which
+    depends on the other may run in either order, and ranks could each pick
+    another."""
     before = {}  # op name -> names of the MPI ops it depends on as data
 
     def mpi_before(op):
@@ -68,16 +70,27 @@ def assert_mpi_ops_in_one_chain(graph):
             before[top.name] = deps
         return before[op.name]
 
-    mpi_ops = [op.name for op in graph.get_operations() if op.type.startswith("MPI")]
-    for op in graph.get_operations():
-        if op.type.startswith("MPI"):
-            mpi_before(op)
+    lowered = [
+        op
+        for op in graph.get_operations()
+        if op.type.startswith("MPI") and op_table.by_type(op.type).xla
+    ]
+    mpi_ops = [op.name for op in lowered]
+    for op in lowered:
+        mpi_before(op)
     chain = sorted(mpi_ops, key=lambda name: len(before[name]))
-    for first, then in zip(chain, chain[1:]):
-        assert first in before[then], (
+    unordered = next(
+        (
             f"{first} and {then}: neither depends on the other as data "
             f"(MPI ops in the graph: {mpi_ops})"
-        )
+            for first, then in zip(chain, chain[1:])
+            if first not in before[then]
+        ),
+        None,
+    )
+    # every rank fails together (graphs may differ by rank: the ring's order)
+    failed = [f"rank {r}: {m}" for r, m in enumerate(COMM.allgather(unordered)) if m]
+    assert not failed, "; ".join(failed)
     return chain
 
 

@@ -122,7 +122,9 @@ def run_mode(mode, op, x, w):
         def build():
             xt = tf.constant(x)
             y = op(xt)
-            return y, tf.gradients(y, xt, grad_ys=tf.constant(w))[0]
+            g = tf.gradients(y, xt, grad_ys=tf.constant(w))[0]
+            assert_mpi_ops_in_one_chain(tf.compat.v1.get_default_graph())
+            return y, g
 
         return run_graph(build)
 

@@ -111,7 +111,10 @@ def gradient_and_hvp(mode, op, x, v):
         def build():
             xt, vt = tf.constant(x), tf.constant(v)
             g = tf.gradients(objective(op, xt), xt)[0]
-            return g, tf.gradients(tf.reduce_sum(g * vt), xt)[0]
+            hv = tf.gradients(tf.reduce_sum(g * vt), xt)[0]
+            # (auto-clustering compiles v1 graphs too: data, not control edges)
+            assert_mpi_ops_in_one_chain(tf.compat.v1.get_default_graph())
+            return g, hv
 
         return run_graph(build)
 
