@@ -51,7 +51,7 @@ def assert_mpi_ops_in_one_chain(graph):
     another."""
     before = {}  # op name -> names of the MPI ops it depends on as data
 
-    def mpi_before(op):
+    def find_mpi_before(op):
         # (not recursive: a graph may be deep; nor in creation order: a
         # while loop's gradient adds inputs to the forward loop afterwards)
         stack = [op]
@@ -68,7 +68,6 @@ def assert_mpi_ops_in_one_chain(graph):
                 if t.op.type.startswith("MPI"):
                     deps.add(t.op.name)
             before[top.name] = deps
-        return before[op.name]
 
     lowered = [
         op
@@ -77,7 +76,7 @@ def assert_mpi_ops_in_one_chain(graph):
     ]
     mpi_ops = [op.name for op in lowered]
     for op in lowered:
-        mpi_before(op)
+        find_mpi_before(op)
     chain = sorted(mpi_ops, key=lambda name: len(before[name]))
     unordered = next(
         (
