@@ -151,6 +151,21 @@ def _current_sequence():
     return _sequence_for(None if tf.executing_eagerly() else tf.compat.v1.get_default_graph())
 
 
+def _after_block(token_output):
+    """The MPI ops after a custom-gradient block (custom_gradient,
+    checkpointed_loop) follow its token output: it becomes the current token
+    and, in a function graph, the op the next one links to as data
+    (run_in_order). Linked to the last MPI op made *inside* the block, the
+    next op's gradient would flow into the block's inside, past its gradient
+    function: TensorFlow would differentiate the block's forward ops as well
+    (in checkpointed_loop, its stored loop: a second reverse pass whose MPI
+    ops race the block's own)."""
+    sequence = _current_sequence()
+    sequence.token = token_output
+    if not tf.executing_eagerly():
+        sequence.made(token_output)
+
+
 def current_token():
     """The token the next MPI op created here will take."""
     return _current_sequence().current_token()
@@ -326,7 +341,7 @@ def custom_gradient(f):
         calls[:] = [outer]  # (the grad function keeps its own call's)
         outs = block(*inputs, current_token())
         outer["token"] = outs[-1]
-        _current_sequence().token = outs[-1]
+        _after_block(outs[-1])
         return outs[0] if len(outs) == 2 else list(outs[:-1])
 
     wrapper.__name__ = getattr(f, "__name__", "custom_gradient")
@@ -360,9 +375,11 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
     - `params`: tensors `step` depends on, whose gradients you want (pass
       them here: a tensor `step` merely captures gets no gradient).
       tf.Variables read inside `step` get their gradients too.
-    - Eager mode, tf.function and graph mode (tf.gradients) with control flow
-      v2 (TensorFlow 2's default); with control flow v1
-      (tf.compat.v1.disable_control_flow_v2) it raises an error.
+    - Eager mode, tf.function, tf.function(jit_compile=True) and graph mode
+      (tf.gradients) with control flow v2 (TensorFlow 2's default); with
+      control flow v1 (tf.compat.v1.disable_control_flow_v2) it raises an
+      error. (Its loops give tf.while_loop `maximum_iterations`, from the
+      schedule: XLA sizes their TensorArrays from it.)
     - Inside, the loop is three nested tf.while_loops whatever n_steps is:
       the graph holds one copy of `step` and of its adjoint.
 
@@ -416,7 +433,12 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
         def body(k, *flat):
             return [k + 1] + call_step(i0 + k, list(flat))
 
-        out = while_loop(lambda k, *flat: k < count, body, [tf.constant(0)] + list(flat))
+        out = while_loop(
+            lambda k, *flat: k < count,
+            body,
+            [tf.constant(0)] + list(flat),
+            maximum_iterations=n_steps,
+        )
         return list(out[1:])
 
     @tf.custom_gradient
@@ -438,7 +460,12 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
             arrays = [a.write(forward_slot[i], s) for a, s in zip(arrays, flat)]
             return [i + 1] + new + arrays
 
-        out = while_loop(lambda i, *loop: i < n_steps, body, [tf.constant(0)] + flat_in + arrays)
+        out = while_loop(
+            lambda i, *loop: i < n_steps,
+            body,
+            [tf.constant(0)] + flat_in + arrays,
+            maximum_iterations=n_steps,
+        )
         flat_out, arrays = list(out[1 : 1 + n_state]), list(out[1 + n_state :])
 
         def grad(*upstream, variables=None):
@@ -490,6 +517,7 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
                     lambda k, pos, *loop: k < seg_count[q],
                     segment,
                     [tf.constant(0), restore_pos[q]] + flat + arrays,
+                    maximum_iterations=width,
                 )
                 flat, arrays = list(out[2 : 2 + n_state]), list(out[2 + n_state :])
                 # step j under a tape, its token too: its MPI ops' adjoints
@@ -523,6 +551,7 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
                 lambda q, *loop: q < n_steps,
                 reverse_body,
                 [tf.constant(0)] + list(arrays) + dflat + zeros_p + zeros_v,
+                maximum_iterations=n_steps,
             )
             out = list(out[1:])
             n = n_state
@@ -531,5 +560,5 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
         return flat_out + [current_token()], grad
 
     outs = block(*flat0, *params, current_token())
-    _current_sequence().token = outs[-1]
+    _after_block(outs[-1])
     return tf.nest.pack_sequence_as(structure, list(outs[:-1]))

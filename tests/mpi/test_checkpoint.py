@@ -2,7 +2,8 @@
 allreduce in every step. Its forward and its gradients (initial state, an
 explicit parameter, a tf.Variable the step reads) equal the stored loop's
 (ordering.while_loop differentiated by TensorFlow) to rounding, for several
-K, float32 and float64, eager, tf.function and graph mode; the number of
+K, float32 and float64, eager, tf.function, tf.function(jit_compile=True)
+(XLA compiles the loops whole, MPI ops included) and graph mode; the number of
 steps it runs is the binomial schedule's; the cross-rank check stays on
 during the recomputation."""
 
@@ -54,8 +55,13 @@ class Problem:
         with tf.GradientTape() as tape:
             tape.watch([u0, kappa])
             u, e = self.loop(u0, kappa, K)
-            loss = tf.reduce_sum(self.w * u) + 0.001 * e
+            loss = self.loss(u, e)
         return [loss, u] + tape.gradient(loss, [u0, kappa, self.s])
+
+    def loss(self, u, e):
+        # an MPI op after the loop: the loop's token then carries a gradient
+        # (under jit_compile=True that once made XLA refuse the loops' lists)
+        return am.mpi_allreduce(tf.reduce_sum(self.w * u)) + 0.001 * e
 
     def loop(self, u0, kappa, K):
         e0 = tf.constant(0.0, u0.dtype)
@@ -64,6 +70,7 @@ class Problem:
                 lambda i, u, e: i < STEPS,
                 lambda i, u, e: [i + 1, *self.step(i, (u, e), kappa)],
                 [tf.constant(0), u0, e0],
+                maximum_iterations=STEPS,  # (XLA needs it to differentiate a while loop)
             )
             return u, e
         return am.ordering.checkpointed_loop(self.step, (u0, e0), STEPS, K, params=[kappa])
@@ -76,7 +83,7 @@ class Problem:
                 self.make_variables()
                 u0, kappa = tf.constant(self.u0), tf.constant(self.kappa)
                 u, e = self.loop(u0, kappa, K)
-                loss = tf.reduce_sum(self.w * u) + 0.001 * e
+                loss = self.loss(u, e)
                 grads = tf.gradients(loss, [u0, kappa, self.s])
                 with tf.control_dependencies(grads):
                     calls = self.calls.read_value()  # after every step has run
@@ -90,7 +97,10 @@ class Problem:
                     return sess.run(fetches)
         self.make_variables()
         u0, kappa = tf.constant(self.u0), tf.constant(self.kappa)
-        f = tf.function(self.loss_and_grads) if mode == "function" else self.loss_and_grads
+        if mode == "eager":
+            f = self.loss_and_grads
+        else:
+            f = tf.function(self.loss_and_grads, jit_compile=mode == "jit")
         out = f(u0, kappa, K)
         return [x.numpy() for x in out], int(self.calls.numpy())
 
@@ -102,11 +112,12 @@ def expected_calls(K):
     return 2 * STEPS + am.revolve.schedule(STEPS, min(K, STEPS)).advances
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", "graph"])
+@pytest.mark.parametrize("mode", ["eager", "function", "jit", "graph"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gradients_equal_the_stored_loop(mode, dtype):
     problem = Problem(dtype)
-    stored, calls = problem.run(mode, None)
+    # compiled, the checkpointed loop is held to the uncompiled stored loop
+    stored, calls = problem.run("function" if mode == "jit" else mode, None)
     assert calls == expected_calls(None)
     # a wrong gradient would differ by far more than rounding: check that it can
     assert np.max(np.abs(stored[3])) > 1e-3 and np.max(np.abs(stored[4])) > 1e-3

@@ -136,3 +136,43 @@ def test_loop_runs_its_mpi_ops_when_no_fetched_result_needs_them():
         np.testing.assert_allclose(got, np.array(expected), rtol=1e-13)
     else:
         assert got.shape == (steps, 0)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_an_mpi_op_after_a_custom_gradient_block_leaves_the_block_to_its_gradient(jit):
+    """An MPI op after an ordering.custom_gradient block links (as data,
+    inside tf.function) to the block's token output, not to the last MPI
+    op made inside the block: linked inside, its gradient flowed into the
+    block's forward ops and TensorFlow differentiated them too, beside the
+    block's own gradient, with an adjoint nobody asked for (in
+    checkpointed_loop, a whole second reverse pass whose MPI ops raced the
+    block's: test_checkpoint). Here the block's gradient is deliberately
+    not the true one (3 x in place of 2 x), so the result also shows whose
+    gradient ran."""
+    x = tf.constant(np.arange(1.0, 4.0) + RANK)
+    w = tf.constant(np.arange(3.0) - RANK)  # a different cotangent per rank
+
+    @am.ordering.custom_gradient
+    def block(x):
+        def grad(dy):
+            return 3.0 * x * am.mpi_allreduce(dy)
+
+        return am.mpi_allreduce(x * x), grad
+
+    def loss_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = am.mpi_allreduce(tf.reduce_sum(block(x) * w))
+        return loss, tape.gradient(loss, x)
+
+    compiled = tf.function(loss_and_gradient, jit_compile=jit)
+    graph = compiled.get_concrete_function(x).graph
+    mpi_ops = [op.name for op in graph.get_operations() if op.type.startswith("MPI")]
+    # the block's allreduce, the loss's, the loss's adjoint, the block's gradient's
+    assert len(mpi_ops) == 4, mpi_ops
+    loss, gradient = compiled(x)
+    # the loss's adjoint hands every rank SIZE (each rank's loss is the sum)
+    xs, ws = every_rank(x.numpy()), every_rank(w.numpy())
+    y, W = sum(v * v for v in xs), sum(ws)
+    np.testing.assert_allclose(loss.numpy(), np.sum(y * W), rtol=1e-13)
+    np.testing.assert_allclose(gradient.numpy(), 3.0 * x.numpy() * SIZE * W, rtol=1e-13)
