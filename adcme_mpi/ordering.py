@@ -24,7 +24,8 @@ compiles v1 graphs with XLA, which drops control edges).
 tf.function orders stateful ops itself, by control edges, and eager mode
 runs ops as created. XLA drops control edges (jit_compile=True,
 auto-clustering), so inside tf.function each MPI op also depends as data on
-the MPI op made before it (`run_in_order`), adjoints included.
+the MPI op made before it (`run_in_order`), adjoints included; after a
+custom-gradient block, on the block's token output (`_after_block`).
 
 A tf.while_loop body is its own context with its own token: use
 `while_loop` below, which threads the token through the loop, or
