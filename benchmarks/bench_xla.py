@@ -56,6 +56,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUTO_JIT = "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"
+# JAX on one thread, as TF runs with one intra-op thread (set before importing jax)
+JAX_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 KAPPA = 0.5
 
 
@@ -337,7 +339,7 @@ def jit_job(problem, rounds, size, steps):
 
 def jax_job(problem, rounds, size, steps):
     """The same computation in JAX + mpi4jax: median forward and forward+gradient seconds."""
-    os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = JAX_ONE_THREAD
     import jax
     import jax.numpy as jnp
     import mpi4jax

@@ -328,6 +328,51 @@ if xla_runs:
                 f"{both[0]:.1f} [{both[1]:.1f}..{both[2]:.1f}] | {compiled} | {error} |"
             )
 
+# The same heat and Poisson with no MPI op: each framework's own floor (tf_floor.py).
+floor_runs = sorted(name for name in os.listdir(results) if name.startswith("tf_floor_"))
+if floor_runs:
+    lines += section(
+        "Heat and Poisson with no MPI op: TF's and JAX's own floor",
+        [
+            "`mpiexec -n P python benchmarks/tf_floor.py`: bench_xla's heat and Poisson "
+            "problems with `tf.pad` / `jnp.pad` for the halo and no global sums, every rank "
+            "alone at once (the race's memory traffic, no message); TF as a user writes it "
+            "(v1 graph, tf.gradients, no flags) and JAX under `jax.jit`, one thread each, "
+            "timed in turn within each round; medians over rounds [min..max], and the median "
+            "of per-round TF/JAX ratios. It is the floor under bench_xla's *no flags* row: "
+            "what TensorFlow's executor costs with no adcme_mpi op in the program.",
+        ],
+        [
+            "problem",
+            "ranks",
+            "TF forward ms",
+            "JAX forward ms",
+            "TF / JAX forward",
+            "TF fwd+grad ms",
+            "JAX fwd+grad ms",
+            "TF / JAX fwd+grad",
+        ],
+    )
+    for name in floor_runs:
+        run = load(name)
+        for problem in ("heat", "poisson"):
+            row = run[problem]
+            cells = [
+                f"{m:.1f} [{lo:.1f}..{hi:.1f}]"
+                if key.endswith("_ms")
+                else f"{m:.2f} [{lo:.2f}..{hi:.2f}]"
+                for key in (
+                    "tf_forward_ms",
+                    "jax_forward_ms",
+                    "tf_over_jax_forward",
+                    "tf_both_ms",
+                    "jax_both_ms",
+                    "tf_over_jax_both",
+                )
+                for m, lo, hi in [row[key]]
+            ]
+            lines.append(f"| {problem} | {run['ranks']} | " + " | ".join(cells) + " |")
+
 # am.Session() against am.Session(xla=True) on the applications: session_default.py.
 session_runs = sorted(name for name in os.listdir(results) if name.startswith("session_default_"))
 if session_runs:

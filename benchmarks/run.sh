@@ -30,6 +30,8 @@ done
 timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2
 timeout 1200 "$PY" benchmarks/bench_xla.py --ranks 2 --problem poisson
 timeout 1800 "$PY" benchmarks/bench_xla.py --ranks 2 --problem fem --size 256
+# the same heat and Poisson with no MPI op: TensorFlow's and JAX's own floor
+timeout 900 "$MPIEXEC" -n 2 "$PY" benchmarks/tf_floor.py --rounds 15
 # MPI alone: the cross-rank check with and without a collective's data inside
 threshold=$(mktemp -d)/inline_threshold
 "$(dirname "$MPIEXEC")/mpicc" -O2 -o "$threshold" benchmarks/inline_threshold.c
