@@ -379,8 +379,8 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
     - Eager mode, tf.function, tf.function(jit_compile=True) and graph mode
       (tf.gradients) with control flow v2 (TensorFlow 2's default); with
       control flow v1 (tf.compat.v1.disable_control_flow_v2) it raises an
-      error. (Its loops give tf.while_loop `maximum_iterations`, from the
-      schedule: XLA sizes their TensorArrays from it.)
+      error. (Its gradient is its own, so no loop of it needs
+      `maximum_iterations` under XLA.)
     - Inside, the loop is three nested tf.while_loops whatever n_steps is:
       the graph holds one copy of `step` and of its adjoint.
 
@@ -434,12 +434,7 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
         def body(k, *flat):
             return [k + 1] + call_step(i0 + k, list(flat))
 
-        out = while_loop(
-            lambda k, *flat: k < count,
-            body,
-            [tf.constant(0)] + list(flat),
-            maximum_iterations=n_steps,
-        )
+        out = while_loop(lambda k, *flat: k < count, body, [tf.constant(0)] + list(flat))
         return list(out[1:])
 
     @tf.custom_gradient
@@ -461,12 +456,7 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
             arrays = [a.write(forward_slot[i], s) for a, s in zip(arrays, flat)]
             return [i + 1] + new + arrays
 
-        out = while_loop(
-            lambda i, *loop: i < n_steps,
-            body,
-            [tf.constant(0)] + flat_in + arrays,
-            maximum_iterations=n_steps,
-        )
+        out = while_loop(lambda i, *loop: i < n_steps, body, [tf.constant(0)] + flat_in + arrays)
         flat_out, arrays = list(out[1 : 1 + n_state]), list(out[1 + n_state :])
 
         def grad(*upstream, variables=None):
@@ -518,7 +508,6 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
                     lambda k, pos, *loop: k < seg_count[q],
                     segment,
                     [tf.constant(0), restore_pos[q]] + flat + arrays,
-                    maximum_iterations=width,
                 )
                 flat, arrays = list(out[2 : 2 + n_state]), list(out[2 + n_state :])
                 # step j under a tape, its token too: its MPI ops' adjoints
@@ -552,7 +541,6 @@ def checkpointed_loop(step, state, n_steps, checkpoints, params=()):
                 lambda q, *loop: q < n_steps,
                 reverse_body,
                 [tf.constant(0)] + list(arrays) + dflat + zeros_p + zeros_v,
-                maximum_iterations=n_steps,
             )
             out = list(out[1:])
             n = n_state

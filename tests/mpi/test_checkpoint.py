@@ -60,7 +60,10 @@ class Problem:
 
     def loss(self, u, e):
         # an MPI op after the loop: the loop's token then carries a gradient
-        # (under jit_compile=True that once made XLA refuse the loops' lists)
+        # (once, inside tf.function, TensorFlow then also differentiated the
+        # checkpointed loop's stored forward loop: MPI ops racing the
+        # block's own at 2 ranks, and under jit_compile=True XLA refused the
+        # accumulators of that loop)
         return am.mpi_allreduce(tf.reduce_sum(self.w * u)) + 0.001 * e
 
     def loop(self, u0, kappa, K):
@@ -70,7 +73,6 @@ class Problem:
                 lambda i, u, e: i < STEPS,
                 lambda i, u, e: [i + 1, *self.step(i, (u, e), kappa)],
                 [tf.constant(0), u0, e0],
-                maximum_iterations=STEPS,  # (XLA needs it to differentiate a while loop)
             )
             return u, e
         return am.ordering.checkpointed_loop(self.step, (u0, e0), STEPS, K, params=[kappa])
