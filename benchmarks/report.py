@@ -36,11 +36,17 @@ def us(t):
     return f"{t * 1e6:.1f}"
 
 
-def spread(r, key):
-    if key not in r:
+def spread(r, key, digits=2):
+    """r[key], a [median, min, max], as "median [min..max]"; "-" if absent."""
+    if r.get(key) is None:
         return "-"
     med, lo, hi = r[key]
-    return f"{med:.2f} [{lo:.2f}..{hi:.2f}]"
+    return f"{med:.{digits}f} [{lo:.{digits}f}..{hi:.{digits}f}]"
+
+
+def runs_named(prefix):
+    """The result files whose names start with `prefix`, sorted."""
+    return sorted(name for name in os.listdir(results) if name.startswith(prefix))
 
 
 def section(title, paragraphs, columns):
@@ -242,7 +248,7 @@ if os.path.exists(os.path.join(results, "ops_new_collectives.json")):
     ]
 
 # The inline threshold: benchmarks/inline_threshold.c's runs, if present.
-inline_runs = sorted(name for name in os.listdir(results) if name.startswith("inline_threshold_"))
+inline_runs = runs_named("inline_threshold_")
 if inline_runs:
     lines += section(
         "The check's inline threshold",
@@ -275,7 +281,7 @@ if inline_runs:
             )
 
 # XLA around the ops, and JAX + mpi4jax on the same code: bench_xla.py.
-xla_runs = sorted(name for name in os.listdir(results) if name.startswith("xla_"))
+xla_runs = runs_named("xla_")
 if xla_runs:
     lines += section(
         "Heat, Poisson and FEM: TF, XLA and JAX + mpi4jax, in one sitting",
@@ -316,20 +322,18 @@ if xla_runs:
         for setting, label in labels.items():
             if f"{setting}_forward_ms" not in run:
                 continue
-            fwd, both = run[f"{setting}_forward_ms"], run[f"{setting}_both_ms"]
             error = f"{errors[setting]:.1e}" if setting in errors else "-"
-            compile_s = run.get(f"{setting}_compile_s")
-            compiled = (
-                f"{compile_s[0]:.1f} [{compile_s[1]:.1f}..{compile_s[2]:.1f}]" if compile_s else "-"
-            )
+            times = [
+                spread(run, f"{setting}_{k}", 1) for k in ("forward_ms", "both_ms", "compile_s")
+            ]
             lines.append(
                 f"| {run.get('problem', 'heat')} | {label} | {run['ranks']} | "
-                f"{fwd[0]:.1f} [{fwd[1]:.1f}..{fwd[2]:.1f}] | "
-                f"{both[0]:.1f} [{both[1]:.1f}..{both[2]:.1f}] | {compiled} | {error} |"
+                + " | ".join(times)
+                + f" | {error} |"
             )
 
 # The same heat and Poisson with no MPI op: each framework's own floor (tf_floor.py).
-floor_runs = sorted(name for name in os.listdir(results) if name.startswith("tf_floor_"))
+floor_runs = runs_named("tf_floor_")
 if floor_runs:
     lines += section(
         "Heat and Poisson with no MPI op: TF's and JAX's own floor",
@@ -356,11 +360,8 @@ if floor_runs:
     for name in floor_runs:
         run = load(name)
         for problem in ("heat", "poisson"):
-            row = run[problem]
             cells = [
-                f"{m:.1f} [{lo:.1f}..{hi:.1f}]"
-                if key.endswith("_ms")
-                else f"{m:.2f} [{lo:.2f}..{hi:.2f}]"
+                spread(run[problem], key, 1 if key.endswith("_ms") else 2)
                 for key in (
                     "tf_forward_ms",
                     "jax_forward_ms",
@@ -369,12 +370,11 @@ if floor_runs:
                     "jax_both_ms",
                     "tf_over_jax_both",
                 )
-                for m, lo, hi in [row[key]]
             ]
             lines.append(f"| {problem} | {run['ranks']} | " + " | ".join(cells) + " |")
 
 # am.Session() against am.Session(xla=True) on the applications: session_default.py.
-session_runs = sorted(name for name in os.listdir(results) if name.startswith("session_default_"))
+session_runs = runs_named("session_default_")
 if session_runs:
     lines += section(
         "am.Session's default: auto-clustering or not",
@@ -392,10 +392,7 @@ if session_runs:
         ranks = name.rsplit("_", 1)[1].split(".")[0]
         for row, times in load(name)["rows"].items():
             for timing, cells in times.items():
-                shown = [
-                    f"{m:.2f} [{lo:.2f}..{hi:.2f}]"
-                    for m, lo, hi in (cells["default"], cells["xla"])
-                ]
+                shown = [spread(cells, "default"), spread(cells, "xla")]
                 lines.append(
                     f"| {ranks} | {row} | {timing[:-2]} | {shown[0]} | {shown[1]} | {cells['ratio']:.2f} |"
                 )
