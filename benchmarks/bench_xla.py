@@ -61,6 +61,14 @@ JAX_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 KAPPA = 0.5
 
 
+def median_range(values):
+    """[median, min, max] of `values`, as floats (the results' cells)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return [float(np.median(values)), float(values.min()), float(values.max())]
+
+
 def heat(halo, dot_sum, u0, kappa, steps, total):
     """The explicit 5-point heat stencil, `steps` steps; this rank's part of
     the loss sum(u^2) (the caller sums it over the ranks). `halo` pads a
@@ -503,20 +511,10 @@ def driver(args):
         result["gradient_relative_to_exact"] = {n: v[1] / exact - 1 for n, v in values.items()}
     for name, jobs in rows.items():
         for key in ("forward", "both"):
-            values = np.array([j[key] for j in jobs]) * 1e3
-            result[f"{name}_{key}_ms"] = [
-                float(np.median(values)),
-                float(values.min()),
-                float(values.max()),
-            ]
+            result[f"{name}_{key}_ms"] = median_range(np.array([j[key] for j in jobs]) * 1e3)
     for name, jobs in rows.items():
         if "compile" in jobs[0]:
-            compiles = np.array([j["compile"] for j in jobs])
-            result[f"{name}_compile_s"] = [
-                float(np.median(compiles)),
-                float(compiles.min()),
-                float(compiles.max()),
-            ]
+            result[f"{name}_compile_s"] = median_range([j["compile"] for j in jobs])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"xla_{args.problem}_{args.ranks}.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from bench_xla import JAX_ONE_THREAD, KAPPA, PROBLEMS  # noqa: E402
+from bench_xla import JAX_ONE_THREAD, KAPPA, PROBLEMS, median_range  # noqa: E402
 
 os.environ["XLA_FLAGS"] = JAX_ONE_THREAD  # (jax is imported later)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -95,17 +95,10 @@ def main():
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
-        row = {}
-        for name, seconds in times.items():
-            ms = np.array(seconds) * 1e3
-            row[f"{name}_ms"] = [float(np.median(ms)), float(ms.min()), float(ms.max())]
+        row = {f"{name}_ms": median_range(np.array(s) * 1e3) for name, s in times.items()}
         for kind in ("forward", "both"):
             ratio = np.array(times[f"tf_{kind}"]) / np.array(times[f"jax_{kind}"])
-            row[f"tf_over_jax_{kind}"] = [
-                float(np.median(ratio)),
-                float(ratio.min()),
-                float(ratio.max()),
-            ]
+            row[f"tf_over_jax_{kind}"] = median_range(ratio)
         result[problem] = row
         if comm.Get_rank() == 0:
             print(problem, json.dumps(row))
